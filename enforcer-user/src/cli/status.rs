@@ -1,0 +1,142 @@
+//! `enforcer status`: what is enforced, read from the pins.
+
+use std::{
+    fmt::Write as _,
+    process::ExitCode,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use enforcer::kernel::{
+    CgroupMount,
+    events::boot_now_ns,
+    status::{self, CgroupStatus},
+};
+use enforcer_ebpf::NEVER_EXPIRES;
+
+/// Show attached cgroups, their programs, counters and recent denies. Works
+/// with no enforcer process running: everything is read from the pins.
+///
+/// Example: sudo enforcer status --json
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `enforcer status`.
+pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let mount = CgroupMount::find()?;
+    let cgroups = status::collect(&mount)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "cgroups": cgroups }))?);
+    } else if cgroups.is_empty() {
+        println!("no cgroup is enforced (nothing pinned under {})", enforcer::kernel::paths::PIN_ROOT);
+    } else {
+        for cgroup in &cgroups {
+            print!("{}", render(cgroup));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text form of one cgroup's status.
+fn render(status: &CgroupStatus) -> String {
+    let mut out = String::new();
+    let name = status.cgroup.as_deref().unwrap_or("(directory removed)");
+    let _ = writeln!(out, "cgroup {name} (id {})", status.cgroup_id);
+    let attached = status.hooks.iter().filter(|hook| hook.attached).count();
+    let missing: Vec<&str> = status
+        .hooks
+        .iter()
+        .filter(|hook| !hook.attached)
+        .map(|hook| hook.program)
+        .collect();
+    let _ = write!(out, "  programs: {attached}/{} attached", status.hooks.len());
+    if !missing.is_empty() {
+        let _ = write!(out, " (not attached: {})", missing.join(", "));
+    }
+    out.push('\n');
+    if status.families_enforced {
+        let _ = writeln!(
+            out,
+            "  socket families: enforced by BPF-LSM (only unix, inet, inet6, netlink)"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  socket families: NOT enforced: {} (the BPF-LSM program is not attached on this kernel; `enforcer run` adds a seccomp rule)",
+            status.families_not_enforced.join(", ")
+        );
+    }
+    let endpoints: Vec<String> = status
+        .endpoints
+        .iter()
+        .map(|e| format!("{:?} {}", e.transport, e.addr).to_lowercase())
+        .collect();
+    let _ = writeln!(out, "  endpoints: {}", or_none(&endpoints));
+    let now = boot_now_ns();
+    let direct: Vec<String> = status
+        .direct
+        .iter()
+        .map(|entry| {
+            let expiry = if entry.expires_at_boot_ns == NEVER_EXPIRES {
+                "never expires".to_owned()
+            } else if entry.expires_at_boot_ns <= now {
+                "expired".to_owned()
+            } else {
+                let left = Duration::from_secs((entry.expires_at_boot_ns - now) / 1_000_000_000);
+                format!("expires in {}", humantime::format_duration(left))
+            };
+            format!("{:?} {} ({expiry})", entry.transport, entry.addr).to_lowercase()
+        })
+        .collect();
+    let _ = writeln!(out, "  direct entries: {}", or_none(&direct));
+    let ports: Vec<String> = status
+        .local_ports
+        .iter()
+        .map(|port| format!("{:?} {}", port.transport, port.addr).to_lowercase())
+        .collect();
+    let _ = writeln!(out, "  loopback ports bound inside: {}", or_none(&ports));
+    let counters = &status.counters;
+    let by_reason: Vec<String> = counters
+        .denied
+        .iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(reason, count)| format!("{reason} {count}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  counters: allowed {}, denied {}{}, events lost {}",
+        counters.allowed,
+        counters.denied_total(),
+        if by_reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", by_reason.join(", "))
+        },
+        counters.events_lost
+    );
+    if status.recent_denies.is_empty() {
+        let _ = writeln!(out, "  recent denies: none");
+    } else {
+        let _ = writeln!(out, "  recent denies (oldest first):");
+        for record in &status.recent_denies {
+            let time = UNIX_EPOCH + Duration::from_secs_f64(record.time.max(0.0));
+            let _ = writeln!(
+                out,
+                "    {} {record}",
+                humantime::format_rfc3339_seconds(time)
+            );
+        }
+    }
+    out
+}
+
+fn or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}

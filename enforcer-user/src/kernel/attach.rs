@@ -1,0 +1,410 @@
+//! Load, attach and pin the programs on one cgroup; detach undoes it.
+//!
+//! Re-attaching (a restart, an upgrade, or after the previous attacher was
+//! SIGKILLed) never leaves the cgroup unenforced: every new link is
+//! attached and pinned next to the old one first, and only then does each
+//! old link go. Both enforce the same rules from the same pinned maps, so
+//! the overlap is harmless, and afterwards exactly one program per hook is
+//! left.
+
+use std::{
+    ffi::CString,
+    fs,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LsmCgroup,
+        links::{FdLink, PinnedLink},
+    },
+};
+use enforcer_ebpf::map_names;
+
+use super::{
+    CgroupPath, KernelError, bpffs,
+    events::EventReader,
+    hooks::{HOOKS, HookKind, HookSpec, LSM_SOCKET_CREATE},
+    maps::{EndpointSpec, PinnedMaps},
+    paths::PinDirs,
+};
+
+/// The BPF object built from enforcer-ebpf by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-ebpf"));
+
+/// Attach mode for bpf_link-based cgroup attachment. A cgroup bpf_link is
+/// always multi-attach (other programs on the cgroup keep running, ours runs
+/// beside them); the kernel rejects the BPF_F_ALLOW_MULTI flag on
+/// BPF_LINK_CREATE with EINVAL, so the link is created with no flags.
+const LINK_ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+
+/// What `attach` writes before the programs go live.
+#[derive(Debug, Clone, Default)]
+pub struct AttachOptions {
+    /// The enforcer's own listeners, always reachable from the cgroup.
+    pub endpoints: Vec<EndpointSpec>,
+    /// Turn on the programs' aya-log debug output.
+    pub debug_log: bool,
+}
+
+/// Whether socket families beyond IPv4/IPv6 are enforced by BPF-LSM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FamilyEnforcement {
+    /// `lsm_cgroup/socket_create` is attached: only unix, inet, inet6 and
+    /// netlink sockets can be created.
+    Enforced,
+    /// The LSM program could not be attached; vsock, packet and every other
+    /// family are NOT enforced by the kernel programs.
+    NotEnforced {
+        /// Why it could not load or attach.
+        reason: String,
+    },
+}
+
+impl FamilyEnforcement {
+    /// One line for humans.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Enforced => {
+                "socket families: enforced by BPF-LSM (only unix, inet, inet6, netlink allowed)".into()
+            }
+            Self::NotEnforced { reason } => format!(
+                "socket families: NOT enforced — AF_VSOCK, AF_PACKET and every family other than \
+                 unix/inet/inet6/netlink can still be created (BPF-LSM unavailable: {reason}); \
+                 `enforcer run` closes this gap with seccomp"
+            ),
+        }
+    }
+}
+
+/// A live attachment: the loaded object (holding the event ring buffer and
+/// the log buffer) and what was attached.
+pub struct Attachment {
+    /// The enforced cgroup.
+    pub cgroup: CgroupPath,
+    /// Its id (inode number).
+    pub cgroup_id: u64,
+    /// Where its pins are.
+    pub pins: PinDirs,
+    /// Whether other socket families are enforced.
+    pub families: FamilyEnforcement,
+    ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment")
+            .field("cgroup", &self.cgroup)
+            .field("cgroup_id", &self.cgroup_id)
+            .field("families", &self.families)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Attachment {
+    /// Typed access to the pinned maps.
+    pub fn maps(&self) -> Result<PinnedMaps, KernelError> {
+        PinnedMaps::open(&self.pins)
+    }
+
+    /// Takes the deny-event ring buffer (once).
+    pub fn take_events(&mut self) -> Result<EventReader, KernelError> {
+        let map = self.ebpf.take_map(map_names::EVENTS).ok_or(KernelError::Missing {
+            what: "map",
+            name: map_names::EVENTS,
+        })?;
+        EventReader::new(map)
+    }
+
+    /// The loaded object, e.g. for aya-log's logger.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+/// Attaches every program to `cgroup` (creating the directory when
+/// missing), pins links and maps, and writes the endpoints.
+pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment, KernelError> {
+    bpffs::ensure_mounted()?;
+    cgroup.create()?;
+    let cgroup_id = cgroup.id()?;
+    let pins = PinDirs::for_cgroup(cgroup_id);
+    for dir in [pins.maps(), pins.links()] {
+        fs::create_dir_all(&dir).map_err(|source| KernelError::Io {
+            what: format!("creating pin directory {}", dir.display()),
+            source,
+        })?;
+    }
+    settle_interrupted_swaps(&pins)?;
+    let fresh = !HOOKS.iter().any(|hook| pins.link(hook.program).exists());
+
+    let log_level: u8 = if options.debug_log { 0xff } else { 0 };
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pins.maps())
+        .override_global("AYA_LOG_LEVEL", &log_level, false)
+        .load(OBJECT)
+        .map_err(KernelError::Load)?;
+
+    // Endpoints go in before any program is live, so a fresh attach never
+    // denies the enforcer's own listeners.
+    PinnedMaps::open(&pins)?.set_endpoints(&options.endpoints)?;
+
+    let cgroup_file = cgroup.open()?;
+    let btf = Btf::from_sys_fs().ok();
+    let mut staged: Vec<(&HookSpec, PinnedLink)> = Vec::new();
+    let mut lsm_failure = None;
+    for hook in &HOOKS {
+        let result = attach_one(&mut ebpf, hook, &cgroup_file, btf.as_ref()).and_then(|link| {
+            let path = pins.swap_link(hook.program);
+            link.pin(&path)
+                .map_err(|source| KernelError::Pin { path, source })
+        });
+        match result {
+            Ok(pinned) => staged.push((hook, pinned)),
+            Err(error) if matches!(hook.kind, HookKind::LsmCgroup(_)) => {
+                lsm_failure = Some(error_chain(&error));
+            }
+            Err(error) => {
+                // Undo: drop the new links; the old ones (if any) still enforce.
+                for (_, pinned) in staged {
+                    let _ = pinned.unpin();
+                }
+                if fresh {
+                    remove_pins(&pins);
+                }
+                return Err(error);
+            }
+        }
+    }
+    for (hook, pinned) in staged {
+        replace_link(&pins, hook.program, pinned)?;
+    }
+
+    let families = if pins.link(LSM_SOCKET_CREATE).exists() {
+        FamilyEnforcement::Enforced
+    } else {
+        FamilyEnforcement::NotEnforced {
+            reason: lsm_failure.unwrap_or_else(|| "not attached".into()),
+        }
+    };
+    Ok(Attachment {
+        cgroup: cgroup.clone(),
+        cgroup_id,
+        pins,
+        families,
+        ebpf,
+    })
+}
+
+/// Loads and attaches one program, returning its link (not yet pinned).
+fn attach_one(
+    ebpf: &mut Ebpf,
+    hook: &HookSpec,
+    cgroup: &fs::File,
+    btf: Option<&Btf>,
+) -> Result<FdLink, KernelError> {
+    let program = ebpf.program_mut(hook.program).ok_or(KernelError::Missing {
+        what: "program",
+        name: hook.program,
+    })?;
+    let fail = |step: &'static str| {
+        move |source| KernelError::Program {
+            step,
+            program: hook.program,
+            source,
+        }
+    };
+    match hook.kind {
+        HookKind::SockAddr(_) => {
+            let program: &mut CgroupSockAddr = program.try_into().map_err(fail("load"))?;
+            program.load().map_err(fail("load"))?;
+            let id = program
+                .attach(cgroup, LINK_ATTACH_MODE)
+                .map_err(fail("attach"))?;
+            let link = program.take_link(id).map_err(fail("attach"))?;
+            FdLink::try_from(link).map_err(|source| KernelError::PinnedLink {
+                path: hook.program.into(),
+                source,
+            })
+        }
+        HookKind::Sock(_) => {
+            let program: &mut CgroupSock = program.try_into().map_err(fail("load"))?;
+            program.load().map_err(fail("load"))?;
+            let id = program
+                .attach(cgroup, LINK_ATTACH_MODE)
+                .map_err(fail("attach"))?;
+            let link = program.take_link(id).map_err(fail("attach"))?;
+            FdLink::try_from(link).map_err(|source| KernelError::PinnedLink {
+                path: hook.program.into(),
+                source,
+            })
+        }
+        HookKind::LsmCgroup(lsm_hook) => {
+            let program: &mut LsmCgroup = program.try_into().map_err(fail("load"))?;
+            let btf = btf.ok_or_else(|| KernelError::Io {
+                what: "reading kernel BTF (/sys/kernel/btf/vmlinux) for the BPF-LSM program".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })?;
+            program.load(lsm_hook, btf).map_err(fail("load"))?;
+            let id = program.attach(cgroup).map_err(fail("attach"))?;
+            let link = program.take_link(id).map_err(fail("attach"))?;
+            Ok(FdLink::from(link))
+        }
+    }
+}
+
+/// Puts `new` (pinned at the swap path) in place of the hook's old link.
+fn replace_link(pins: &PinDirs, program: &str, new: PinnedLink) -> Result<(), KernelError> {
+    let final_path = pins.link(program);
+    if final_path.exists() {
+        unpin_and_drop(&final_path)?;
+    }
+    let swap_path = pins.swap_link(program);
+    fs::rename(&swap_path, &final_path).map_err(|source| KernelError::Io {
+        what: format!("renaming {} to {}", swap_path.display(), final_path.display()),
+        source,
+    })?;
+    drop(new);
+    Ok(())
+}
+
+/// Removes a link pin; when this was the last reference the kernel
+/// detaches the program.
+fn unpin_and_drop(path: &Path) -> Result<(), KernelError> {
+    let io_error = |what: &str| {
+        let what = format!("{what} {}", path.display());
+        move |source| KernelError::Io { what, source }
+    };
+    let link = bpf_obj_get(path).map_err(io_error("opening pinned link"))?;
+    // Dropping the last reference frees a link asynchronously; detach it
+    // explicitly so the program is gone when this returns.
+    bpf_link_detach(&link).map_err(io_error("detaching link"))?;
+    fs::remove_file(path).map_err(io_error("removing pin"))?;
+    Ok(())
+}
+
+/// `BPF_OBJ_GET`: opens a pinned object.
+fn bpf_obj_get(path: &Path) -> std::io::Result<OwnedFd> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // union bpf_attr, obj member: { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; ... }
+    let mut attr = [0u8; 64];
+    attr[..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: attr is a valid, zero-padded bpf_attr; c_path outlives the call.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), attr.len() as libc::c_uint)
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    // SAFETY: the kernel just returned this new descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `BPF_LINK_DETACH`: detaches a link's program now, whoever else still
+/// holds the link (kernel >= 5.9).
+fn bpf_link_detach(link: &OwnedFd) -> std::io::Result<()> {
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    // union bpf_attr, link_detach member: { __u32 link_fd; }; the rest zero.
+    let mut attr = [0u8; 64];
+    let fd = u32::try_from(link.as_raw_fd()).unwrap_or(u32::MAX);
+    attr[..4].copy_from_slice(&fd.to_ne_bytes());
+    // SAFETY: attr is a valid, zero-padded bpf_attr of the given size.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), attr.len() as libc::c_uint)
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Finishes a swap a killed attacher left half-done: a swap (`_new`) link next to
+/// an old one is dropped (the old one still enforces); a lone swap link
+/// takes the hook's place.
+fn settle_interrupted_swaps(pins: &PinDirs) -> Result<(), KernelError> {
+    for hook in &HOOKS {
+        let swap_path = pins.swap_link(hook.program);
+        if !swap_path.exists() {
+            continue;
+        }
+        let final_path = pins.link(hook.program);
+        if final_path.exists() {
+            unpin_and_drop(&swap_path)?;
+        } else {
+            fs::rename(&swap_path, &final_path).map_err(|source| KernelError::Io {
+                what: format!("renaming {} to {}", swap_path.display(), final_path.display()),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Detaches every program from `cgroup` and removes its pins. The cgroup
+/// directory stays (a slice may still hold processes).
+pub fn detach(cgroup: &CgroupPath) -> Result<(), KernelError> {
+    let cgroup_id = cgroup.id()?;
+    let pins = PinDirs::for_cgroup(cgroup_id);
+    if !pins.root.exists() {
+        return Err(KernelError::NotAttached {
+            cgroup: cgroup.absolute.clone(),
+            pins: pins.root,
+        });
+    }
+    detach_pins(&pins)
+}
+
+/// Unpins every link (detaching its program) and removes every map pin
+/// and directory under `pins`.
+pub fn detach_pins(pins: &PinDirs) -> Result<(), KernelError> {
+    if let Ok(entries) = fs::read_dir(pins.links()) {
+        for entry in entries.flatten() {
+            unpin_and_drop(&entry.path())?;
+        }
+    }
+    remove_pins(pins);
+    if pins.root.exists() {
+        return Err(KernelError::Io {
+            what: format!("removing {}", pins.root.display()),
+            source: std::io::Error::other("pins remain after detach"),
+        });
+    }
+    Ok(())
+}
+
+/// Best-effort removal of every pin file and directory under `pins`.
+fn remove_pins(pins: &PinDirs) {
+    for dir in [pins.links(), pins.maps()] {
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let _ = fs::remove_dir(&dir);
+    }
+    let _ = fs::remove_dir(&pins.root);
+    // The shared root goes too once the last cgroup's pins are gone.
+    if let Some(parent) = pins.root.parent() {
+        let _ = fs::remove_dir(parent);
+    }
+}
+
+/// An error and its sources on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,67 @@
+//! The table of kernel programs and where each attaches.
+
+use aya::programs::{CgroupSockAddrAttachType, CgroupSockAttachType};
+
+/// How a program attaches to a cgroup.
+#[derive(Debug, Clone, Copy)]
+pub enum HookKind {
+    /// `cgroup/connect*`, `cgroup/sendmsg*`.
+    SockAddr(CgroupSockAddrAttachType),
+    /// `cgroup/sock_create`, `cgroup/post_bind*`, `cgroup/sock_release`.
+    Sock(CgroupSockAttachType),
+    /// `lsm_cgroup/<hook>`: needs BPF-LSM, which not every kernel allows.
+    LsmCgroup(&'static str),
+}
+
+/// One program of the object and its hook.
+#[derive(Debug, Clone, Copy)]
+pub struct HookSpec {
+    /// Function name in the object, also the link's pin name.
+    pub program: &'static str,
+    /// Attach kind.
+    pub kind: HookKind,
+}
+
+/// Every program enforcer attaches, in attach order. The LSM program comes
+/// last: it is the one that may fail to load, and the rest stand without it.
+pub const HOOKS: [HookSpec; 9] = [
+    HookSpec {
+        program: "sock_create",
+        kind: HookKind::Sock(CgroupSockAttachType::SockCreate),
+    },
+    HookSpec {
+        program: "post_bind4",
+        kind: HookKind::Sock(CgroupSockAttachType::PostBind4),
+    },
+    HookSpec {
+        program: "post_bind6",
+        kind: HookKind::Sock(CgroupSockAttachType::PostBind6),
+    },
+    HookSpec {
+        program: "sock_release",
+        kind: HookKind::Sock(CgroupSockAttachType::SockRelease),
+    },
+    HookSpec {
+        program: "connect4",
+        kind: HookKind::SockAddr(CgroupSockAddrAttachType::Connect4),
+    },
+    HookSpec {
+        program: "connect6",
+        kind: HookKind::SockAddr(CgroupSockAddrAttachType::Connect6),
+    },
+    HookSpec {
+        program: "sendmsg4",
+        kind: HookKind::SockAddr(CgroupSockAddrAttachType::UDPSendMsg4),
+    },
+    HookSpec {
+        program: "sendmsg6",
+        kind: HookKind::SockAddr(CgroupSockAddrAttachType::UDPSendMsg6),
+    },
+    HookSpec {
+        program: "socket_create",
+        kind: HookKind::LsmCgroup("socket_create"),
+    },
+];
+
+/// The LSM program's name (its absence means other families are unenforced).
+pub const LSM_SOCKET_CREATE: &str = "socket_create";

@@ -1,0 +1,140 @@
+//! What is enforced right now, read from the pins alone (no daemon needed).
+
+use std::{fs, path::Path};
+
+use serde::Serialize;
+
+use super::{
+    CgroupMount, KernelError,
+    events::DenyRecord,
+    hooks::{HOOKS, LSM_SOCKET_CREATE},
+    maps::{Counters, DirectEntry, EndpointSpec, PinnedMaps, Transport},
+    paths::{PIN_ROOT, PinDirs},
+};
+
+/// One hook and whether its link is pinned.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookStatus {
+    /// Program / hook name.
+    pub program: &'static str,
+    /// True when a pinned link keeps it attached.
+    pub attached: bool,
+}
+
+/// One loopback port bound inside the cgroup.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalPort {
+    /// Bound address.
+    pub addr: std::net::SocketAddr,
+    /// Transport.
+    pub transport: Transport,
+    /// Number of sockets bound to it.
+    pub sockets: u32,
+}
+
+/// Status of one enforced cgroup.
+#[derive(Debug, Clone, Serialize)]
+pub struct CgroupStatus {
+    /// cgroup id (inode number).
+    pub cgroup_id: u64,
+    /// Path relative to the cgroup v2 mount, when the directory still exists.
+    pub cgroup: Option<String>,
+    /// Each hook's state.
+    pub hooks: Vec<HookStatus>,
+    /// True when BPF-LSM enforces socket families.
+    pub families_enforced: bool,
+    /// Families the kernel programs do not cover, if any.
+    pub families_not_enforced: Vec<String>,
+    /// Enforcer endpoints in the `CONFIG` map.
+    pub endpoints: Vec<EndpointSpec>,
+    /// Direct allow entries.
+    pub direct: Vec<DirectEntry>,
+    /// Loopback ports bound inside the cgroup.
+    pub local_ports: Vec<LocalPort>,
+    /// Counters.
+    pub counters: Counters,
+    /// Last denies, oldest first.
+    pub recent_denies: Vec<DenyRecord>,
+}
+
+/// Status of every cgroup with pins under the default root.
+pub fn collect(mount: &CgroupMount) -> Result<Vec<CgroupStatus>, KernelError> {
+    collect_under(mount, Path::new(PIN_ROOT))
+}
+
+/// Status of every cgroup with pins under `root`.
+pub fn collect_under(mount: &CgroupMount, root: &Path) -> Result<Vec<CgroupStatus>, KernelError> {
+    let Ok(entries) = fs::read_dir(root) else {
+        return Ok(Vec::new());
+    };
+    let mut ids: Vec<u64> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    let mut statuses = Vec::new();
+    for id in ids {
+        let pins = PinDirs::under(root, id);
+        match one(mount, &pins, id) {
+            Ok(status) => statuses.push(status),
+            // Pins appearing (an attach in progress) or vanishing (a detach)
+            // while we read: not an enforced cgroup to report yet or any more.
+            Err(_) if !maps_complete(&pins) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(statuses)
+}
+
+/// True when every map of the object is pinned under `pins`.
+fn maps_complete(pins: &PinDirs) -> bool {
+    enforcer_ebpf::map_names::PINNED
+        .iter()
+        .all(|name| pins.map(name).exists())
+}
+
+/// Status of one cgroup.
+pub fn one(mount: &CgroupMount, pins: &PinDirs, cgroup_id: u64) -> Result<CgroupStatus, KernelError> {
+    let maps = PinnedMaps::open(pins)?;
+    let hooks: Vec<HookStatus> = HOOKS
+        .iter()
+        .map(|hook| HookStatus {
+            program: hook.program,
+            attached: pins.link(hook.program).exists(),
+        })
+        .collect();
+    let families_enforced = pins.link(LSM_SOCKET_CREATE).exists();
+    let families_not_enforced = if families_enforced {
+        Vec::new()
+    } else {
+        ["vsock", "packet", "every family but unix/inet/inet6/netlink"]
+            .map(String::from)
+            .to_vec()
+    };
+    let cgroup = mount.find_by_id(cgroup_id).map(|path| {
+        path.strip_prefix(&mount.path)
+            .unwrap_or(&path)
+            .display()
+            .to_string()
+    });
+    Ok(CgroupStatus {
+        cgroup_id,
+        cgroup,
+        hooks,
+        families_enforced,
+        families_not_enforced,
+        endpoints: maps.endpoints()?,
+        direct: maps.direct_entries()?,
+        local_ports: maps
+            .local_ports()?
+            .into_iter()
+            .map(|(addr, transport, sockets)| LocalPort {
+                addr,
+                transport,
+                sockets,
+            })
+            .collect(),
+        counters: maps.counters()?,
+        recent_denies: maps.recent_denies()?.iter().map(DenyRecord::from_event).collect(),
+    })
+}
