@@ -1,0 +1,1 @@
+//! enforcer's policy pack model, signing and TTL allowlist (built by a later issue).

@@ -1,0 +1,1 @@
+//! enforcer's CONNECT proxy and lane router (built by a later issue).

@@ -1,0 +1,173 @@
+//! `cargo xtask setup`: everything a fresh machine needs, idempotently.
+//!
+//! - nightly's `rust-src` (the BPF programs build with `-Z build-std=core`);
+//! - `bpf-linker` 0.13, linked against the LLVM shared library inside the
+//!   nightly toolchain (Debian's LLVM is too old for rustc's);
+//! - the `x86_64-unknown-linux-musl` target (static test binaries);
+//! - the Debian packages the tests use.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{is_root, run_command};
+
+/// bpf-linker version known to build here (../shared/TOOLCHAIN.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the tests and the demo use: (command it provides, package).
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("bpftool", "bpftool"),
+    ("curl", "curl"),
+    ("ip", "iproute2"),
+    ("openssl", "openssl"),
+    ("socat", "socat"),
+    ("python3", "python3"),
+];
+
+/// Runs every set-up step.
+pub fn run() -> anyhow::Result<()> {
+    nightly_rust_src()?;
+    musl_target()?;
+    bpf_linker()?;
+    debian_packages()?;
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+fn output_text(command: &mut Command) -> Option<String> {
+    let output = command.output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let installed = output_text(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]));
+    match installed {
+        Some(list) if list.lines().any(|line| line.starts_with("rust-src")) => Ok(()),
+        Some(_) => run_command(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ])),
+        None => {
+            run_command(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))
+            .context("the BPF programs need a nightly toolchain with rust-src")
+        }
+    }
+}
+
+fn musl_target() -> anyhow::Result<()> {
+    let installed = output_text(Command::new("rustup").args(["target", "list", "--installed"]))
+        .unwrap_or_default();
+    if installed.lines().any(|line| line == "x86_64-unknown-linux-musl") {
+        return Ok(());
+    }
+    run_command(Command::new("rustup").args(["target", "add", "x86_64-unknown-linux-musl"]))
+}
+
+fn cargo_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let binary = cargo_bin_dir().join("bpf-linker");
+    // A working bpf-linker of the right version is enough; if nightly's LLVM
+    // changed under it, --version fails and it is rebuilt.
+    if let Some(version) = output_text(Command::new(&binary).arg("--version"))
+        && version.contains(BPF_LINKER_VERSION)
+    {
+        return Ok(());
+    }
+    let sysroot = output_text(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("asking the nightly toolchain for its sysroot")?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let llvm = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("listing {}", lib_dir.display()))?
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .find(|name| name.starts_with("libLLVM-") && name.ends_with(".so"))
+        .with_context(|| format!("no libLLVM-*.so in {}", lib_dir.display()))?;
+    let lib_name = llvm.trim_start_matches("lib").trim_end_matches(".so").to_owned();
+    let major = lib_name
+        .trim_start_matches("LLVM-")
+        .split('-')
+        .next()
+        .filter(|major| major.chars().all(|c| c.is_ascii_digit()))
+        .with_context(|| format!("cannot read the LLVM major version from {llvm}"))?
+        .to_owned();
+    let lib_dir = lib_dir.display().to_string();
+    let rustflags = format!("-L {lib_dir} -l dylib={lib_name} -C link-arg=-Wl,-rpath,{lib_dir}");
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (about 75 s)");
+    run_command(
+        Command::new("cargo")
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major},no-llvm-linking"),
+            ])
+            .env("RUSTFLAGS", rustflags),
+    )
+}
+
+fn has_command(name: &str) -> bool {
+    let in_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+        .unwrap_or(false);
+    in_path || ["/usr/sbin", "/sbin"].iter().any(|dir| Path::new(dir).join(name).is_file())
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(command, _)| !has_command(command))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {}; install them with `sudo apt-get install -y {}` or run `sudo cargo xtask setup`",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    run_command(Command::new("apt-get").arg("update"))?;
+    run_command(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
