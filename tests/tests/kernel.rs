@@ -286,7 +286,7 @@ fn direct_entry_expires_in_the_kernel_with_no_enforcer_running() {
 /// Runs `enforcer attach` for `cgroup` in the background and waits until
 /// all its links are pinned.
 fn spawn_attach(cgroup: &TestCgroup) -> Child {
-    let child = Command::new(enforcer_bin())
+    let mut child = Command::new(enforcer_bin())
         .args(["attach", "--cgroup", &cgroup.name])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -304,7 +304,11 @@ fn spawn_attach(cgroup: &TestCgroup) -> Child {
             std::thread::sleep(Duration::from_millis(200));
             return child;
         }
-        assert!(Instant::now() < deadline, "enforcer attach did not pin its links within 20 s");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("enforcer attach did not pin its links within 20 s");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -179,7 +179,7 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
 
-    println!("{:<52} {:<28} {:<8} {}", "attempt from inside the cgroup", "target", "kernel", "result");
+    println!("{:<52} {:<28} {:<8} result", "attempt from inside the cgroup", "target", "kernel");
     println!("{}", "-".repeat(110));
     let mut surprises = 0;
     for attempt in &attempts {

@@ -113,5 +113,80 @@ fn test() -> anyhow::Result<()> {
         );
         command.args(["--exclude", "enforcer-tests"]);
     }
-    run_command(&mut command)
+    let totals = run_counting_tests(&mut command)?;
+    // One plain closing line for whoever reads the log's end.
+    println!("test: {} passed, {} failed", totals.passed, totals.failed);
+    if totals.failed > 0 {
+        bail!("{} test(s) failed", totals.failed);
+    }
+    Ok(())
+}
+
+/// Test counts summed over every `test result:` line cargo printed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    /// Adds one libtest summary line (`test result: ok. 3 passed; 0 failed; ...`).
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo test`, echoing its output while counting results.
+fn run_counting_tests(command: &mut Command) -> anyhow::Result<TestTotals> {
+    use std::io::{BufRead as _, BufReader};
+    eprintln!("xtask: running {command:?}");
+    let mut child = command
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    let mut totals = TestTotals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            totals.add_line(&line);
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        println!("test: {} passed, {} failed", totals.passed, totals.failed.max(1));
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestTotals;
+
+    #[test]
+    fn sums_libtest_summaries() {
+        let mut totals = TestTotals::default();
+        totals.add_line("test result: ok. 16 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 2.75s");
+        totals.add_line("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        totals.add_line("running 3 tests");
+        assert_eq!(totals, TestTotals { passed: 19, failed: 2 });
+    }
 }
