@@ -240,8 +240,16 @@ impl Drop for HeldListener {
     }
 }
 
-/// A non-loopback address of this host (from `ip -o addr`), if it has one.
+/// A non-loopback address of this host: `ENFORCER_TEST_HOST_ADDR` (the VM
+/// sets it after adding one to `lo`), else the first global one `ip` lists.
 pub fn host_address(v6: bool) -> Option<std::net::IpAddr> {
+    if let Some(addr) = std::env::var("ENFORCER_TEST_HOST_ADDR")
+        .ok()
+        .and_then(|text| text.parse::<std::net::IpAddr>().ok())
+        .filter(|addr| addr.is_ipv6() == v6)
+    {
+        return Some(addr);
+    }
     let output = Command::new("ip")
         .args([if v6 { "-6" } else { "-4" }, "-o", "addr", "show", "scope", "global"])
         .output()

@@ -6,6 +6,7 @@
 
 mod demo;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -30,9 +31,11 @@ enum Task {
     Setup,
     /// Set up, then build every binary.
     Build,
-    /// Set up, then run every test: unit, integration and (as root) the
-    /// native kernel tests.
+    /// Set up, then run every test: unit, integration, (as root) the
+    /// native kernel tests, and the kernel tests in a QEMU VM.
     Test,
+    /// Set up, then run the kernel tests inside a QEMU VM (no root needed).
+    TestVm(vm::VmArgs),
     /// Set up, build, and show the kernel enforcing a transient cgroup.
     Demo,
 }
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Build => setup::run().and_then(|()| build()),
         Task::Test => setup::run().and_then(|()| test()),
+        Task::TestVm(args) => setup::run().and_then(|()| vm::run(&args)),
         Task::Demo => setup::run().and_then(|()| build()).and_then(|()| demo::run()),
     };
     match result {
@@ -63,9 +67,14 @@ pub fn workspace_root() -> PathBuf {
 
 /// Runs a command in the workspace root, failing with its command line.
 pub fn run_command(command: &mut Command) -> anyhow::Result<()> {
-    eprintln!("xtask: running {command:?}");
+    run_command_in(command, &workspace_root())
+}
+
+/// Runs a command in `dir`, failing with its command line.
+pub fn run_command_in(command: &mut Command, dir: &Path) -> anyhow::Result<()> {
+    eprintln!("xtask: running {command:?} in {}", dir.display());
     let status = command
-        .current_dir(workspace_root())
+        .current_dir(dir)
         .status()
         .with_context(|| format!("starting {command:?}"))?;
     if !status.success() {
@@ -114,8 +123,15 @@ fn test() -> anyhow::Result<()> {
         command.args(["--exclude", "enforcer-tests"]);
     }
     let totals = run_counting_tests(&mut command)?;
+    let vm = vm::run(&vm::VmArgs::default());
+    let vm_failed = u64::from(vm.is_err());
     // One plain closing line for whoever reads the log's end.
-    println!("test: {} passed, {} failed", totals.passed, totals.failed);
+    println!(
+        "test: {} passed, {} failed",
+        totals.passed + 1 - vm_failed,
+        totals.failed + vm_failed
+    );
+    vm.context("cargo xtask test-vm")?;
     if totals.failed > 0 {
         bail!("{} test(s) failed", totals.failed);
     }

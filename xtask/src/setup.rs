@@ -18,14 +18,19 @@ use crate::{is_root, run_command};
 /// bpf-linker version known to build here (../shared/TOOLCHAIN.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests and the demo use: (command it provides, package).
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[
-    ("bpftool", "bpftool"),
-    ("curl", "curl"),
-    ("ip", "iproute2"),
-    ("openssl", "openssl"),
-    ("socat", "socat"),
-    ("python3", "python3"),
+/// Debian packages the tests, the demo and the VM layer use.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "bpftool",
+    "curl",
+    "iproute2",
+    "openssl",
+    "socat",
+    "python3",
+    "qemu-system-x86",
+    "busybox-static",
+    "binutils",
+    // musl-gcc: C code in dependencies (ring) for the static VM binaries.
+    "musl-tools",
 ];
 
 /// Runs every set-up step.
@@ -140,18 +145,16 @@ fn bpf_linker() -> anyhow::Result<()> {
     )
 }
 
-fn has_command(name: &str) -> bool {
-    let in_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
-        .unwrap_or(false);
-    in_path || ["/usr/sbin", "/sbin"].iter().any(|dir| Path::new(dir).join(name).is_file())
+fn is_installed(package: &str) -> bool {
+    output_text(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.contains("install ok installed"))
 }
 
 fn debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
-        .filter(|(command, _)| !has_command(command))
-        .map(|(_, package)| *package)
+        .copied()
+        .filter(|package| !is_installed(package))
         .collect();
     if missing.is_empty() {
         return Ok(());

@@ -1,0 +1,532 @@
+//! `cargo xtask test-vm`: the kernel tests inside a QEMU VM.
+//!
+//! 1. builds the test binaries statically (musl) and strips them;
+//! 2. fetches Debian's current `linux-image-amd64` kernel once and caches
+//!    it under `~/.cache/enforcer/kernel/` (or takes `--kernel PATH`);
+//! 3. writes a newc initramfs: our own `init` (enforcer-vm-init), the
+//!    binaries, busybox (for `ip`) and bpftool with its shared libraries;
+//! 4. boots `qemu-system-x86_64` (KVM only when a short probe boot shows it
+//!    works, else TCG with `-cpu max`), streams the console with a line per
+//!    test, and enforces a wall-clock limit;
+//! 5. fails on any test failure, a kernel panic or a missing end marker.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{run_command, run_command_in, workspace_root};
+
+const MUSL: &str = "x86_64-unknown-linux-musl";
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM when a probe boot succeeds within a short limit, else TCG.
+    Auto,
+    /// KVM (fails if it does not boot).
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+/// Options of `cargo xtask test-vm`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VmArgs {
+    /// Boot this kernel image instead of Debian's current one.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: Accel,
+    /// Keep the initramfs and console log (under target/test-vm/) and print where.
+    #[arg(long)]
+    keep: bool,
+    /// Wall-clock limit for the test boot, in seconds.
+    #[arg(long, default_value_t = 1500)]
+    timeout: u64,
+}
+
+impl Default for VmArgs {
+    fn default() -> Self {
+        Self {
+            kernel: None,
+            accel: Accel::Auto,
+            keep: false,
+            timeout: 1500,
+        }
+    }
+}
+
+/// A binary to put in the VM and whether init runs it as a test.
+struct VmBinary {
+    /// Path inside the VM.
+    guest: &'static str,
+    /// Built file on the host.
+    host: PathBuf,
+    /// `Some(args)` when init runs it as a test.
+    test_args: Option<&'static str>,
+}
+
+/// Runs the VM test layer.
+pub fn run(args: &VmArgs) -> anyhow::Result<()> {
+    let work = workspace_root().join("target/test-vm");
+    fs::create_dir_all(&work).context("creating target/test-vm")?;
+    let binaries = build_static()?;
+    let kernel = match &args.kernel {
+        Some(path) => path.clone(),
+        None => debian_kernel()?,
+    };
+    let initrd = work.join("initramfs.cpio");
+    write_initramfs(&initrd, &binaries)?;
+    let accel = choose_accel(args.accel, &kernel, &initrd)?;
+    let log_path = work.join("console.log");
+    let outcome = boot_and_watch(&kernel, &initrd, accel, Duration::from_secs(args.timeout), &log_path);
+    if args.keep {
+        eprintln!("test-vm: kept {} and {}", initrd.display(), log_path.display());
+    } else {
+        let _ = fs::remove_file(&initrd);
+    }
+    outcome
+}
+
+/// Builds the VM's binaries for musl and returns them (stripped copies).
+fn build_static() -> anyhow::Result<Vec<VmBinary>> {
+    run_command(
+        Command::new("cargo")
+            .args(["build", "--target", MUSL, "-p", "enforcer-user", "-p", "enforcer-tests", "--bins"]),
+    )?;
+    let kernel_test = build_test_binary("enforcer-tests", "kernel")?;
+    let out = workspace_root().join("target").join(MUSL).join("debug");
+    let stripped = workspace_root().join("target/test-vm/bin");
+    fs::create_dir_all(&stripped)?;
+    let mut binaries = vec![
+        VmBinary {
+            guest: "/init",
+            host: out.join("enforcer-vm-init"),
+            test_args: None,
+        },
+        VmBinary {
+            guest: "/bin/enforcer",
+            host: out.join("enforcer"),
+            test_args: None,
+        },
+        VmBinary {
+            guest: "/bin/enforcer-probe",
+            host: out.join("enforcer-probe"),
+            test_args: None,
+        },
+        VmBinary {
+            guest: "/tests/kernel",
+            host: kernel_test,
+            test_args: Some("--test-threads=2"),
+        },
+    ];
+    for binary in &mut binaries {
+        let name = binary.guest.trim_start_matches('/').replace('/', "_");
+        let copy = stripped.join(name);
+        fs::copy(&binary.host, &copy)
+            .with_context(|| format!("copying {}", binary.host.display()))?;
+        run_command(Command::new("strip").arg("--strip-debug").arg(&copy))?;
+        binary.host = copy;
+    }
+    Ok(binaries)
+}
+
+/// Builds one integration-test target for musl and returns its executable.
+fn build_test_binary(package: &str, test: &str) -> anyhow::Result<PathBuf> {
+    let output = Command::new("cargo")
+        .args(["test", "--no-run", "--message-format=json", "--target", MUSL, "-p", package, "--test", test])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the kernel test binary")?;
+    if !output.status.success() {
+        bail!("building {package} --test {test} for {MUSL} failed");
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for line in stdout.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] == "compiler-artifact"
+            && message["target"]["name"] == test
+            && let Some(executable) = message["executable"].as_str()
+        {
+            return Ok(PathBuf::from(executable));
+        }
+    }
+    bail!("cargo did not report an executable for {package} --test {test}")
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("enforcer/kernel")
+}
+
+/// Debian's current `linux-image-amd64` kernel, downloaded once and cached.
+fn debian_kernel() -> anyhow::Result<PathBuf> {
+    let cache = cache_dir();
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let mut package = current_kernel_package();
+    if package.is_none() {
+        run_command(Command::new("apt-get").arg("update"))?;
+        package = current_kernel_package();
+    }
+    let package = package.context("`apt-cache depends linux-image-amd64` names no kernel package")?;
+    let extracted = cache.join(&package);
+    if let Some(found) = find_vmlinuz(&extracted) {
+        eprintln!("test-vm: kernel {package} (cached)");
+        return Ok(found);
+    }
+    eprintln!("test-vm: downloading {package}");
+    run_command_in(Command::new("apt-get").args(["download", &package]), &cache)?;
+    let deb = fs::read_dir(&cache)?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(&format!("{package}_")) && name.ends_with(".deb"))
+        })
+        .with_context(|| format!("apt-get download left no {package}_*.deb in {}", cache.display()))?;
+    run_command(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted))?;
+    let _ = fs::remove_file(&deb);
+    find_vmlinuz(&extracted).with_context(|| format!("no boot/vmlinuz-* in {}", deb.display()))
+}
+
+fn current_kernel_package() -> Option<String> {
+    let output = Command::new("apt-cache").args(["depends", "linux-image-amd64"]).output().ok()?;
+    String::from_utf8_lossy(&output.stdout).lines().find_map(|line| {
+        let name = line.trim().strip_prefix("Depends: ")?;
+        name.starts_with("linux-image-").then(|| name.to_owned())
+    })
+}
+
+fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
+    fs::read_dir(dir.join("boot"))
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+}
+
+// === initramfs ===
+
+/// A newc ("070701") cpio archive written in memory.
+struct Cpio {
+    data: Vec<u8>,
+    inode: u32,
+    dirs: BTreeSet<String>,
+}
+
+impl Cpio {
+    fn new() -> Self {
+        Self {
+            data: Vec::new(),
+            inode: 1,
+            dirs: BTreeSet::new(),
+        }
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, body: &[u8]) {
+        let name = name.trim_start_matches('/');
+        let fields = [
+            self.inode,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            u32::try_from(body.len()).unwrap_or(u32::MAX),
+            0,
+            0,
+            0,
+            0,
+            u32::try_from(name.len() + 1).unwrap_or(u32::MAX),
+            0,
+        ];
+        self.inode += 1;
+        self.data.extend_from_slice(b"070701");
+        for field in fields {
+            self.data.extend_from_slice(format!("{field:08x}").as_bytes());
+        }
+        self.data.extend_from_slice(name.as_bytes());
+        self.data.push(0);
+        self.pad();
+        self.data.extend_from_slice(body);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while self.data.len() % 4 != 0 {
+            self.data.push(0);
+        }
+    }
+
+    /// Adds every missing parent directory of `path`.
+    fn parents(&mut self, path: &str) {
+        let mut prefix = String::new();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            if self.dirs.insert(prefix.clone()) {
+                let dir = prefix.clone();
+                self.entry(&dir, 0o040_755, &[]);
+            }
+        }
+    }
+
+    fn dir(&mut self, path: &str) {
+        self.parents(&format!("{path}/x"));
+    }
+
+    fn file(&mut self, path: &str, mode: u32, body: &[u8]) {
+        self.parents(path);
+        self.entry(path, 0o100_000 | mode, body);
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) {
+        self.parents(path);
+        self.entry(path, 0o120_777, target.as_bytes());
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[]);
+        self.data
+    }
+}
+
+/// Shared libraries a dynamic executable needs (from `ldd`), with the loader.
+fn shared_libraries(executable: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let output = Command::new("ldd").arg(executable).output().context("running ldd")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+fn which(name: &str, extra: &[&str]) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .with_context(|| format!("{name} not found (cargo xtask setup installs it)"))
+}
+
+fn write_initramfs(path: &Path, binaries: &[VmBinary]) -> anyhow::Result<()> {
+    let mut cpio = Cpio::new();
+    for dir in ["dev", "proc", "sys", "tmp", "run", "mnt", "tests", "usr/sbin", "bin"] {
+        cpio.dir(dir);
+    }
+    let mut tests = String::new();
+    for binary in binaries {
+        let body = fs::read(&binary.host).with_context(|| format!("reading {}", binary.host.display()))?;
+        cpio.file(binary.guest, 0o755, &body);
+        if let Some(args) = binary.test_args {
+            let name = binary.guest.rsplit('/').next().unwrap_or(binary.guest);
+            tests.push_str(&format!("{name} {} {args}\n", binary.guest));
+        }
+    }
+    cpio.file("/vm-tests", 0o644, tests.as_bytes());
+    let busybox = which("busybox", &["/bin", "/usr/bin"])?;
+    cpio.file("/bin/busybox", 0o755, &fs::read(&busybox)?);
+    for applet in ["sh", "ip", "cat", "ls"] {
+        cpio.symlink(&format!("/bin/{applet}"), "busybox");
+    }
+    let bpftool = which("bpftool", &["/usr/sbin", "/sbin"])?;
+    cpio.file("/usr/sbin/bpftool", 0o755, &fs::read(&bpftool)?);
+    for library in shared_libraries(&bpftool)? {
+        let real = fs::canonicalize(&library).unwrap_or_else(|_| library.clone());
+        let body = fs::read(&real).with_context(|| format!("reading {}", real.display()))?;
+        cpio.file(&library.display().to_string(), 0o755, &body);
+    }
+    let data = cpio.finish();
+    fs::File::create(path)
+        .and_then(|mut file| file.write_all(&data))
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("test-vm: initramfs {} ({} MiB)", path.display(), data.len() >> 20);
+    Ok(())
+}
+
+// === boot ===
+
+fn qemu(kernel: &Path, initrd: &Path, accel: Accel, append: &str) -> Command {
+    let mut command = Command::new("qemu-system-x86_64");
+    match accel {
+        Accel::Kvm => command.args(["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg | Accel::Auto => command.args(["-accel", "tcg", "-cpu", "max"]),
+    };
+    command
+        .args(["-m", "1024", "-smp", "2", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 quiet loglevel=3 {append}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// KVM only when a probe boot prints its marker within a short limit.
+fn choose_accel(requested: Accel, kernel: &Path, initrd: &Path) -> anyhow::Result<Accel> {
+    match requested {
+        Accel::Tcg => return Ok(Accel::Tcg),
+        Accel::Kvm => return Ok(Accel::Kvm),
+        Accel::Auto => {}
+    }
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("test-vm: no /dev/kvm; using TCG");
+        return Ok(Accel::Tcg);
+    }
+    let mut child = qemu(kernel, initrd, Accel::Kvm, "enforcer.probe")
+        .spawn()
+        .context("starting qemu-system-x86_64 (cargo xtask setup installs qemu-system-x86)")?;
+    let lines = stream_lines(&mut child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut works = false;
+    while let Some(line) = next_line(&lines, deadline) {
+        if line.contains("VMTEST-PROBE-OK") {
+            works = true;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!(
+        "test-vm: KVM probe {}; using {}",
+        if works { "booted" } else { "did not boot within 30 s" },
+        if works { "KVM" } else { "TCG" }
+    );
+    Ok(if works { Accel::Kvm } else { Accel::Tcg })
+}
+
+/// Lines of the child's stdout and stderr, through a channel.
+fn stream_lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        let sender = sender.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+                let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_owned();
+                if sender.send(text).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    if let Some(stderr) = child.stderr.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(format!("qemu: {line}")).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    receiver
+}
+
+/// The next line before `deadline`; None at the deadline or end of output.
+fn next_line(lines: &mpsc::Receiver<String>, deadline: Instant) -> Option<String> {
+    let left = deadline.checked_duration_since(Instant::now())?;
+    lines.recv_timeout(left).ok()
+}
+
+fn boot_and_watch(
+    kernel: &Path,
+    initrd: &Path,
+    accel: Accel,
+    limit: Duration,
+    log_path: &Path,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut child = qemu(kernel, initrd, accel, "")
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let lines = stream_lines(&mut child);
+    let deadline = started + limit;
+    let mut log = fs::File::create(log_path).ok();
+    let mut failures = Vec::new();
+    let mut passed = 0;
+    let mut done = false;
+    let mut panic_line = None;
+    while let Some(line) = next_line(&lines, deadline) {
+        if let Some(log) = log.as_mut() {
+            let _ = writeln!(log, "{line}");
+        }
+        let elapsed = started.elapsed().as_secs();
+        if let Some((_, version)) = line.split_once("VMTEST-KERNEL ") {
+            println!("test-vm: [{elapsed:>4}s] VM kernel {version}");
+        } else if let Some(lsm) = line.strip_prefix("VMTEST-LSM ") {
+            println!("test-vm: [{elapsed:>4}s] VM LSMs {lsm}");
+        } else if line.starts_with("test ") && (line.ends_with(" ok") || line.contains(" FAILED")) {
+            println!("test-vm: [{elapsed:>4}s] {line}");
+        } else if let Some(result) = line.strip_prefix("VMTEST-RESULT ") {
+            println!("test-vm: [{elapsed:>4}s] {result}");
+            let mut words = result.split_whitespace();
+            let name = words.next().unwrap_or("?").to_owned();
+            if words.next() == Some("pass") {
+                passed += 1;
+            } else {
+                failures.push(name);
+            }
+        } else if line.starts_with("VMTEST-WARN") || line.starts_with("qemu:") {
+            println!("test-vm: [{elapsed:>4}s] {line}");
+        } else if line.contains("Kernel panic") {
+            panic_line = Some(line.clone());
+            println!("test-vm: [{elapsed:>4}s] {line}");
+        } else if line.contains("panicked at") || line.starts_with("thread '") {
+            println!("test-vm: [{elapsed:>4}s]   {line}");
+        } else if line == "VMTEST-DONE" {
+            done = true;
+        }
+    }
+    let timed_out = Instant::now() >= deadline;
+    let _ = child.kill();
+    let _ = child.wait();
+    let elapsed = started.elapsed().as_secs();
+    println!(
+        "test-vm: {passed} test binaries passed, {} failed, in {elapsed} s ({accel:?}); console log {}",
+        failures.len(),
+        log_path.display()
+    );
+    if let Some(line) = panic_line {
+        bail!("the VM kernel panicked: {line}");
+    }
+    if !failures.is_empty() {
+        bail!("failed in the VM: {}", failures.join(", "));
+    }
+    if !done {
+        bail!(
+            "the VM never printed its end marker ({}); see {}",
+            if timed_out { format!("wall-clock limit of {} s reached", limit.as_secs()) } else { "it stopped early".into() },
+            log_path.display()
+        );
+    }
+    Ok(())
+}
