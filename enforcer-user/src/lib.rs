@@ -4,4 +4,5 @@
 //! The `enforcer` binary is a thin CLI over this; tests use it directly.
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod kernel;

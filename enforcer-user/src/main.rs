@@ -19,6 +19,8 @@ enum Command {
     Attach(cli::attach::AttachArgs),
     Detach(cli::detach::DetachArgs),
     Status(cli::status::StatusArgs),
+    /// Make, sign, verify, lint and show policy packs.
+    Policy(cli::policy::PolicyArgs),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
         Command::Attach(args) => cli::attach::run(args),
         Command::Detach(args) => cli::detach::run(args),
         Command::Status(args) => cli::status::run(args),
+        Command::Policy(args) => cli::policy::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod detach;
+pub mod policy;
 pub mod status;
 
 use anyhow::Context as _;

@@ -1,0 +1,217 @@
+//! The batched audit writer: a bounded queue in front of one thread that
+//! owns the database.
+//!
+//! Submitting never blocks the data path: when the queue is full the record
+//! is counted as dropped (per source) and the count itself is written to
+//! the database, so every record is either stored or accounted for.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::broadcast;
+
+use super::{
+    record::{AuditRecord, Source},
+    store::{AuditStore, Retention, StoreError},
+};
+
+/// Records waiting to be written before new ones are dropped.
+pub const QUEUE_CAPACITY: usize = 262_144;
+/// Records written per transaction at most.
+const BATCH: usize = 8_192;
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// Counters shared with metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Records stored.
+    pub stored: AtomicU64,
+    /// Records dropped (queue full or a failed write), all sources.
+    pub dropped: AtomicU64,
+    dropped_by_source: [AtomicU64; 4],
+}
+
+impl WriterStats {
+    fn source_index(source: Source) -> usize {
+        match source {
+            Source::Kernel => 0,
+            Source::Proxy => 1,
+            Source::Router => 2,
+            Source::Control => 3,
+        }
+    }
+
+    fn drop_one(&self, source: Source) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.dropped_by_source[Self::source_index(source)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Handle to the writer thread; cheap to clone.
+#[derive(Clone)]
+pub struct AuditWriter {
+    sender: SyncSender<AuditRecord>,
+    stats: Arc<WriterStats>,
+    live: broadcast::Sender<AuditRecord>,
+}
+
+/// The running thread; `finish` drains the queue and joins it.
+pub struct WriterThread {
+    handle: JoinHandle<()>,
+}
+
+impl WriterThread {
+    /// Waits until every queued record is written (all handles must be dropped first).
+    pub fn finish(self) {
+        let _ = self.handle.join();
+    }
+}
+
+impl AuditWriter {
+    /// Opens the database and starts the writer thread.
+    pub fn start(path: &Path, retention: Retention) -> Result<(Self, WriterThread), StoreError> {
+        let store = AuditStore::open(path)?;
+        let (sender, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let stats = Arc::new(WriterStats::default());
+        let (live, _) = broadcast::channel(4_096);
+        let thread_stats = Arc::clone(&stats);
+        let thread_live = live.clone();
+        let handle = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || write_loop(store, &receiver, &thread_stats, &thread_live, retention))
+            .map_err(|source| StoreError::Directory {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok((
+            Self {
+                sender,
+                stats,
+                live,
+            },
+            WriterThread { handle },
+        ))
+    }
+
+    /// Queues a record; never blocks. Returns false when it had to be dropped.
+    pub fn submit(&self, record: AuditRecord) -> bool {
+        let source = record.source;
+        match self.sender.try_send(record) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.stats.drop_one(source);
+                false
+            }
+        }
+    }
+
+    /// Shared counters.
+    pub fn stats(&self) -> &Arc<WriterStats> {
+        &self.stats
+    }
+
+    /// Records as they are stored (for the live event stream).
+    pub fn subscribe(&self) -> broadcast::Receiver<AuditRecord> {
+        self.live.subscribe()
+    }
+}
+
+fn write_loop(
+    mut store: AuditStore,
+    receiver: &Receiver<AuditRecord>,
+    stats: &WriterStats,
+    live: &broadcast::Sender<AuditRecord>,
+    retention: Retention,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut flushed_drops = [0u64; 4];
+    let mut last_retention = Instant::now();
+    let _ = store.apply_retention(retention, SystemTime::now());
+    loop {
+        let disconnected = match receiver.recv_timeout(Duration::from_millis(200)) {
+            Ok(record) => {
+                batch.push(record);
+                while batch.len() < BATCH {
+                    match receiver.try_recv() {
+                        Ok(record) => batch.push(record),
+                        Err(_) => break,
+                    }
+                }
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        if !batch.is_empty() {
+            match store.insert(&mut batch) {
+                Ok(()) => {
+                    stats.stored.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    for record in batch.drain(..) {
+                        let _ = live.send(record);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, records = batch.len(), "audit write failed; records counted as dropped");
+                    for record in batch.drain(..) {
+                        stats.drop_one(record.source);
+                    }
+                }
+            }
+        }
+        for source in [Source::Kernel, Source::Proxy, Source::Router, Source::Control] {
+            let index = WriterStats::source_index(source);
+            let total = stats.dropped_by_source[index].load(Ordering::Relaxed);
+            let new = total - flushed_drops[index];
+            if new > 0 && store.record_drops(source, new, SystemTime::now()).is_ok() {
+                flushed_drops[index] = total;
+            }
+        }
+        if last_retention.elapsed() >= RETENTION_EVERY {
+            if let Err(error) = store.apply_retention(retention, SystemTime::now()) {
+                tracing::warn!(error = %error, "audit retention failed");
+            }
+            last_retention = Instant::now();
+        }
+        if disconnected {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::audit::{Decision, EventFilter};
+
+    #[test]
+    fn writes_in_batches_and_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let (writer, thread) = AuditWriter::start(&path, Retention::default()).unwrap();
+        let mut live = writer.subscribe();
+        for i in 0..10_000 {
+            let mut record = AuditRecord::new(SystemTime::now(), Source::Kernel, Decision::Deny, "destination_not_allowed");
+            record.port = Some((i % 60_000) as u16);
+            assert!(writer.submit(record));
+        }
+        let first = live.blocking_recv().unwrap();
+        assert!(first.id > 0, "streamed records carry their row id");
+        let stats = Arc::clone(writer.stats());
+        drop(writer);
+        thread.finish();
+        assert_eq!(stats.stored.load(Ordering::Relaxed), 10_000);
+        let store = AuditStore::open_read_only(&path).unwrap();
+        assert_eq!(store.count(Source::Kernel).unwrap(), 10_000);
+        assert_eq!(store.query(&EventFilter { limit: Some(5), ..EventFilter::default() }).unwrap().len(), 5);
+    }
+}
