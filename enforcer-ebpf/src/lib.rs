@@ -189,11 +189,15 @@ impl Hook {
     }
 }
 
-/// Why something was denied. One enum for the kernel programs and for the
-/// proxy and router, so every audit record uses the same vocabulary.
+/// Why something was allowed or denied: one vocabulary for the kernel
+/// programs, the CONNECT proxy and every audit record. The kernel programs
+/// use the first seven (their discriminants are what the maps and events
+/// carry); the proxy uses the rest. Names are machine-readable snake_case
+/// and stable: add variants, never rename or reuse one.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
+    // === kernel ===
     /// The destination is not an enforcer endpoint nor a live direct entry.
     Destination = 1,
     /// A loopback port not bound by a process of the enforced cgroup.
@@ -208,11 +212,81 @@ pub enum Reason {
     Protocol = 6,
     /// A socket family other than unix, inet, inet6 and netlink.
     Family = 7,
+
+    // === CONNECT proxy ===
+    // === allow ===
+    /// `host:port` is on the policy pack's allowlist and every check passed.
+    Allowlisted = 32,
+    /// `host:port` is covered by a live runtime grant (`enforcer allow`) and
+    /// every check passed.
+    Granted = 33,
+    /// Allowed on the outer SNI alone although the ClientHello carried an
+    /// `encrypted_client_hello` extension (`fronting.allowECH`).
+    AllowlistedEch = 34,
+    /// A plain-HTTP (absolute-form) request to a host the policy allows
+    /// plain HTTP for.
+    PlainHttpAllowed = 35,
+
+    // === before `200` ===
+    /// The request line or headers broke the HTTP grammar the proxy accepts.
+    MalformedRequest = 36,
+    /// The request head exceeded the configured line, header-count or byte bound.
+    RequestTooLarge = 37,
+    /// The request head did not arrive within the header-read timeout.
+    RequestTimeout = 38,
+    /// The client asked for an IP address (in any spelling) instead of a name.
+    IpLiteral = 39,
+    /// The host is neither a valid name nor a valid address (bad IDNA,
+    /// numeric garbage like `1.2.3.999`).
+    InvalidHost = 40,
+    /// `host:port` is not on the allowlist.
+    NotAllowlisted = 41,
+    /// Only expired allowlist entries or grants match `host:port`.
+    Expired = 42,
+    /// A plain-HTTP request to a host the policy does not allow plain HTTP for.
+    PlainHttpDenied = 43,
+    /// Every tunnel slot (`limits.maxConcurrentTunnels`) was taken: `503`.
+    Overloaded = 44,
+
+    // === after `200`: the ClientHello ===
+    /// The first bytes in the tunnel are not a TLS handshake record.
+    NotTls = 45,
+    /// The TLS records or the ClientHello inside them are malformed.
+    MalformedClientHello = 46,
+    /// The ClientHello exceeded the byte bound.
+    ClientHelloTooLarge = 47,
+    /// The ClientHello did not arrive within the ClientHello timeout.
+    ClientHelloTimeout = 48,
+    /// The ClientHello has no `server_name` (`fronting.requireSNI`).
+    MissingSni = 49,
+    /// The ClientHello names more than one server.
+    MultipleSni = 50,
+    /// The ClientHello carries an `encrypted_client_hello` extension and the
+    /// policy does not set `fronting.allowECH`.
+    Ech = 51,
+    /// The SNI differs from the CONNECT host after normalisation
+    /// (`fronting.requireHostEqSNI`): domain fronting.
+    SniMismatch = 52,
+
+    // === resolve and dial ===
+    /// The name did not resolve (or the resolver failed).
+    ResolveFailed = 53,
+    /// Every resolved address is in a refused class (loopback, link-local,
+    /// metadata, private, …): DNS rebinding and the like.
+    ForbiddenAddress = 54,
+    /// No resolved address accepted a connection.
+    ConnectFailed = 55,
+    /// Dialling the upstream did not finish within the connect timeout.
+    ConnectTimeout = 56,
+    /// The client went away before a decision could be made.
+    ClientClosed = 57,
+    /// An I/O error on the client socket before a decision could be made.
+    ClientError = 58,
 }
 
 impl Reason {
-    /// Every reason, for counters and documentation.
-    pub const ALL: [Reason; 7] = [
+    /// The reasons the kernel programs give (what `STATS` counts).
+    pub const KERNEL: [Reason; 7] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -222,12 +296,58 @@ impl Reason {
         Self::Family,
     ];
 
+    /// Every reason, for documentation, metrics and tests.
+    pub const ALL: [Reason; 34] = [
+        Self::Destination,
+        Self::LoopbackPort,
+        Self::DirectExpired,
+        Self::Dns,
+        Self::RawSocket,
+        Self::Protocol,
+        Self::Family,
+        Self::Allowlisted,
+        Self::Granted,
+        Self::AllowlistedEch,
+        Self::PlainHttpAllowed,
+        Self::MalformedRequest,
+        Self::RequestTooLarge,
+        Self::RequestTimeout,
+        Self::IpLiteral,
+        Self::InvalidHost,
+        Self::NotAllowlisted,
+        Self::Expired,
+        Self::PlainHttpDenied,
+        Self::Overloaded,
+        Self::NotTls,
+        Self::MalformedClientHello,
+        Self::ClientHelloTooLarge,
+        Self::ClientHelloTimeout,
+        Self::MissingSni,
+        Self::MultipleSni,
+        Self::Ech,
+        Self::SniMismatch,
+        Self::ResolveFailed,
+        Self::ForbiddenAddress,
+        Self::ConnectFailed,
+        Self::ConnectTimeout,
+        Self::ClientClosed,
+        Self::ClientError,
+    ];
+
     /// Decodes a reason byte from an event.
     pub fn from_u8(value: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|reason| *reason as u8 == value)
     }
 
-    /// The machine-readable name used in audit records and metrics.
+    /// Whether a reason belongs to an allow decision.
+    pub fn is_allow(self) -> bool {
+        matches!(
+            self,
+            Self::Allowlisted | Self::Granted | Self::AllowlistedEch | Self::PlainHttpAllowed
+        )
+    }
+
+    /// The stable machine-readable name (audit records, logs, metrics, the `403` body).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Destination => "destination_not_allowed",
@@ -237,7 +357,95 @@ impl Reason {
             Self::RawSocket => "raw_socket",
             Self::Protocol => "protocol_not_tcp_udp",
             Self::Family => "socket_family",
+            Self::Allowlisted => "allowlisted",
+            Self::Granted => "granted",
+            Self::AllowlistedEch => "allowlisted_ech",
+            Self::PlainHttpAllowed => "plain_http_allowed",
+            Self::MalformedRequest => "malformed_request",
+            Self::RequestTooLarge => "request_too_large",
+            Self::RequestTimeout => "request_timeout",
+            Self::IpLiteral => "ip_literal",
+            Self::InvalidHost => "invalid_host",
+            Self::NotAllowlisted => "not_allowlisted",
+            Self::Expired => "expired",
+            Self::PlainHttpDenied => "plain_http_denied",
+            Self::Overloaded => "overloaded",
+            Self::NotTls => "not_tls",
+            Self::MalformedClientHello => "malformed_client_hello",
+            Self::ClientHelloTooLarge => "client_hello_too_large",
+            Self::ClientHelloTimeout => "client_hello_timeout",
+            Self::MissingSni => "missing_sni",
+            Self::MultipleSni => "multiple_sni",
+            Self::Ech => "ech",
+            Self::SniMismatch => "sni_mismatch",
+            Self::ResolveFailed => "resolve_failed",
+            Self::ForbiddenAddress => "forbidden_address",
+            Self::ConnectFailed => "connect_failed",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::ClientClosed => "client_closed",
+            Self::ClientError => "client_error",
         }
+    }
+
+    /// One sentence for a `403`/`503` body and the docs: what happened.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::Destination => {
+                "the destination is not an enforcer endpoint nor a live direct entry"
+            }
+            Self::LoopbackPort => {
+                "the loopback port is not bound by a process of the enforced cgroup"
+            }
+            Self::DirectExpired => "the direct allow entry for this destination has expired",
+            Self::Dns => "DNS goes only to the enforcer, not to other resolvers",
+            Self::RawSocket => "raw sockets are not allowed",
+            Self::Protocol => "only TCP and UDP sockets are allowed",
+            Self::Family => "only unix, inet, inet6 and netlink sockets are allowed",
+            Self::Allowlisted => "the destination is allowlisted",
+            Self::Granted => "the destination is allowed by a runtime grant",
+            Self::AllowlistedEch => {
+                "the destination is allowlisted; ECH allowed by fronting.allowECH"
+            }
+            Self::PlainHttpAllowed => "plain HTTP is allowed for this host",
+            Self::MalformedRequest => "the proxy request is malformed",
+            Self::RequestTooLarge => "the proxy request head is too large",
+            Self::RequestTimeout => "the proxy request head did not arrive in time",
+            Self::IpLiteral => "IP-address destinations are not allowed; ask for a host name",
+            Self::InvalidHost => "the host is neither a valid name nor a valid address",
+            Self::NotAllowlisted => "the destination host:port is not on the allowlist",
+            Self::Expired => "the allowlist entry for this host:port has expired",
+            Self::PlainHttpDenied => "plain HTTP to this host is not allowed; use HTTPS",
+            Self::Overloaded => "too many concurrent tunnels; try again later",
+            Self::NotTls => "the tunnel did not start with a TLS ClientHello",
+            Self::MalformedClientHello => "the TLS ClientHello is malformed",
+            Self::ClientHelloTooLarge => "the TLS ClientHello is too large",
+            Self::ClientHelloTimeout => "the TLS ClientHello did not arrive in time",
+            Self::MissingSni => "the TLS ClientHello has no server name (SNI)",
+            Self::MultipleSni => "the TLS ClientHello names more than one server",
+            Self::Ech => "the TLS ClientHello uses encrypted_client_hello (ECH)",
+            Self::SniMismatch => "the TLS server name differs from the CONNECT host",
+            Self::ResolveFailed => "the destination name did not resolve",
+            Self::ForbiddenAddress => {
+                "the destination resolved only to refused addresses (loopback, link-local, metadata, private, this host)"
+            }
+            Self::ConnectFailed => "the upstream refused or failed the connection",
+            Self::ConnectTimeout => "the upstream did not accept the connection in time",
+            Self::ClientClosed => "the client closed the connection",
+            Self::ClientError => "the client connection failed",
+        }
+    }
+}
+
+impl core::fmt::Display for Reason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 

@@ -1,1 +1,37 @@
-//! enforcer's CONNECT proxy and lane router (built by a later issue).
+//! enforcer's egress proxy: a CONNECT proxy that lets HTTPS through only to
+//! allowlisted `host:port`, only when the TLS ClientHello's SNI names that same
+//! host, and only to addresses it resolved and checked itself; and the lane
+//! router ([`router`]), which sends the agent's Anthropic API calls to the
+//! provider each model is routed to, with that provider's credential.
+//!
+//! Layout, one concern per module (DESIGN.md §4):
+//! - [`server`]: [`server::ConnectProxy`], the phases of one connection (I/O edge);
+//! - [`decide`]: the decisions, pure functions of (request facts, policy snapshot, now);
+//! - [`request`]: strict CONNECT / absolute-form request parsing (pure);
+//! - [`client_hello`]: incremental, bounded ClientHello reader (pure);
+//! - [`addr_class`]: which resolved addresses may be dialled (pure);
+//! - [`resolve`]: operator pins, system resolver, upstream DNS client;
+//! - [`relay`]: the splice(2) data path with half-close and timeouts;
+//! - [`admission`]: the concurrent-tunnel limit;
+//! - [`forward`]: rewriting allowed plain-HTTP requests for the origin;
+//! - [`reason`]: the decision vocabulary;
+//! - [`response`]: the proxy's own HTTP responses;
+//! - [`audit`]: one event per decision, handed to an [`audit::AuditSink`];
+//! - [`router`]: the lane router, one module per concern inside.
+//!
+//! The lane router (DESIGN.md §5) lives in [`router`].
+#![deny(missing_docs)]
+
+pub mod addr_class;
+pub mod admission;
+pub mod audit;
+pub mod client_hello;
+pub mod decide;
+pub mod forward;
+pub mod reason;
+pub mod relay;
+pub mod request;
+pub mod resolve;
+pub mod response;
+pub mod server;
+pub mod router;

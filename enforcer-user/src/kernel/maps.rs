@@ -297,7 +297,7 @@ impl PinnedMaps {
             Ok(values.iter().sum())
         };
         let mut denied = Vec::new();
-        for reason in Reason::ALL {
+        for reason in Reason::KERNEL {
             denied.push((
                 reason.as_str().to_owned(),
                 read(stat::DENIED_BASE + reason as u32)?,

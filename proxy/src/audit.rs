@@ -1,0 +1,282 @@
+//! Audit events: one [`AuditEvent`] per proxy decision, handed to an
+//! [`AuditSink`] that the daemon implements (SQLite, event stream).
+//!
+//! An event is emitted once per client connection, when its fate is
+//! settled: at the denial, or when an allowed tunnel ends (so byte counts
+//! and durations are final). The proxy itself does not log decisions: the
+//! sink does, with [`log_event`] (one structured `tracing` line), so every
+//! decision is logged exactly once; [`LogSink`] does only that.
+//! Events carry metadata only: never a header value, a path, a query string
+//! or a byte of payload.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::{Serialize, Serializer};
+
+use crate::addr_class::AddressClass;
+use crate::reason::{Decision, Verdict};
+use crate::relay::TunnelEnd;
+use crate::resolve::AddrSource;
+
+/// Who connected to the proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Peer {
+    /// A TCP client.
+    Tcp {
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// A unix-socket client, with its credentials when the kernel gave them.
+    Unix {
+        /// Process id (`SO_PEERCRED`).
+        pid: Option<i32>,
+        /// User id (`SO_PEERCRED`).
+        uid: Option<u32>,
+    },
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp { addr } => write!(f, "{addr}"),
+            Self::Unix { pid: Some(pid), .. } => write!(f, "unix:pid={pid}"),
+            Self::Unix { pid: None, .. } => f.write_str("unix"),
+        }
+    }
+}
+
+/// What kind of request the event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// A CONNECT tunnel.
+    Connect,
+    /// A plain-HTTP absolute-form request.
+    PlainHttp,
+    /// The request could not be parsed far enough to tell.
+    Unknown,
+}
+
+/// One proxy decision with everything known about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuditEvent {
+    /// When the client connection was accepted (Unix epoch; serialised as
+    /// milliseconds).
+    #[serde(serialize_with = "unix_millis")]
+    pub time: SystemTime,
+    /// The client.
+    pub client: Peer,
+    /// The client's cgroup v2 id, when the daemon could tell
+    /// ([`crate::server::PeerCgroup`]).
+    pub cgroup_id: Option<u64>,
+    /// CONNECT or plain HTTP.
+    pub kind: RequestKind,
+    /// The requested host as the client wrote it (brackets kept for IPv6);
+    /// `None` when the request did not parse.
+    pub host: Option<String>,
+    /// The requested port.
+    pub port: Option<u16>,
+    /// Every server name in the ClientHello (usually one).
+    pub sni: Vec<String>,
+    /// The ClientHello carried an `encrypted_client_hello` extension.
+    pub ech: bool,
+    /// Allow or deny, and why.
+    pub decision: Decision,
+    /// For `forbidden_address`: the class of the refused address.
+    pub address_class: Option<AddressClass>,
+    /// The upstream address dialled (or refused, for `forbidden_address`).
+    pub upstream: Option<SocketAddr>,
+    /// Whether the upstream address was pinned by the operator or from DNS.
+    pub upstream_source: Option<AddrSource>,
+    /// Bytes client → upstream (ClientHello included).
+    pub bytes_up: u64,
+    /// Bytes upstream → client.
+    pub bytes_down: u64,
+    /// From accept until the tunnel was set up (request read, ClientHello
+    /// checked, upstream dialled) or the attempt was refused.
+    #[serde(serialize_with = "micros")]
+    pub handshake: Duration,
+    /// From accept until the connection closed.
+    #[serde(serialize_with = "micros")]
+    pub total: Duration,
+    /// How an allowed tunnel ended.
+    pub end: Option<TunnelEnd>,
+    /// The version of the policy snapshot the decision used.
+    pub policy_version: Option<String>,
+}
+
+fn unix_millis<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let millis = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    s.serialize_u64(millis)
+}
+
+fn micros<S: Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Where audit events go. Called on the connection's task: implementations
+/// must return quickly and never block (queue to a writer task), and should
+/// call [`log_event`] so the decision is also in the log.
+pub trait AuditSink: Send + Sync {
+    /// Takes one event.
+    fn record(&self, event: AuditEvent);
+}
+
+/// Writes `event` as one structured `tracing` line (info for allow, warn
+/// for deny); values in fields, never in the message.
+pub fn log_event(event: &AuditEvent) {
+    let host = event.host.as_deref().unwrap_or("");
+    let sni = event.sni.join(",");
+    let upstream = event.upstream.map(|a| a.to_string()).unwrap_or_default();
+    let class = event.address_class.map_or("", AddressClass::as_str);
+    let end = event.end.map_or("", TunnelEnd::as_str);
+    let cgroup = event.cgroup_id.unwrap_or(0);
+    let handshake_us = u64::try_from(event.handshake.as_micros()).unwrap_or(u64::MAX);
+    let total_us = u64::try_from(event.total.as_micros()).unwrap_or(u64::MAX);
+    match event.decision.verdict {
+        Verdict::Allow => tracing::info!(
+            decision = event.decision.verdict.as_str(),
+            reason = event.decision.reason.as_str(),
+            client = %event.client,
+            cgroup,
+            host,
+            port = event.port.unwrap_or(0),
+            sni,
+            ech = event.ech,
+            upstream,
+            bytes_up = event.bytes_up,
+            bytes_down = event.bytes_down,
+            handshake_us,
+            total_us,
+            end,
+            "proxy decision"
+        ),
+        Verdict::Deny => tracing::warn!(
+            decision = event.decision.verdict.as_str(),
+            reason = event.decision.reason.as_str(),
+            client = %event.client,
+            cgroup,
+            host,
+            port = event.port.unwrap_or(0),
+            sni,
+            ech = event.ech,
+            address_class = class,
+            upstream,
+            handshake_us,
+            total_us,
+            "proxy decision"
+        ),
+    }
+}
+
+/// A sink that only logs ([`log_event`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogSink;
+
+impl AuditSink for LogSink {
+    fn record(&self, event: AuditEvent) {
+        log_event(&event);
+    }
+}
+
+/// An in-memory sink keeping the last `capacity` events (for `status`-style
+/// "recent decisions" views and tests).
+#[derive(Debug)]
+pub struct MemorySink {
+    capacity: usize,
+    events: Mutex<VecDeque<AuditEvent>>,
+}
+
+impl MemorySink {
+    /// A sink keeping at most `capacity` events (oldest dropped first).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            events: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// A copy of the kept events, oldest first.
+    pub fn events(&self) -> Vec<AuditEvent> {
+        match self.events.lock() {
+            Ok(events) => events.iter().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
+        }
+    }
+}
+
+impl AuditSink for MemorySink {
+    fn record(&self, event: AuditEvent) {
+        let mut events = match self.events.lock() {
+            Ok(events) => events,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if self.capacity == 0 {
+            return;
+        }
+        while events.len() >= self.capacity {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::reason::Reason;
+
+    fn event(reason: Reason) -> AuditEvent {
+        AuditEvent {
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            client: Peer::Tcp {
+                addr: "127.0.0.1:40000".parse().unwrap(),
+            },
+            cgroup_id: Some(42),
+            kind: RequestKind::Connect,
+            host: Some("api.example.test".into()),
+            port: Some(443),
+            sni: vec!["other.test".into()],
+            ech: false,
+            decision: Decision::deny(reason),
+            address_class: None,
+            upstream: None,
+            upstream_source: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            handshake: Duration::from_micros(1500),
+            total: Duration::from_micros(1600),
+            end: None,
+            policy_version: Some("2025-10-21.1".into()),
+        }
+    }
+
+    #[test]
+    fn events_serialise_with_stable_machine_readable_names() {
+        let json = serde_json::to_value(event(Reason::SniMismatch)).unwrap();
+        assert_eq!(json["decision"]["verdict"], "deny");
+        assert_eq!(json["decision"]["reason"], "sni_mismatch");
+        assert_eq!(json["time"], 1_700_000_000_123u64);
+        assert_eq!(json["handshake"], 1500);
+        assert_eq!(json["client"]["kind"], "tcp");
+        assert_eq!(json["cgroup_id"], 42);
+    }
+
+    #[test]
+    fn memory_sink_keeps_the_newest() {
+        let sink = MemorySink::new(2);
+        sink.record(event(Reason::NotAllowlisted));
+        sink.record(event(Reason::IpLiteral));
+        sink.record(event(Reason::Ech));
+        let reasons: Vec<_> = sink.events().iter().map(|e| e.decision.reason).collect();
+        assert_eq!(reasons, vec![Reason::IpLiteral, Reason::Ech]);
+    }
+}

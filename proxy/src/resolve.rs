@@ -1,0 +1,611 @@
+//! Name resolution for upstream dials: operator pins (`--resolve`, the
+//! policy crate's [`ResolveOverrides`], shared with every other resolution
+//! the daemon makes), the system resolver, or a plain DNS client to
+//! `--dns-upstream`.
+//!
+//! The proxy resolves an allowed name once and dials exactly the addresses
+//! it checked. [`Resolved::source`] says where the addresses came from:
+//! [`AddrSource::Pinned`] addresses are the operator's own decision and skip
+//! the address-class check; [`AddrSource::Dns`] answers (system resolver or
+//! upstream server) and [`AddrSource::Literal`] IP-literal hosts never do.
+//!
+//! The upstream client sends A and AAAA queries over UDP from a connected
+//! socket (only the server's address is read), with a random id, matches the
+//! id and the question, follows CNAMEs inside the answer, retries once on
+//! timeout, and repeats a truncated query over TCP.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use policy::{Host, ResolveOverrides};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// Where resolved addresses came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddrSource {
+    /// Pinned by the operator with `--resolve`: not class-checked.
+    Pinned,
+    /// Answered by DNS (system resolver or `--dns-upstream`): class-checked.
+    Dns,
+    /// The host was an IP literal (only when the policy does not block
+    /// them): class-checked like a DNS answer.
+    Literal,
+}
+
+/// The addresses a name resolved to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// Addresses in dial order.
+    pub addrs: Vec<IpAddr>,
+    /// Where they came from.
+    pub source: AddrSource,
+}
+
+/// Why a name did not resolve.
+#[derive(Debug, Error)]
+pub enum ResolveError {
+    /// The name is not a valid DNS name.
+    #[error("{host:?} is not a valid DNS name")]
+    BadName {
+        /// The name.
+        host: String,
+    },
+    /// The name does not exist.
+    #[error("{host} does not exist (NXDOMAIN from {server})")]
+    NxDomain {
+        /// The name.
+        host: String,
+        /// Who said so.
+        server: String,
+    },
+    /// The name exists but has no A/AAAA records.
+    #[error("{host} has no A or AAAA records ({server})")]
+    NoAddresses {
+        /// The name.
+        host: String,
+        /// Who answered.
+        server: String,
+    },
+    /// The DNS server answered with an error code.
+    #[error("DNS server {server} answered {rcode} for {host}")]
+    ServerFailure {
+        /// The name.
+        host: String,
+        /// The server.
+        server: SocketAddr,
+        /// The response code.
+        rcode: String,
+    },
+    /// No answer in time.
+    #[error("no answer for {host} from {server} within {timeout:?}")]
+    Timeout {
+        /// The name.
+        host: String,
+        /// The server (`system` for the system resolver).
+        server: String,
+        /// The time waited per attempt.
+        timeout: Duration,
+    },
+    /// The answer could not be parsed or did not match the question.
+    #[error("bad DNS answer for {host} from {server}: {what}")]
+    BadAnswer {
+        /// The name.
+        host: String,
+        /// The server.
+        server: SocketAddr,
+        /// What was wrong.
+        what: &'static str,
+    },
+    /// A socket error talking to the resolver.
+    #[error("resolving {host} via {server}: {source}")]
+    Io {
+        /// The name.
+        host: String,
+        /// The server (`system` for the system resolver).
+        server: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where DNS questions go.
+#[derive(Clone, Debug)]
+pub enum Upstream {
+    /// The system resolver (`getaddrinfo`), bounded by a timeout.
+    System {
+        /// Bound on one lookup.
+        timeout: Duration,
+    },
+    /// A plain DNS server (`--dns-upstream ADDR:PORT`).
+    Dns(DnsClient),
+}
+
+/// The proxy's resolver: pins first, then the upstream.
+#[derive(Clone, Debug)]
+pub struct Resolver {
+    pins: ResolveOverrides,
+    upstream: Upstream,
+}
+
+impl Resolver {
+    /// A resolver with the operator's `--resolve` pins over `upstream`.
+    pub fn new(pins: ResolveOverrides, upstream: Upstream) -> Self {
+        Self { pins, upstream }
+    }
+
+    /// The system resolver with a 5 s bound and no pins.
+    pub fn system() -> Self {
+        Self::new(
+            ResolveOverrides::new(),
+            Upstream::System {
+                timeout: Duration::from_secs(5),
+            },
+        )
+    }
+
+    /// Resolves a normalised `host` for `port`: its pin if the operator set
+    /// one, the literal address for an IP literal, else the upstream.
+    pub async fn resolve(&self, host: &Host, port: u16) -> Result<Resolved, ResolveError> {
+        if let Some(addrs) = self.pins.lookup(host, port) {
+            return Ok(Resolved {
+                addrs: addrs.to_vec(),
+                source: AddrSource::Pinned,
+            });
+        }
+        let name = match host {
+            Host::Ip(_) => {
+                return match host.ip() {
+                    Some(ip) => Ok(Resolved {
+                        addrs: vec![ip],
+                        source: AddrSource::Literal,
+                    }),
+                    None => Err(ResolveError::BadName {
+                        host: host.to_string(),
+                    }),
+                };
+            }
+            Host::Domain(name) => name.as_str(),
+        };
+        let addrs = match &self.upstream {
+            Upstream::System { timeout } => system_lookup(name, port, *timeout).await?,
+            Upstream::Dns(client) => client.lookup(name).await?,
+        };
+        Ok(Resolved {
+            addrs,
+            source: AddrSource::Dns,
+        })
+    }
+}
+
+async fn system_lookup(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<Vec<IpAddr>, ResolveError> {
+    let lookup = tokio::net::lookup_host((host, port));
+    let addrs = tokio::time::timeout(timeout, lookup)
+        .await
+        .map_err(|_| ResolveError::Timeout {
+            host: host.to_string(),
+            server: "system".to_string(),
+            timeout,
+        })?
+        .map_err(|source| ResolveError::Io {
+            host: host.to_string(),
+            server: "system".to_string(),
+            source,
+        })?;
+    let mut out: Vec<IpAddr> = Vec::new();
+    for addr in addrs {
+        if !out.contains(&addr.ip()) {
+            out.push(addr.ip());
+        }
+    }
+    if out.is_empty() {
+        return Err(ResolveError::NoAddresses {
+            host: host.to_string(),
+            server: "system".to_string(),
+        });
+    }
+    Ok(out)
+}
+
+// === impl DnsClient ===
+
+/// A plain DNS (UDP, TCP on truncation) client for one server.
+#[derive(Clone, Debug)]
+pub struct DnsClient {
+    server: SocketAddr,
+    timeout: Duration,
+    attempts: u32,
+}
+
+impl DnsClient {
+    /// A client for `server`, waiting 2 s per attempt, 2 attempts.
+    pub fn new(server: SocketAddr) -> Self {
+        Self {
+            server,
+            timeout: Duration::from_secs(2),
+            attempts: 2,
+        }
+    }
+
+    /// Sets the per-attempt timeout and the number of attempts (at least 1).
+    pub fn with_timeout(mut self, timeout: Duration, attempts: u32) -> Self {
+        self.timeout = timeout;
+        self.attempts = attempts.max(1);
+        self
+    }
+
+    /// The server questions go to.
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// A and AAAA for `host`, IPv4 first.
+    pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
+        let name = fqdn(host)?;
+        let (v4, v6) = tokio::join!(
+            self.query(host, &name, RecordType::A),
+            self.query(host, &name, RecordType::AAAA)
+        );
+        let mut addrs = Vec::new();
+        let mut first_error = None;
+        for result in [v4, v6] {
+            match result {
+                Ok(found) => addrs.extend(found),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if !addrs.is_empty() {
+            return Ok(addrs);
+        }
+        Err(first_error.unwrap_or(ResolveError::NoAddresses {
+            host: host.to_string(),
+            server: self.server.to_string(),
+        }))
+    }
+
+    async fn query(
+        &self,
+        host: &str,
+        name: &Name,
+        rtype: RecordType,
+    ) -> Result<Vec<IpAddr>, ResolveError> {
+        let id = random_id();
+        let mut message = Message::new();
+        message
+            .set_id(id)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(true)
+            .add_query(Query::query(name.clone(), rtype));
+        let bytes = message.to_vec().map_err(|_| ResolveError::BadName {
+            host: host.to_string(),
+        })?;
+        let mut response = None;
+        for _ in 0..self.attempts {
+            match tokio::time::timeout(self.timeout, self.exchange_udp(host, &bytes, id)).await {
+                Ok(result) => {
+                    response = Some(result?);
+                    break;
+                }
+                Err(_) => continue,
+            }
+        }
+        let Some(mut response) = response else {
+            return Err(ResolveError::Timeout {
+                host: host.to_string(),
+                server: self.server.to_string(),
+                timeout: self.timeout,
+            });
+        };
+        if response.truncated() {
+            response = tokio::time::timeout(self.timeout, self.exchange_tcp(host, &bytes))
+                .await
+                .map_err(|_| ResolveError::Timeout {
+                    host: host.to_string(),
+                    server: self.server.to_string(),
+                    timeout: self.timeout,
+                })??;
+        }
+        self.answer_addrs(host, name, rtype, id, &response)
+    }
+
+    fn io_error(&self, host: &str, source: io::Error) -> ResolveError {
+        ResolveError::Io {
+            host: host.to_string(),
+            server: self.server.to_string(),
+            source,
+        }
+    }
+
+    async fn exchange_udp(
+        &self,
+        host: &str,
+        query: &[u8],
+        id: u16,
+    ) -> Result<Message, ResolveError> {
+        let bind: SocketAddr = if self.server.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(bind)
+            .await
+            .map_err(|e| self.io_error(host, e))?;
+        socket
+            .connect(self.server)
+            .await
+            .map_err(|e| self.io_error(host, e))?;
+        socket
+            .send(query)
+            .await
+            .map_err(|e| self.io_error(host, e))?;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = socket
+                .recv(&mut buf)
+                .await
+                .map_err(|e| self.io_error(host, e))?;
+            // Ignore datagrams that are not an answer to this question (late
+            // answers to an earlier attempt, spoofing attempts).
+            match Message::from_vec(&buf[..n]) {
+                Ok(message)
+                    if message.id() == id && message.message_type() == MessageType::Response =>
+                {
+                    return Ok(message);
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    async fn exchange_tcp(&self, host: &str, query: &[u8]) -> Result<Message, ResolveError> {
+        let mut stream = TcpStream::connect(self.server)
+            .await
+            .map_err(|e| self.io_error(host, e))?;
+        let len = u16::try_from(query.len()).map_err(|_| ResolveError::BadName {
+            host: host.to_string(),
+        })?;
+        let mut framed = len.to_be_bytes().to_vec();
+        framed.extend_from_slice(query);
+        stream
+            .write_all(&framed)
+            .await
+            .map_err(|e| self.io_error(host, e))?;
+        let mut len = [0u8; 2];
+        stream
+            .read_exact(&mut len)
+            .await
+            .map_err(|e| self.io_error(host, e))?;
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream
+            .read_exact(&mut buf)
+            .await
+            .map_err(|e| self.io_error(host, e))?;
+        Message::from_vec(&buf).map_err(|_| ResolveError::BadAnswer {
+            host: host.to_string(),
+            server: self.server,
+            what: "the TCP answer does not parse",
+        })
+    }
+
+    fn answer_addrs(
+        &self,
+        host: &str,
+        name: &Name,
+        rtype: RecordType,
+        id: u16,
+        response: &Message,
+    ) -> Result<Vec<IpAddr>, ResolveError> {
+        let bad = |what| ResolveError::BadAnswer {
+            host: host.to_string(),
+            server: self.server,
+            what,
+        };
+        if response.id() != id {
+            return Err(bad("the answer's id does not match the question"));
+        }
+        match response.queries() {
+            [q] if q.name() == name && q.query_type() == rtype => {}
+            _ => return Err(bad("the answer's question does not match")),
+        }
+        match response.response_code() {
+            ResponseCode::NoError => {}
+            ResponseCode::NXDomain => {
+                return Err(ResolveError::NxDomain {
+                    host: host.to_string(),
+                    server: self.server.to_string(),
+                });
+            }
+            rcode => {
+                return Err(ResolveError::ServerFailure {
+                    host: host.to_string(),
+                    server: self.server,
+                    rcode: rcode.to_string(),
+                });
+            }
+        }
+        // Follow CNAMEs inside the answer (bounded by its size).
+        let mut names = vec![name.clone()];
+        for _ in 0..response.answers().len() {
+            let before = names.len();
+            for record in response.answers() {
+                if let RData::CNAME(target) = record.data()
+                    && names.contains(record.name())
+                    && !names.contains(&target.0)
+                {
+                    names.push(target.0.clone());
+                }
+            }
+            if names.len() == before {
+                break;
+            }
+        }
+        let addrs: Vec<IpAddr> = response
+            .answers()
+            .iter()
+            .filter(|record| names.contains(record.name()))
+            .filter_map(|record| match (record.data(), rtype) {
+                (RData::A(a), RecordType::A) => Some(IpAddr::V4(a.0)),
+                (RData::AAAA(aaaa), RecordType::AAAA) => Some(IpAddr::V6(aaaa.0)),
+                _ => None,
+            })
+            .collect();
+        Ok(addrs)
+    }
+}
+
+fn fqdn(host: &str) -> Result<Name, ResolveError> {
+    let mut name = Name::from_ascii(host).map_err(|_| ResolveError::BadName {
+        host: host.to_string(),
+    })?;
+    name.set_fqdn(true);
+    Ok(name)
+}
+
+/// A random 16-bit query id from the kernel's CSPRNG.
+fn random_id() -> u16 {
+    let mut buf = [0u8; 2];
+    // SAFETY: getrandom writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != 2 {
+        // getrandom(2) does not fail for 2 bytes once the pool is ready; if it
+        // ever does, fall back to the clock (the id is defence in depth: the
+        // socket is connected to the server).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        return (nanos & 0xffff) as u16;
+    }
+    u16::from_be_bytes(buf)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[path = "../tests/common/mock_dns.rs"]
+mod mock_dns;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::mock_dns::MockDns;
+    use super::*;
+
+    fn host(name: &str) -> Host {
+        policy::normalize_host(name).unwrap()
+    }
+
+    #[tokio::test]
+    async fn pins_win_and_are_marked_pinned() {
+        let mut pins = ResolveOverrides::new();
+        pins.add_entry("A.Test.:443:127.0.0.9").unwrap();
+        // The upstream is unreachable on purpose: a pinned name must not ask it.
+        let resolver = Resolver::new(
+            pins,
+            Upstream::Dns(
+                DnsClient::new("127.0.0.1:9".parse().unwrap())
+                    .with_timeout(Duration::from_millis(50), 1),
+            ),
+        );
+        let resolved = resolver.resolve(&host("a.test"), 443).await.unwrap();
+        assert_eq!(resolved.source, AddrSource::Pinned);
+        assert_eq!(resolved.addrs, vec!["127.0.0.9".parse::<IpAddr>().unwrap()]);
+        // Another port of the same host is not pinned.
+        assert!(resolver.resolve(&host("a.test"), 444).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn ip_literals_resolve_to_themselves_and_stay_checkable() {
+        let resolved = Resolver::system()
+            .resolve(&host("127.1"), 443)
+            .await
+            .unwrap();
+        assert_eq!(resolved.source, AddrSource::Literal);
+        assert_eq!(resolved.addrs, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn upstream_answers_a_aaaa_and_cname_chains() {
+        let dns = MockDns::start().await;
+        dns.answer("direct.test", &["127.0.0.1", "::1"]);
+        dns.cname("alias.test", "target.test");
+        dns.answer("target.test", &["169.254.169.254"]);
+        let client = DnsClient::new(dns.addr());
+        let resolver = Resolver::new(ResolveOverrides::new(), Upstream::Dns(client.clone()));
+        let resolved = resolver.resolve(&host("direct.test"), 443).await.unwrap();
+        assert_eq!(resolved.source, AddrSource::Dns);
+        assert_eq!(
+            resolved.addrs,
+            vec![
+                "127.0.0.1".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            client.lookup("ALIAS.test.").await.unwrap(),
+            vec!["169.254.169.254".parse::<IpAddr>().unwrap()]
+        );
+        assert!(matches!(
+            client.lookup("missing.test").await,
+            Err(ResolveError::NxDomain { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn truncated_udp_answers_are_repeated_over_tcp() {
+        let dns = MockDns::start().await;
+        dns.answer("big.test", &["127.0.0.7"]);
+        dns.truncate_udp(true);
+        let addrs = DnsClient::new(dns.addr()).lookup("big.test").await.unwrap();
+        assert_eq!(addrs, vec!["127.0.0.7".parse::<IpAddr>().unwrap()]);
+        assert!(dns.tcp_queries() >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out() {
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let client = DnsClient::new(silent.local_addr().unwrap())
+            .with_timeout(Duration::from_millis(100), 2);
+        assert!(matches!(
+            client.lookup("a.test").await,
+            Err(ResolveError::Timeout { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn answers_with_a_wrong_id_are_ignored() {
+        let dns = MockDns::start().await;
+        dns.answer("a.test", &["127.0.0.1"]);
+        dns.wrong_id(true);
+        let client = DnsClient::new(dns.addr()).with_timeout(Duration::from_millis(100), 1);
+        assert!(matches!(
+            client.lookup("a.test").await,
+            Err(ResolveError::Timeout { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn system_resolver_resolves_localhost() {
+        let resolved = Resolver::system()
+            .resolve(&host("localhost"), 80)
+            .await
+            .unwrap();
+        assert_eq!(resolved.source, AddrSource::Dns);
+        assert!(
+            resolved.addrs.iter().all(IpAddr::is_loopback),
+            "{resolved:?}"
+        );
+    }
+}
