@@ -148,7 +148,7 @@ pub struct AuthHeader {
     /// Credential name the router injects: read from `$CREDENTIALS_DIRECTORY/<env>` (systemd LoadCredential=) or else the daemon's environment variable `<env>`. Required unless passthrough is true or mode is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<String>,
-    /// When true, this lane (and only this lane) forwards the client's own credential in the header named by `mode`; other lanes always strip it.
+    /// When true, this lane (and only this lane) forwards the client's own credential (the header named by `mode`, else the other Anthropic credential header unchanged); other lanes always strip it.
     #[serde(default)]
     pub passthrough: bool,
     /// With passthrough: the credential name injected when the client sent none.

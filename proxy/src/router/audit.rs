@@ -1,0 +1,306 @@
+//! Router audit events: one [`RouterEvent`] per request, emitted when its
+//! fate is settled (the router refused it, or the relayed response ended,
+//! was cut, or the client went away), handed to a [`RouterAuditSink`].
+//!
+//! The CONNECT proxy's [`crate::audit::AuditEvent`] describes tunnels
+//! (SNI, upstream address, handshake time) and does not fit a routed HTTP
+//! request, so the router has its own event type and sink trait; the client
+//! is described with the proxy's [`Peer`] so both kinds of events name
+//! clients the same way.
+//!
+//! Metadata only: lane, model, provider host, method, path without its
+//! query, status, byte counts, times. Never a header value, a query string,
+//! a body byte or a credential.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::{Serialize, Serializer};
+
+pub use crate::audit::Peer;
+
+/// How a routed request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The provider's response was relayed to its end.
+    Completed,
+    /// The client went away (before or during the response); the upstream
+    /// request was dropped with it.
+    ClientClosed,
+    /// The response was cut at `limits.maxResponseBytes`.
+    ResponseTooLarge,
+    /// No response bytes for `limits.idleTimeoutSeconds`: the stream was cut.
+    IdleTimeout,
+    /// The request outlived `limits.totalTimeoutSeconds`: the stream was cut.
+    TotalTimeout,
+    /// The provider's body stream failed mid-response.
+    UpstreamReset,
+    /// No response head within `limits.firstByteTimeoutSeconds`: `504`.
+    FirstByteTimeout,
+    /// The provider could not be reached (resolve, connect, TLS): `502`.
+    UpstreamConnectFailed,
+    /// The provider failed the exchange before a response head: `502`.
+    UpstreamFailed,
+    /// The body exceeded `limits.maxRequestBytes`: `413`.
+    RequestTooLarge,
+    /// The request body did not arrive in time: `408`.
+    RequestTimeout,
+    /// The model matched no lane: `400`.
+    UnknownModel,
+    /// The top-level `model` was unreadable (not a string, duplicated, bad
+    /// JSON): `400`.
+    BadModel,
+    /// The request target cannot be forwarded: `400`.
+    BadRequest,
+    /// The policy has no lanes: `502`.
+    NoLanes,
+    /// The lane's credential is not configured: `502`.
+    MissingCredential,
+    /// A passthrough lane without fallback got no client credential: `401`.
+    NoClientCredential,
+    /// `limits.maxConcurrentRequests` reached: `529`.
+    Overloaded,
+}
+
+impl Outcome {
+    /// The stable machine-readable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::ClientClosed => "client_closed",
+            Self::ResponseTooLarge => "response_too_large",
+            Self::IdleTimeout => "idle_timeout",
+            Self::TotalTimeout => "total_timeout",
+            Self::UpstreamReset => "upstream_reset",
+            Self::FirstByteTimeout => "first_byte_timeout",
+            Self::UpstreamConnectFailed => "upstream_connect_failed",
+            Self::UpstreamFailed => "upstream_failed",
+            Self::RequestTooLarge => "request_too_large",
+            Self::RequestTimeout => "request_timeout",
+            Self::UnknownModel => "unknown_model",
+            Self::BadModel => "bad_model",
+            Self::BadRequest => "bad_request",
+            Self::NoLanes => "no_lanes",
+            Self::MissingCredential => "missing_credential",
+            Self::NoClientCredential => "no_client_credential",
+            Self::Overloaded => "overloaded",
+        }
+    }
+
+    /// Whether the request reached the provider and its answer was relayed
+    /// in full.
+    pub fn is_success(self) -> bool {
+        self == Self::Completed
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One routed (or refused) request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RouterEvent {
+    /// When the request arrived (serialised as Unix milliseconds).
+    #[serde(serialize_with = "unix_millis")]
+    pub time: SystemTime,
+    /// The client.
+    pub client: Peer,
+    /// HTTP method.
+    pub method: String,
+    /// Request path, without the query string.
+    pub path: String,
+    /// The top-level `model` of the body, when there was one.
+    pub model: Option<String>,
+    /// The lane (provider name), once chosen.
+    pub lane: Option<String>,
+    /// The provider's `host[:port]`, once chosen.
+    pub provider_host: Option<String>,
+    /// Upstream HTTP version (`HTTP/1.1`, `HTTP/2`) when a response came.
+    pub upstream_version: Option<&'static str>,
+    /// Status sent to the client (the provider's, or the router's own).
+    pub status: Option<u16>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Request body bytes forwarded upstream (0 when refused).
+    pub bytes_up: u64,
+    /// Response body bytes relayed to the client.
+    pub bytes_down: u64,
+    /// From arrival until the provider's response head (serialised as µs).
+    #[serde(serialize_with = "opt_micros")]
+    pub ttfb: Option<Duration>,
+    /// From arrival until the end (serialised as µs).
+    #[serde(serialize_with = "micros")]
+    pub duration: Duration,
+    /// Version of the policy snapshot used.
+    pub policy_version: String,
+}
+
+fn unix_millis<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let millis = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    s.serialize_u64(millis)
+}
+
+fn as_micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn micros<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(as_micros(*d))
+}
+
+fn opt_micros<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&as_micros(*d)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Where router events go. Called on the request's task (often from a
+/// `Drop`): implementations must return quickly and never block.
+pub trait RouterAuditSink: Send + Sync {
+    /// Takes one event.
+    fn record(&self, event: RouterEvent);
+}
+
+/// A sink that drops every event (the router still logs each one).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NullSink;
+
+impl RouterAuditSink for NullSink {
+    fn record(&self, _event: RouterEvent) {}
+}
+
+/// Writes `event` as one structured `tracing` line: info for completed
+/// requests, warn otherwise. Values in fields, never in the message.
+pub fn log_event(event: &RouterEvent) {
+    let lane = event.lane.as_deref().unwrap_or("");
+    let model = event.model.as_deref().unwrap_or("");
+    let host = event.provider_host.as_deref().unwrap_or("");
+    let status = event.status.unwrap_or(0);
+    let ttfb_us = event.ttfb.map_or(0, as_micros);
+    let duration_us = as_micros(event.duration);
+    let version = event.upstream_version.unwrap_or("");
+    if event.outcome.is_success() {
+        tracing::info!(
+            outcome = event.outcome.as_str(),
+            client = %event.client,
+            method = %event.method,
+            path = %event.path,
+            model,
+            lane,
+            host,
+            upstream_version = version,
+            status,
+            bytes_up = event.bytes_up,
+            bytes_down = event.bytes_down,
+            ttfb_us,
+            duration_us,
+            "router request"
+        );
+    } else {
+        tracing::warn!(
+            outcome = event.outcome.as_str(),
+            client = %event.client,
+            method = %event.method,
+            path = %event.path,
+            model,
+            lane,
+            host,
+            upstream_version = version,
+            status,
+            bytes_up = event.bytes_up,
+            bytes_down = event.bytes_down,
+            ttfb_us,
+            duration_us,
+            "router request"
+        );
+    }
+}
+
+/// An in-memory sink keeping the last `capacity` events (status views, tests).
+#[derive(Debug)]
+pub struct MemorySink {
+    capacity: usize,
+    events: Mutex<VecDeque<RouterEvent>>,
+}
+
+impl MemorySink {
+    /// A sink keeping at most `capacity` events (oldest dropped first).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            events: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// A copy of the kept events, oldest first.
+    pub fn events(&self) -> Vec<RouterEvent> {
+        match self.events.lock() {
+            Ok(e) => e.iter().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
+        }
+    }
+}
+
+impl RouterAuditSink for MemorySink {
+    fn record(&self, event: RouterEvent) {
+        let mut events = match self.events.lock() {
+            Ok(e) => e,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if self.capacity == 0 {
+            return;
+        }
+        while events.len() >= self.capacity {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialises_metadata_with_stable_names() {
+        let e = RouterEvent {
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_001),
+            client: Peer::Tcp {
+                addr: "127.0.0.1:5000".parse().unwrap(),
+            },
+            method: "POST".into(),
+            path: "/v1/messages".into(),
+            model: Some("claude-haiku-4-5".into()),
+            lane: Some("zai".into()),
+            provider_host: Some("api.z.ai".into()),
+            upstream_version: Some("HTTP/2"),
+            status: Some(200),
+            outcome: Outcome::IdleTimeout,
+            bytes_up: 10,
+            bytes_down: 20,
+            ttfb: Some(Duration::from_micros(1500)),
+            duration: Duration::from_micros(2500),
+            policy_version: "2025-10-21.1".into(),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["outcome"], "idle_timeout");
+        assert_eq!(v["time"], 1_700_000_000_001u64);
+        assert_eq!(v["ttfb"], 1500);
+        assert_eq!(v["duration"], 2500);
+        assert_eq!(v["client"]["kind"], "tcp");
+        let sink = MemorySink::new(1);
+        sink.record(e.clone());
+        sink.record(e);
+        assert_eq!(sink.events().len(), 1);
+    }
+}

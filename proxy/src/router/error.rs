@@ -1,0 +1,252 @@
+//! The router's own errors, in Anthropic's error shape so agents show them
+//! well: `{"type":"error","error":{"type":"...","message":"..."}}`.
+//!
+//! One enum, [`RouteError`], covers every way the router itself refuses or
+//! fails a request; [`RouteError::status`], [`RouteError::error_type`] and
+//! [`RouteError::outcome`] map it to the HTTP status, Anthropic's error
+//! type and the audit outcome in one place. Provider errors never pass
+//! through here: they are relayed unchanged. Router-made responses carry an
+//! `x-enforcer-error` header with the outcome name so they can be told from
+//! provider responses.
+//!
+//! Messages name the lane, model, limit or credential *name* involved and
+//! never a credential value or a request body.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::audit::Outcome;
+use super::credentials::AuthError;
+use super::lane::{LaneError, TargetError};
+use super::model::ModelError;
+
+/// Header naming the router outcome on router-made error responses.
+pub const ERROR_HEADER: &str = "x-enforcer-error";
+
+/// Why the router refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The body is larger than `limits.maxRequestBytes`.
+    #[error("request body exceeds limits.maxRequestBytes ({limit} bytes)")]
+    RequestTooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {secs} s (limits.idleTimeoutSeconds)")]
+    RequestBodyTimeout {
+        /// The idle timeout, seconds.
+        secs: u64,
+    },
+    /// The client's body stream failed (usually: the client went away).
+    #[error("reading the request body failed: {detail}")]
+    RequestBody {
+        /// What happened.
+        detail: String,
+    },
+    /// The model could not be read from the body.
+    #[error("{0}")]
+    BadModel(#[from] ModelError),
+    /// No lane for the model (or no lanes at all).
+    #[error("{0}")]
+    Lane(#[from] LaneError),
+    /// The request target cannot be forwarded.
+    #[error("{0}")]
+    Target(#[from] TargetError),
+    /// No credential for the lane.
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    /// Too many requests in flight.
+    #[error(
+        "the router is handling its limit of {limit} concurrent requests (limits.maxConcurrentRequests); retry shortly"
+    )]
+    Overloaded {
+        /// The limit.
+        limit: u64,
+    },
+    /// The provider could not be reached.
+    #[error("lane `{lane}`: cannot reach {host}: {detail}")]
+    UpstreamConnect {
+        /// The lane.
+        lane: String,
+        /// Provider host:port.
+        host: String,
+        /// What failed (resolve, connect, TLS).
+        detail: String,
+    },
+    /// The provider failed the exchange before sending a response head.
+    #[error("lane `{lane}`: {host} failed the request: {detail}")]
+    UpstreamProtocol {
+        /// The lane.
+        lane: String,
+        /// Provider host:port.
+        host: String,
+        /// What failed.
+        detail: String,
+    },
+    /// No response head within the first-byte timeout (or the total timeout).
+    #[error("lane `{lane}`: {host} sent no response within {secs} s ({limit})")]
+    UpstreamTimeout {
+        /// The lane.
+        lane: String,
+        /// Provider host:port.
+        host: String,
+        /// Seconds waited.
+        secs: u64,
+        /// Which limit: `limits.firstByteTimeoutSeconds` or `limits.totalTimeoutSeconds`.
+        limit: &'static str,
+    },
+}
+
+impl RouteError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::RequestBody { .. } | Self::BadModel(_) | Self::Target(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Lane(LaneError::UnknownModel { .. }) => StatusCode::BAD_REQUEST,
+            Self::Lane(LaneError::NoLanes) => StatusCode::BAD_GATEWAY,
+            Self::Auth(AuthError::NoClientCredential { .. }) => StatusCode::UNAUTHORIZED,
+            Self::Auth(AuthError::Credential { .. }) => StatusCode::BAD_GATEWAY,
+            // Anthropic's "overloaded" status: agents back off and retry.
+            Self::Overloaded { .. } => {
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            Self::UpstreamConnect { .. } | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Anthropic's error type for this error.
+    pub fn error_type(&self) -> &'static str {
+        match self.status().as_u16() {
+            400 | 408 => "invalid_request_error",
+            401 => "authentication_error",
+            413 => "request_too_large",
+            504 => "timeout_error",
+            529 => "overloaded_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The audit outcome for this error.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::RequestTooLarge { .. } => Outcome::RequestTooLarge,
+            Self::RequestBodyTimeout { .. } => Outcome::RequestTimeout,
+            Self::RequestBody { .. } => Outcome::ClientClosed,
+            Self::BadModel(_) => Outcome::BadModel,
+            Self::Lane(LaneError::UnknownModel { .. }) => Outcome::UnknownModel,
+            Self::Lane(LaneError::NoLanes) => Outcome::NoLanes,
+            Self::Target(_) => Outcome::BadRequest,
+            Self::Auth(AuthError::Credential { .. }) => Outcome::MissingCredential,
+            Self::Auth(AuthError::NoClientCredential { .. }) => Outcome::NoClientCredential,
+            Self::Overloaded { .. } => Outcome::Overloaded,
+            Self::UpstreamConnect { .. } => Outcome::UpstreamConnectFailed,
+            Self::UpstreamProtocol { .. } => Outcome::UpstreamFailed,
+            Self::UpstreamTimeout { .. } => Outcome::FirstByteTimeout,
+        }
+    }
+
+    /// The Anthropic-shaped JSON body.
+    pub fn body(&self) -> Bytes {
+        error_json(self.error_type(), &self.to_string())
+    }
+
+    /// The full response: status, JSON body, `x-enforcer-error`.
+    pub fn response(&self) -> Response<Bytes> {
+        let mut resp = Response::new(self.body());
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            ERROR_HEADER,
+            HeaderValue::from_static(self.outcome().as_str()),
+        );
+        resp
+    }
+}
+
+/// `{"type":"error","error":{"type":<error_type>,"message":<message>}}`.
+pub fn error_json(error_type: &str, message: &str) -> Bytes {
+    let v = serde_json::json!({
+        "type": "error",
+        "error": { "type": error_type, "message": message },
+    });
+    Bytes::from(v.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_model_is_an_anthropic_400_naming_the_model() {
+        let e = RouteError::Lane(LaneError::UnknownModel {
+            model: "gpt-\"5\"".into(),
+            patterns: "`claude-*`".into(),
+        });
+        let resp = e.response();
+        assert_eq!(resp.status(), 400);
+        assert_eq!(resp.headers()[ERROR_HEADER], "unknown_model");
+        let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("gpt-\"5\"")
+        );
+    }
+
+    #[test]
+    fn statuses_and_types() {
+        let cases: Vec<(RouteError, u16, &str)> = vec![
+            (
+                RouteError::RequestTooLarge { limit: 1 },
+                413,
+                "request_too_large",
+            ),
+            (
+                RouteError::UpstreamTimeout {
+                    lane: "a".into(),
+                    host: "h".into(),
+                    secs: 1,
+                    limit: "limits.firstByteTimeoutSeconds",
+                },
+                504,
+                "timeout_error",
+            ),
+            (
+                RouteError::UpstreamConnect {
+                    lane: "a".into(),
+                    host: "h".into(),
+                    detail: "refused".into(),
+                },
+                502,
+                "api_error",
+            ),
+            (RouteError::Overloaded { limit: 1 }, 529, "overloaded_error"),
+            (
+                RouteError::Auth(AuthError::NoClientCredential {
+                    lane: "p".into(),
+                    header: "x-api-key",
+                }),
+                401,
+                "authentication_error",
+            ),
+        ];
+        for (e, status, ty) in cases {
+            assert_eq!(e.status().as_u16(), status, "{e}");
+            assert_eq!(e.error_type(), ty, "{e}");
+        }
+    }
+}
