@@ -5,4 +5,6 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod daemon;
 pub mod kernel;
+pub mod sandbox;

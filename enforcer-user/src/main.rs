@@ -18,9 +18,15 @@ struct Cli {
 enum Command {
     Attach(cli::attach::AttachArgs),
     Detach(cli::detach::DetachArgs),
+    Run(cli::run::RunArgs),
     Status(cli::status::StatusArgs),
+    Allow(cli::control::AllowArgs),
+    Revoke(cli::control::RevokeArgs),
+    Reload(cli::control::ReloadArgs),
+    Events(cli::control::EventsArgs),
     /// Make, sign, verify, lint and show policy packs.
     Policy(cli::policy::PolicyArgs),
+    Sandbox(cli::sandbox::SandboxArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,8 +34,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Attach(args) => cli::attach::run(args),
         Command::Detach(args) => cli::detach::run(args),
+        Command::Run(args) => cli::run::run(args),
         Command::Status(args) => cli::status::run(args),
+        Command::Allow(args) => cli::control::allow(args),
+        Command::Revoke(args) => cli::control::revoke(args),
+        Command::Reload(args) => cli::control::reload(args),
+        Command::Events(args) => cli::control::events(args),
         Command::Policy(args) => cli::policy::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Sandbox(args) => cli::sandbox::run(args),
     };
     match result {
         Ok(code) => code,

@@ -290,9 +290,14 @@ fn direct_entry_expires_in_the_kernel_with_no_enforcer_running() {
 
 /// Runs `enforcer attach` for `cgroup` in the background and waits until
 /// all its links are pinned.
-fn spawn_attach(cgroup: &TestCgroup) -> Child {
+fn spawn_attach(cgroup: &TestCgroup, state: &std::path::Path) -> Child {
     let mut child = Command::new(enforcer_bin())
         .args(["attach", "--cgroup", &cgroup.name])
+        .args(["--proxy-listen", "127.0.0.1:0", "--router-listen", "127.0.0.1:0"])
+        .arg("--control-socket")
+        .arg(state.join("control.sock"))
+        .arg("--state-dir")
+        .arg(state)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -343,13 +348,14 @@ fn enforcement_survives_sigkill_and_reattach_leaves_one_program_per_hook() {
     let (_listener, addr) = outside_listener("127.0.0.2:0");
     let target = addr.to_string();
 
-    let mut first = spawn_attach(&cgroup);
+    let state = tempfile::tempdir().unwrap();
+    let mut first = spawn_attach(&cgroup, state.path());
     first.kill().unwrap();
     first.wait().unwrap();
     let (outcome, _) = cgroup.probe(&["tcp-connect", &target]);
     assert!(outcome.is_eperm(), "still enforced after SIGKILL: {outcome:?}");
 
-    let mut second = spawn_attach(&cgroup);
+    let mut second = spawn_attach(&cgroup, state.path());
     second.kill().unwrap();
     second.wait().unwrap();
     let programs = bpftool_programs(&cgroup);

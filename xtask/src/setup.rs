@@ -4,7 +4,10 @@
 //! - `bpf-linker` 0.13, linked against the LLVM shared library inside the
 //!   nightly toolchain (Debian's LLVM is too old for rustc's);
 //! - the `x86_64-unknown-linux-musl` target (static test binaries);
-//! - the Debian packages the tests use.
+//! - cargo-fuzz (the proxy's parsers are fuzzed for a bounded time in `test`);
+//! - the Debian packages the tests use;
+//! - the official `anthropic` Python SDK (lane router tests);
+//! - the unprivileged user `enforcer-test` that `enforcer run` tests drop to.
 
 use std::{
     path::{Path, PathBuf},
@@ -31,6 +34,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "binutils",
     // musl-gcc: C code in dependencies (ring) for the static VM binaries.
     "musl-tools",
+    // Python `requests` for the proxy's end-to-end tests.
+    "python3-requests",
+    // bubblewrap for `enforcer run --bwrap` and the sandbox tests.
+    "bubblewrap",
+    "git",
 ];
 
 /// Runs every set-up step.
@@ -38,7 +46,10 @@ pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
     musl_target()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     debian_packages()?;
+    python_packages()?;
+    test_user()?;
     eprintln!("xtask: setup complete");
     Ok(())
 }
@@ -173,4 +184,54 @@ fn debian_packages() -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// The unprivileged user `enforcer run` tests drop to.
+pub const TEST_USER: &str = "enforcer-test";
+
+fn test_user() -> anyhow::Result<()> {
+    let exists = Command::new("id").arg(TEST_USER).output().is_ok_and(|out| out.status.success());
+    if exists || !is_root() {
+        return Ok(());
+    }
+    run_command(Command::new("useradd").args([
+        "--system",
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+        "--shell",
+        "/usr/sbin/nologin",
+        TEST_USER,
+    ]))
+}
+
+/// cargo-fuzz version known to work here (the fuzz targets run on nightly).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let installed = output_text(Command::new("cargo").args(["fuzz", "--version"]))
+        .is_some_and(|version| version.contains(CARGO_FUZZ_VERSION));
+    if installed {
+        return Ok(());
+    }
+    run_command(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]))
+}
+
+/// The official Anthropic SDK, pinned: the lane router is tested with it.
+const ANTHROPIC_SDK: &str = "anthropic==1.13.0";
+
+fn python_packages() -> anyhow::Result<()> {
+    let wanted = ANTHROPIC_SDK.split("==").nth(1).unwrap_or_default();
+    let installed = output_text(Command::new("python3").args(["-c", "import anthropic; print(anthropic.__version__)"]))
+        .is_some_and(|version| version.trim() == wanted);
+    if installed {
+        return Ok(());
+    }
+    run_command(Command::new("python3").args(["-m", "pip", "install", "--quiet", ANTHROPIC_SDK]))
 }

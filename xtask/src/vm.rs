@@ -128,6 +128,13 @@ fn build_static() -> anyhow::Result<Vec<VmBinary>> {
             host: kernel_test,
             test_args: Some("--test-threads=2"),
         },
+        // The seccomp checks, each also run unfiltered to prove the rule is
+        // what refuses it (TIOCSTI can only be proven on the VM's kernel).
+        VmBinary {
+            guest: "/tests/sandbox",
+            host: out.join("enforcer-sandbox-probe"),
+            test_args: Some("--require-proven"),
+        },
     ];
     for binary in &mut binaries {
         let name = binary.guest.trim_start_matches('/').replace('/', "_");
@@ -484,7 +491,10 @@ fn boot_and_watch(
             println!("test-vm: [{elapsed:>4}s] VM kernel {version}");
         } else if let Some(lsm) = line.strip_prefix("VMTEST-LSM ") {
             println!("test-vm: [{elapsed:>4}s] VM LSMs {lsm}");
-        } else if line.starts_with("test ") && (line.ends_with(" ok") || line.contains(" FAILED")) {
+        } else if (line.starts_with("test ") && (line.ends_with(" ok") || line.contains(" FAILED")))
+            || line.starts_with("check=")
+            || line.starts_with("summary checks=")
+        {
             println!("test-vm: [{elapsed:>4}s] {line}");
         } else if let Some(result) = line.strip_prefix("VMTEST-RESULT ") {
             println!("test-vm: [{elapsed:>4}s] {result}");

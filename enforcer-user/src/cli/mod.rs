@@ -2,8 +2,12 @@
 //! help text) and a `run` function.
 
 pub mod attach;
+pub mod control;
+pub mod daemon_flags;
 pub mod detach;
 pub mod policy;
+pub mod run;
+pub mod sandbox;
 pub mod status;
 
 use anyhow::Context as _;
@@ -27,10 +31,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the tracing subscriber (RUST_LOG overrides the default `info`).
+/// Installs the tracing subscriber at `info` (RUST_LOG overrides it).
 pub fn init_logging(format: LogFormat) {
+    init_logging_at(format, "info");
+}
+
+/// Installs the tracing subscriber at `level` (RUST_LOG overrides it).
+pub fn init_logging_at(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

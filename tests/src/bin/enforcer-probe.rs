@@ -16,6 +16,8 @@
 //! enforcer-probe vsock                     socket(AF_VSOCK, SOCK_STREAM, 0) (never connected)
 //! enforcer-probe serve-self ADDR           bind+listen on ADDR, then connect to it
 //! enforcer-probe listen ADDR               bind+listen, print `listening PORT`, wait for stdin EOF
+//! enforcer-probe connect-loop ADDR [COUNT]  connect(2) COUNT times, or until stdin closes;
+//!                                           prints `attempts=N successes=M` (kernel tests' prober)
 //! ```
 use std::{
     io::{self, BufRead as _, Write as _},
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         "vsock" => Ok(socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0)),
         "serve-self" => addr().map(serve_self),
         "listen" => addr().map(listen_until_eof),
+        "connect-loop" => addr().map(|a| connect_loop(a, args.get(2).and_then(|n| n.parse().ok()))),
         other => Err(format!("unknown command {other:?}")),
     };
     match result {
@@ -182,4 +185,31 @@ fn listen_until_eof(addr: SocketAddr) -> io::Result<()> {
     }
     drop(listener);
     Ok(())
+}
+
+/// Connects to `addr` over and over: `count` times, or until stdin closes.
+/// Success or failure is what the caller counts, so this always returns Ok.
+fn connect_loop(addr: SocketAddr, count: Option<u64>) -> io::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    if count.is_none() {
+        std::thread::spawn(|| {
+            let mut sink = String::new();
+            while io::stdin().lock().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+            STOP.store(true, Ordering::SeqCst);
+        });
+    }
+    let (mut attempts, mut successes) = (0u64, 0u64);
+    while count.is_none_or(|n| attempts < n) && !STOP.load(Ordering::SeqCst) {
+        attempts += 1;
+        if TcpStream::connect(addr).is_ok() {
+            successes += 1;
+        }
+    }
+    eprintln!("attempts={attempts} successes={successes}");
+    println!("attempts={attempts} successes={successes}");
+    io::stdout().flush()?;
+    std::process::exit(0);
 }

@@ -1,0 +1,179 @@
+//! `enforcer allow | revoke | reload | events`: talk to the daemon's
+//! control socket (and read the audit database).
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use enforcer::{
+    audit::{AuditRecord, AuditStore, Decision, EventFilter},
+    daemon::{
+        DEFAULT_STATE_DIR,
+        control::{ControlClient, DEFAULT_SOCKET, Request, matches},
+    },
+};
+
+use super::daemon_flags::parse_duration_flag;
+
+/// Where the daemon listens.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SocketFlag {
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    control_socket: PathBuf,
+}
+
+/// Allow HOST:PORT for a while: a runtime grant, persisted, expiring on
+/// time in the proxy and in the kernel maps at the same moment.
+///
+/// Example: sudo enforcer allow registry.npmjs.org:443 --ttl 1h --reason "npm install"
+#[derive(Debug, clap::Args)]
+pub struct AllowArgs {
+    /// `HOST[:PORT]` (port 443 when left out); `*.example.com` for subdomains.
+    #[arg(value_name = "HOST:PORT")]
+    target: String,
+    /// How long (30s, 5m, 1h, 7d, PT1H).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_flag)]
+    ttl: Duration,
+    /// Why (kept in the audit log).
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+    /// A direct kernel entry (no proxy; exact host or address only).
+    #[arg(long)]
+    direct: bool,
+    #[command(flatten)]
+    socket: SocketFlag,
+}
+
+/// Remove every runtime grant for HOST:PORT.
+///
+/// Example: sudo enforcer revoke registry.npmjs.org:443
+#[derive(Debug, clap::Args)]
+pub struct RevokeArgs {
+    /// As given to `allow`.
+    #[arg(value_name = "HOST:PORT")]
+    target: String,
+    #[command(flatten)]
+    socket: SocketFlag,
+}
+
+/// Fetch and verify the policy source again; a refused pack leaves the
+/// active policy in place.
+///
+/// Example: sudo enforcer reload
+#[derive(Debug, clap::Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    socket: SocketFlag,
+}
+
+/// Show audit events: kernel denies and proxy/router decisions.
+///
+/// Example: sudo enforcer events --since 1h --decision deny --follow
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Only events newer than this (30s, 5m, 1h, 7d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_flag)]
+    since: Option<Duration>,
+    /// Only allow or only deny.
+    #[arg(long, value_enum)]
+    decision: Option<Decision>,
+    /// Keep printing new events as they happen (needs the daemon).
+    #[arg(long)]
+    follow: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// At most this many past events (the newest).
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    /// The daemon's state directory (where audit.db is).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    #[command(flatten)]
+    socket: SocketFlag,
+}
+
+/// Runs `enforcer allow`.
+pub fn allow(args: AllowArgs) -> anyhow::Result<ExitCode> {
+    let result = ControlClient::new(&args.socket.control_socket).call(&Request::Allow {
+        target: args.target.clone(),
+        ttl_seconds: args.ttl.as_secs().max(1),
+        reason: args.reason,
+        direct: args.direct,
+    })?;
+    println!(
+        "allowed {} ({}) until {}",
+        result["target"].as_str().unwrap_or(&args.target),
+        result["scope"].as_str().unwrap_or("proxy"),
+        result["expires_at"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `enforcer revoke`.
+pub fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
+    let result = ControlClient::new(&args.socket.control_socket).call(&Request::Revoke {
+        target: args.target.clone(),
+    })?;
+    println!(
+        "revoked {} ({} grant(s))",
+        result["target"].as_str().unwrap_or(&args.target),
+        result["removed"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `enforcer reload`.
+pub fn reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
+    let result = ControlClient::new(&args.socket.control_socket).call(&Request::Reload)?;
+    match result["outcome"].as_str() {
+        Some("applied") => println!("applied policy version {}", result["version"].as_str().unwrap_or("?")),
+        Some("unchanged") => println!("the policy source holds the active pack; nothing changed"),
+        Some("no_source") => println!("no --policy source configured; the active policy stays"),
+        _ => println!("{result}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `enforcer events`.
+pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
+    let path = args.state_dir.join("audit.db");
+    let print = |record: &AuditRecord| {
+        if args.json {
+            println!("{}", serde_json::to_string(record).unwrap_or_default());
+        } else {
+            println!("{}", record.summary());
+        }
+    };
+    if path.exists() {
+        let store = AuditStore::open_read_only(&path)?;
+        let filter = EventFilter {
+            since: args.since.map(|ago| SystemTime::now() - ago),
+            decision: args.decision,
+            after_id: None,
+            limit: Some(args.limit),
+        };
+        for record in store.query(&filter).with_context(|| format!("reading {}", path.display()))? {
+            print(&record);
+        }
+    } else if !args.follow {
+        anyhow::bail!(
+            "no audit database at {} (has a daemon run with --state-dir {}?)",
+            path.display(),
+            args.state_dir.display()
+        );
+    }
+    if args.follow {
+        ControlClient::new(&args.socket.control_socket).follow(|record| {
+            if matches(&record, args.decision) {
+                print(&record);
+            }
+            true
+        })?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,134 @@
+//! Flags shared by `attach` and `run` (DESIGN.md §7), parsed once into
+//! the daemon's options.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use enforcer::{
+    daemon::{DEFAULT_STATE_DIR, DaemonOptions},
+    kernel::{CgroupMount, CgroupPath, maps::parse_socket_addr},
+};
+use policy::{FetchConfig, LoaderConfig, PackSource, ResolveOverrides, signing::read_public_key};
+use proxy::resolve::{DnsClient, Resolver, Upstream};
+
+use super::LogFormat;
+
+/// Parses `30s`, `5m`, `1h`, `7d` or ISO-8601 (`PT1H`).
+pub fn parse_duration_flag(text: &str) -> Result<Duration, String> {
+    policy::parse_duration(text).map_err(|error| format!("{text:?}: {error}"))
+}
+
+/// Policy, listener and resolver flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DaemonFlags {
+    /// Policy pack: a file or an https:// URL (its signature at PACK.sig).
+    /// Without it: the last good cached pack, else the embedded fallback.
+    #[arg(long, value_name = "FILE|URL")]
+    pub policy: Option<String>,
+    /// A trusted Ed25519 public key (repeat for key rotation).
+    #[arg(long = "policy-pubkey", value_name = "FILE")]
+    pub policy_pubkeys: Vec<PathBuf>,
+    /// Fetch the policy again this often (30s, 5m, 1h, PT1H ...).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_flag)]
+    pub policy_refresh: Option<Duration>,
+    /// Refuse a pack whose SHA-256 (hex) is not this one.
+    #[arg(long, value_name = "HEX")]
+    pub policy_sha256: Option<String>,
+    /// The DNS filter's address (accepted for compatibility; no DNS filter
+    /// is served yet, so DNS from the cgroup stays denied).
+    #[arg(long, value_name = "ADDR", value_parser = parse_socket_addr)]
+    pub dns_listen: Option<SocketAddr>,
+    /// State directory: audit database, policy cache, grants.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Pin HOST:PORT to ADDR for every resolution the daemon makes (like curl's --resolve).
+    #[arg(long = "resolve", value_name = "HOST:PORT:ADDR")]
+    pub resolve: Vec<String>,
+    /// The DNS server the daemon asks instead of the system resolver.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
+    pub dns_upstream: Option<SocketAddr>,
+    /// Trust one more CA (PEM) for upstream TLS and policy fetches.
+    #[arg(long, value_name = "FILE")]
+    pub extra_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics on this loopback address too.
+    #[arg(long, value_name = "ADDR", value_parser = parse_socket_addr)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long SIGTERM waits for open tunnels and streams.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration_flag)]
+    pub drain: Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Forward the kernel programs' aya-log debug output to the log.
+    #[arg(long)]
+    pub debug_bpf: bool,
+}
+
+impl DaemonFlags {
+    /// Builds the daemon's options for `cgroup`.
+    pub fn options(
+        &self,
+        mount: CgroupMount,
+        cgroup: CgroupPath,
+        proxy_listen: SocketAddr,
+        router_listen: SocketAddr,
+        control_socket: Option<PathBuf>,
+    ) -> anyhow::Result<DaemonOptions> {
+        let mut pins = ResolveOverrides::new();
+        for entry in &self.resolve {
+            pins.add_entry(entry).with_context(|| format!("--resolve {entry}"))?;
+        }
+        let mut fetch = FetchConfig::new();
+        fetch.resolve = pins.clone();
+        if let Some(ca) = &self.extra_ca {
+            fetch
+                .add_extra_ca_file(ca)
+                .with_context(|| format!("--extra-ca {}", ca.display()))?;
+        }
+        let mut trusted_keys = Vec::new();
+        for path in &self.policy_pubkeys {
+            trusted_keys.push(read_public_key(path).with_context(|| format!("--policy-pubkey {}", path.display()))?);
+        }
+        let source = self
+            .policy
+            .as_deref()
+            .map(PackSource::parse)
+            .transpose()
+            .context("--policy")?;
+        if source.is_some() && trusted_keys.is_empty() {
+            anyhow::bail!("--policy needs at least one --policy-pubkey to verify the pack's signature");
+        }
+        let upstream = match self.dns_upstream {
+            Some(server) => Upstream::Dns(DnsClient::new(server)),
+            None => Upstream::System {
+                timeout: Duration::from_secs(5),
+            },
+        };
+        if self.dns_listen.is_some() {
+            tracing::warn!("--dns-listen: no DNS filter is served yet; DNS from the cgroup stays denied");
+        }
+        Ok(DaemonOptions {
+            cgroup,
+            mount,
+            loader: LoaderConfig {
+                source,
+                signature: None,
+                trusted_keys,
+                pinned_sha256: self.policy_sha256.clone(),
+                refresh: self.policy_refresh,
+                state_dir: Some(self.state_dir.clone()),
+                fetch,
+                grants: Vec::new(),
+            },
+            proxy_listen,
+            router_listen,
+            control_socket,
+            metrics_listen: self.metrics_listen,
+            state_dir: self.state_dir.clone(),
+            resolver: Resolver::new(pins, upstream),
+            extra_ca: self.extra_ca.clone(),
+            drain: self.drain,
+            debug_bpf: self.debug_bpf,
+        })
+    }
+}

@@ -1,0 +1,184 @@
+//! Prometheus metrics: counters the data path bumps, rendered as text on
+//! the control socket and optionally on a loopback TCP port.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+/// Upper bounds (seconds) of the router latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Values read at render time rather than counted.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// Tunnels open in the proxy.
+    pub open_tunnels: u64,
+    /// Kernel deny events lost in the ring buffer (summed `STATS`).
+    pub ring_buffer_lost: u64,
+    /// Audit records dropped by the writer.
+    pub audit_dropped: u64,
+    /// Active policy version.
+    pub policy_version: String,
+    /// Whether the active policy is the embedded fallback.
+    pub policy_fallback: bool,
+    /// Active policy expiry, Unix seconds (0: never).
+    pub policy_expiry: u64,
+}
+
+/// The daemon's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    decisions: Mutex<BTreeMap<(&'static str, &'static str, String), u64>>,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts one decision.
+    pub fn decision(&self, source: &'static str, decision: &'static str, reason: &str) {
+        if let Ok(mut map) = self.decisions.lock() {
+            *map.entry((source, decision, reason.to_owned())).or_default() += 1;
+        }
+    }
+
+    /// Adds relayed bytes.
+    pub fn bytes(&self, up: u64, down: u64) {
+        self.bytes_up.fetch_add(up, Ordering::Relaxed);
+        self.bytes_down.fetch_add(down, Ordering::Relaxed);
+    }
+
+    /// Records one router request's time to first byte.
+    pub fn router_latency(&self, seconds: f64) {
+        for (index, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.latency_buckets[index].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        let micros = (seconds * 1e6).max(0.0) as u64;
+        self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP enforcer_decisions_total Decisions by source, verdict and reason.\n");
+        out.push_str("# TYPE enforcer_decisions_total counter\n");
+        if let Ok(map) = self.decisions.lock() {
+            for ((source, decision, reason), count) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "enforcer_decisions_total{{source=\"{source}\",decision=\"{decision}\",reason=\"{}\"}} {count}",
+                    escape(reason)
+                );
+            }
+        }
+        gauge(&mut out, "enforcer_open_tunnels", "Tunnels open in the CONNECT proxy.", gauges.open_tunnels);
+        counter(
+            &mut out,
+            "enforcer_relayed_bytes_total",
+            "Bytes relayed by the proxy and router.",
+            &[
+                ("direction=\"up\"", self.bytes_up.load(Ordering::Relaxed)),
+                ("direction=\"down\"", self.bytes_down.load(Ordering::Relaxed)),
+            ],
+        );
+        counter(
+            &mut out,
+            "enforcer_ring_buffer_lost_total",
+            "Kernel deny events lost because the ring buffer was full.",
+            &[("", gauges.ring_buffer_lost)],
+        );
+        counter(
+            &mut out,
+            "enforcer_audit_dropped_total",
+            "Audit records dropped because the writer queue was full.",
+            &[("", gauges.audit_dropped)],
+        );
+        out.push_str("# HELP enforcer_router_first_byte_seconds Router time to first response byte.\n");
+        out.push_str("# TYPE enforcer_router_first_byte_seconds histogram\n");
+        for (index, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "enforcer_router_first_byte_seconds_bucket{{le=\"{bound}\"}} {}",
+                self.latency_buckets[index].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "enforcer_router_first_byte_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "enforcer_router_first_byte_seconds_sum {}",
+            self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "enforcer_router_first_byte_seconds_count {count}");
+        out.push_str("# HELP enforcer_policy_info The active policy (value 1).\n# TYPE enforcer_policy_info gauge\n");
+        let _ = writeln!(
+            out,
+            "enforcer_policy_info{{version=\"{}\",fallback=\"{}\"}} 1",
+            escape(&gauges.policy_version),
+            gauges.policy_fallback
+        );
+        gauge(
+            &mut out,
+            "enforcer_policy_expiry_seconds",
+            "Unix time the active policy expires (0: never).",
+            gauges.policy_expiry,
+        );
+        out
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (labels, value) in series {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics::default();
+        metrics.decision("proxy", "deny", "sni_mismatch");
+        metrics.decision("proxy", "deny", "sni_mismatch");
+        metrics.router_latency(0.0007);
+        metrics.bytes(10, 20);
+        let text = metrics.render(&Gauges {
+            policy_version: "2026-11-22.1".into(),
+            ..Gauges::default()
+        });
+        assert!(text.contains(
+            "enforcer_decisions_total{source=\"proxy\",decision=\"deny\",reason=\"sni_mismatch\"} 2"
+        ));
+        assert!(text.contains("enforcer_router_first_byte_seconds_bucket{le=\"0.0005\"} 0"));
+        assert!(text.contains("enforcer_router_first_byte_seconds_bucket{le=\"0.001\"} 1"));
+        assert!(text.contains("enforcer_relayed_bytes_total{direction=\"down\"} 20"));
+        assert!(text.contains("enforcer_policy_info{version=\"2026-11-22.1\",fallback=\"false\"} 1"));
+    }
+}

@@ -1,0 +1,509 @@
+//! The daemon as a user runs it: `enforcer attach` and `enforcer run` as
+//! child processes, on real cgroups, with real sockets, a real SQLite file
+//! and real clients (curl). Needs root; fails without it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use enforcer_tests::{TestCgroup, enforcer_bin, probe_bin, require_root};
+
+/// A running `enforcer attach`, stopped with SIGTERM on drop.
+struct Daemon {
+    child: Option<Child>,
+    socket: PathBuf,
+    state: PathBuf,
+    proxy: SocketAddr,
+    router: SocketAddr,
+}
+
+impl Daemon {
+    fn start(cgroup: &TestCgroup, state: &Path, extra: &[&str]) -> Self {
+        std::fs::create_dir_all(state).unwrap();
+        let socket = state.join("control.sock");
+        let child = Command::new(enforcer_bin())
+            .args(["attach", "--cgroup", &cgroup.name])
+            .args(["--proxy-listen", "127.0.0.1:0", "--router-listen", "127.0.0.1:0"])
+            .arg("--control-socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(state)
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(state.join(format!("attach-{}.log", Instant::now().elapsed().as_nanos()))).unwrap())
+            .spawn()
+            .unwrap();
+        let mut daemon = Self {
+            child: Some(child),
+            socket,
+            state: state.to_owned(),
+            proxy: "0.0.0.0:0".parse().unwrap(),
+            router: "0.0.0.0:0".parse().unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = daemon.try_control(r#"{"command":"status"}"#) {
+                daemon.proxy = status["result"]["listeners"]["proxy"].as_str().unwrap().parse().unwrap();
+                daemon.router = status["result"]["listeners"]["router"].as_str().unwrap().parse().unwrap();
+                return daemon;
+            }
+            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("enforcer attach exited early with {status}");
+            }
+            assert!(Instant::now() < deadline, "the daemon did not answer on its control socket within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn try_control(&self, request: &str) -> Option<serde_json::Value> {
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket).ok()?;
+        stream.write_all(request.as_bytes()).ok()?;
+        stream.write_all(b"\n").ok()?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).ok()?;
+        serde_json::from_str(&line).ok()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(enforcer_bin())
+            .args(args)
+            .arg("--control-socket")
+            .arg(&self.socket)
+            .output()
+            .unwrap()
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        terminate(&mut child)
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    // SAFETY: sending a signal to our own child by its pid.
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon did not exit within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn events(state: &Path, extra: &[&str]) -> String {
+    let output = Command::new(enforcer_bin())
+        .args(["events", "--state-dir"])
+        .arg(state)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn state_dir(label: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("enforcer-{label}-")).tempdir().unwrap()
+}
+
+#[test]
+fn restart_leaves_no_unenforced_moment_and_sigterm_exits_zero() {
+    require_root();
+    let cgroup = TestCgroup::new("restart");
+    let state = state_dir("restart");
+    let target = TcpListener::bind("127.0.0.2:0").unwrap();
+    let target_addr = target.local_addr().unwrap().to_string();
+    let first = Daemon::start(&cgroup, state.path(), &[]);
+    let mut prober = cgroup
+        .command(probe_bin())
+        .args(["connect-loop", &target_addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = first.stop();
+    assert!(status.success(), "SIGTERM ends the daemon with exit 0, got {status}");
+    assert!(cgroup.pin_dir().join("links/connect4").exists(), "the programs stay pinned");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Daemon::start(&cgroup, state.path(), &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(prober.stdin.take());
+    let mut report = String::new();
+    prober.stdout.take().unwrap().read_to_string(&mut report).unwrap();
+    prober.wait().unwrap();
+    let (attempts, successes) = parse_loop(&report);
+    assert!(attempts > 100, "the prober ran across the restart: {report}");
+    assert_eq!(successes, 0, "a connect got through during the restart: {report}");
+    drop(second);
+}
+
+fn parse_loop(report: &str) -> (u64, u64) {
+    let mut attempts = None;
+    let mut successes = None;
+    for word in report.split_whitespace() {
+        if let Some(n) = word.strip_prefix("attempts=") {
+            attempts = n.parse().ok();
+        }
+        if let Some(n) = word.strip_prefix("successes=") {
+            successes = n.parse().ok();
+        }
+    }
+    (attempts.expect(report), successes.expect(report))
+}
+
+#[test]
+fn run_passes_exit_status_sets_env_drops_privileges_and_cleans_up() {
+    require_root();
+    let state = state_dir("run");
+    let script = "id -u; echo \"$HTTPS_PROXY|$HTTP_PROXY|$ALL_PROXY|$NO_PROXY|$ANTHROPIC_BASE_URL\"; cat /proc/self/cgroup | grep '^0::'; exit 7";
+    let child = Command::new(enforcer_bin())
+        .args(["run", "--user", "enforcer-test", "--state-dir"])
+        .arg(state.path())
+        .args(["--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(7), "exit status passed through: {output:?}");
+    let mut lines = stdout.lines();
+    assert_ne!(lines.next().unwrap(), "0", "not root");
+    let env: Vec<&str> = lines.next().unwrap().split('|').collect();
+    assert!(env[0].starts_with("http://127.0.0.1:"), "{env:?}");
+    assert_eq!(env[0], env[1]);
+    assert_eq!(env[0], env[2]);
+    assert!(env[3].contains("127.0.0.1"), "{env:?}");
+    assert!(env[4].starts_with("http://127.0.0.1:"), "{env:?}");
+    let cgroup_line = lines.next().unwrap();
+    assert!(cgroup_line.contains(&format!("enforcer-run-{pid}")), "{cgroup_line}");
+    let mount = enforcer_tests::cgroup_mount();
+    assert!(!mount.join(format!("enforcer-run-{pid}")).exists(), "the transient cgroup is removed");
+
+    let signalled = Command::new(enforcer_bin())
+        .args(["run", "--user", "enforcer-test", "--state-dir"])
+        .arg(state.path())
+        .args(["--", "sh", "-c", "kill -TERM $$"])
+        .output()
+        .unwrap();
+    assert_eq!(signalled.status.code(), Some(128 + 15), "{signalled:?}");
+
+    let as_root = Command::new(enforcer_bin())
+        .args(["run", "--state-dir"])
+        .arg(state.path())
+        .args(["--", "true"])
+        .env_remove("SUDO_UID")
+        .output()
+        .unwrap();
+    assert!(as_root.status.success());
+    assert!(String::from_utf8_lossy(&as_root.stderr).contains("WARNING"), "{as_root:?}");
+}
+
+#[test]
+fn run_applies_the_seccomp_baseline() {
+    require_root();
+    let state = state_dir("seccomp");
+    // As root on purpose: only the filter stands between it and unshare.
+    let refused = Command::new(enforcer_bin())
+        .args(["run", "--state-dir"])
+        .arg(state.path())
+        .args(["--", "unshare", "-n", "true"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Operation not permitted"), "{refused:?}");
+    let allowed = Command::new(enforcer_bin())
+        .args(["run", "--user", "enforcer-test", "--state-dir"])
+        .arg(state.path())
+        .args(["--", "python3", "-c", "print(1)"])
+        .output()
+        .unwrap();
+    assert!(allowed.status.success(), "{allowed:?}");
+    assert_eq!(String::from_utf8_lossy(&allowed.stdout), "1\n");
+    let unfiltered = Command::new(enforcer_bin())
+        .args(["run", "--seccomp", "off", "--state-dir"])
+        .arg(state.path())
+        .args(["--", "unshare", "-n", "true"])
+        .output()
+        .unwrap();
+    assert!(unfiltered.status.success(), "the rule, not something else, refused it: {unfiltered:?}");
+}
+
+#[test]
+fn run_with_the_fallback_policy_refuses_example_com_and_records_it() {
+    require_root();
+    let state = state_dir("fallback");
+    // The proxy refuses before resolving anything: nothing leaves the machine.
+    let output = Command::new(enforcer_bin())
+        .args(["run", "--user", "enforcer-test", "--state-dir"])
+        .arg(state.path())
+        .args(["--", "curl", "-sS", "-v", "--max-time", "10", "https://example.com"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("403"), "{stderr}");
+    assert!(stderr.contains("not_allowlisted"), "curl -v shows the reason: {stderr}");
+    let log = events(state.path(), &["--decision", "deny"]);
+    assert!(
+        log.lines().any(|l| l.contains("proxy") && l.contains("not_allowlisted") && l.contains("example.com:443")),
+        "{log}"
+    );
+}
+
+#[test]
+fn grants_persist_across_restarts_and_expire_in_proxy_and_kernel_together() {
+    require_root();
+    let cgroup = TestCgroup::new("grants");
+    let state = state_dir("grants");
+    let direct = TcpListener::bind("127.0.0.3:0").unwrap();
+    let direct_addr = direct.local_addr().unwrap();
+    let upstream = TcpListener::bind("127.0.0.4:0").unwrap();
+    let upstream_port = upstream.local_addr().unwrap().port();
+    // The upstream hangs up at once: curl's TLS fails fast, after the proxy decided.
+    std::thread::spawn(move || {
+        for stream in upstream.incoming() {
+            drop(stream);
+        }
+    });
+    let pin = format!("granted.test:{upstream_port}:127.0.0.4");
+    let daemon = Daemon::start(&cgroup, state.path(), &["--resolve", &pin]);
+    let connect_code = |daemon: &Daemon| -> String {
+        let output = cgroup
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_connect}", "--max-time", "5", "-x"])
+            .arg(format!("http://{}", daemon.proxy))
+            .arg(format!("https://granted.test:{upstream_port}/"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    assert_eq!(connect_code(&daemon), "403", "not allowlisted before the grant");
+    let target = format!("granted.test:{upstream_port}");
+    let allowed = daemon.cli(&["allow", &target, "--ttl", "6s", "--reason", "test"]);
+    assert!(allowed.status.success(), "{allowed:?}");
+    let direct_target = direct_addr.to_string();
+    let allowed = daemon.cli(&["allow", &direct_target, "--ttl", "6s", "--direct"]);
+    assert!(allowed.status.success(), "{allowed:?}");
+    let granted_at = Instant::now();
+    assert_eq!(connect_code(&daemon), "200", "the proxy grant opens the CONNECT");
+    let (outcome, _) = cgroup.probe(&["tcp-connect", &direct_target]);
+    assert_eq!(outcome, enforcer_tests::ProbeOutcome::Ok, "the direct grant opens the kernel");
+
+    // Restart: the grants come back from the state directory.
+    assert!(daemon.stop().success());
+    let daemon = Daemon::start(&cgroup, state.path(), &["--resolve", &pin]);
+    let status = daemon.try_control(r#"{"command":"status"}"#).unwrap();
+    let grants = status["result"]["grants"].to_string();
+    assert!(grants.contains("granted.test") && grants.contains("127.0.0.3"), "{grants}");
+    assert!(granted_at.elapsed() < Duration::from_secs(6), "the test was too slow to check before expiry");
+    assert_eq!(connect_code(&daemon), "200", "still allowed after the restart");
+
+    // Past the TTL both stop: the proxy by its clock, the kernel by its own.
+    while granted_at.elapsed() < Duration::from_millis(6_300) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(connect_code(&daemon), "403", "the proxy grant expired");
+    let (outcome, _) = cgroup.probe(&["tcp-connect", &direct_target]);
+    assert!(outcome.is_eperm(), "the direct grant expired in the kernel: {outcome:?}");
+    let revoked = daemon.cli(&["revoke", &target]);
+    assert!(!revoked.status.success(), "nothing live left to revoke");
+    drop(daemon);
+}
+
+#[test]
+fn reload_applies_a_newly_signed_pack_and_keeps_it_when_the_next_is_bad() {
+    require_root();
+    let cgroup = TestCgroup::new("reload");
+    let state = state_dir("reload");
+    let dir = state.path();
+    let key = dir.join("key");
+    let pack = dir.join("pack.json");
+    let run = |args: &[&str]| {
+        let output = Command::new(enforcer_bin()).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+    };
+    run(&["policy", "keygen", "--out", key.to_str().unwrap()]);
+    let write_pack = |version: &str| {
+        std::fs::write(
+            &pack,
+            format!(
+                r#"{{"schema":"ccp.policy.v1","version":"{version}","ttlSeconds":3600,
+                "fronting":{{"allowlist":[{{"hostport":"one.test:443"}}]}}}}"#
+            ),
+        )
+        .unwrap();
+        run(&["policy", "sign", pack.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    };
+    write_pack("1");
+    let pubkey = format!("{}.pub", key.display());
+    let daemon = Daemon::start(
+        &cgroup,
+        &dir.join("daemon"),
+        &["--policy", pack.to_str().unwrap(), "--policy-pubkey", &pubkey],
+    );
+    let version = |daemon: &Daemon| {
+        daemon.try_control(r#"{"command":"status"}"#).unwrap()["result"]["policy"]["version"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(version(&daemon), "1");
+    write_pack("2");
+    let reloaded = daemon.cli(&["reload"]);
+    assert!(reloaded.status.success(), "{reloaded:?}");
+    assert_eq!(version(&daemon), "2");
+    // A tampered pack is refused and version 2 stays.
+    let text = std::fs::read_to_string(&pack).unwrap().replace("\"2\"", "\"3\"");
+    std::fs::write(&pack, text).unwrap();
+    let refused = daemon.cli(&["reload"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("signature"), "{refused:?}");
+    assert_eq!(version(&daemon), "2");
+    let log = events(&daemon.state, &["--decision", "deny"]);
+    assert!(log.contains("policy_refused"), "{log}");
+}
+
+#[test]
+fn events_follow_streams_decisions_live() {
+    require_root();
+    let cgroup = TestCgroup::new("follow");
+    let state = state_dir("follow");
+    let daemon = Daemon::start(&cgroup, state.path(), &[]);
+    let mut follower = Command::new(enforcer_bin())
+        .args(["events", "--follow", "--json", "--decision", "deny", "--limit", "0", "--state-dir"])
+        .arg(&daemon.state)
+        .arg("--control-socket")
+        .arg(&daemon.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let target = TcpListener::bind("127.0.0.2:0").unwrap();
+    let (outcome, pid) = cgroup.probe(&["tcp-connect", &target.local_addr().unwrap().to_string()]);
+    assert!(outcome.is_eperm());
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["source"], "kernel");
+    assert_eq!(record["pid"], pid);
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
+
+#[test]
+fn a_burst_of_kernel_denies_is_fully_accounted_for() {
+    require_root();
+    const BURST: u64 = 100_000;
+    let cgroup = TestCgroup::new("burst");
+    let state = state_dir("burst");
+    let daemon = Daemon::start(&cgroup, state.path(), &[]);
+    let target = TcpListener::bind("127.0.0.2:0").unwrap();
+    let output = cgroup
+        .command(probe_bin())
+        .args(["connect-loop", &target.local_addr().unwrap().to_string(), &BURST.to_string()])
+        .output()
+        .unwrap();
+    let (attempts, successes) = parse_loop(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!((attempts, successes), (BURST, 0));
+    // generated (kernel counter) = stored + lost in the ring buffer + dropped by the writer.
+    let db = state.path().join("audit.db");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (generated, stored, lost, dropped) = loop {
+        let status = daemon.try_control(r#"{"command":"status"}"#).unwrap();
+        let kernel = &status["result"]["kernel"];
+        let generated: u64 = kernel["denied"].as_array().unwrap().iter().map(|p| p[1].as_u64().unwrap()).sum();
+        let lost = kernel["events_lost"].as_u64().unwrap();
+        let connection = rusqlite_count(&db);
+        if generated >= BURST && connection.0 + lost + connection.1 >= generated {
+            break (generated, connection.0, lost, connection.1);
+        }
+        assert!(Instant::now() < deadline, "not accounted within 60 s: generated {generated}, stored {}, lost {lost}, dropped {}", connection.0, connection.1);
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("burst of {BURST}: generated {generated}, stored {stored}, ring-buffer lost {lost}, writer dropped {dropped}");
+    assert_eq!(generated, BURST);
+    assert_eq!(stored + lost + dropped, generated);
+}
+
+/// (kernel records stored, kernel records recorded as dropped) in the audit database.
+fn rusqlite_count(db: &Path) -> (u64, u64) {
+    use enforcer::audit::{AuditStore, Source};
+    match AuditStore::open_read_only(db) {
+        Ok(store) => (store.count(Source::Kernel).unwrap_or(0), store.dropped(Source::Kernel).unwrap_or(0)),
+        Err(_) => (0, 0),
+    }
+}
+
+#[test]
+fn metrics_on_the_control_socket_and_a_loopback_listener() {
+    require_root();
+    let cgroup = TestCgroup::new("metrics");
+    let state = state_dir("metrics");
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(&cgroup, state.path(), &["--metrics-listen", &listen]);
+    let target = TcpListener::bind("127.0.0.2:0").unwrap();
+    let (outcome, _) = cgroup.probe(&["tcp-connect", &target.local_addr().unwrap().to_string()]);
+    assert!(outcome.is_eperm());
+    std::thread::sleep(Duration::from_millis(500));
+    let over_socket = daemon.try_control(r#"{"command":"metrics"}"#).unwrap();
+    let text = over_socket["result"].as_str().unwrap();
+    assert!(
+        text.contains("enforcer_decisions_total{source=\"kernel\",decision=\"deny\",reason=\"loopback_port_not_owned\"} 1"),
+        "{text}"
+    );
+    let output = Command::new("curl").args(["-s", "--max-time", "5"]).arg(format!("http://{listen}/metrics")).output().unwrap();
+    let scraped = String::from_utf8_lossy(&output.stdout);
+    for name in [
+        "enforcer_open_tunnels",
+        "enforcer_relayed_bytes_total",
+        "enforcer_router_first_byte_seconds_bucket",
+        "enforcer_ring_buffer_lost_total",
+        "enforcer_policy_info",
+        "enforcer_policy_expiry_seconds",
+    ] {
+        assert!(scraped.contains(name), "{name} missing from {scraped}");
+    }
+}
+
+#[test]
+fn systemd_units_verify() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = enforcer_bin();
+    for unit in ["enforcer.service", "agents.slice"] {
+        let text = std::fs::read_to_string(root.join("dist/systemd").join(unit)).unwrap();
+        std::fs::write(dir.path().join(unit), text.replace("/usr/local/bin/enforcer", binary.to_str().unwrap())).unwrap();
+    }
+    let output = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("enforcer.service"))
+        .arg(dir.path().join("agents.slice"))
+        .output()
+        .expect("systemd-analyze");
+    let complaints = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && complaints.trim().is_empty(), "{complaints}");
+}
