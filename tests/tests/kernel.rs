@@ -289,35 +289,34 @@ fn direct_entry_expires_in_the_kernel_with_no_enforcer_running() {
 }
 
 /// Runs `enforcer attach` for `cgroup` in the background and waits until
-/// all its links are pinned.
+/// it answers on its control socket, which it binds only once every
+/// program is attached and pinned (a socket left by a killed predecessor
+/// refuses connections until then).
 fn spawn_attach(cgroup: &TestCgroup, state: &std::path::Path) -> Child {
+    let socket = state.join("control.sock");
     let mut child = Command::new(enforcer_bin())
         .args(["attach", "--cgroup", &cgroup.name])
         .args(["--proxy-listen", "127.0.0.1:0", "--router-listen", "127.0.0.1:0"])
         .arg("--control-socket")
-        .arg(state.join("control.sock"))
+        .arg(&socket)
         .arg("--state-dir")
         .arg(state)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let links = cgroup.pin_dir().join("links");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let pinned = std::fs::read_dir(&links).map(|d| d.count()).unwrap_or(0);
-        let done = std::fs::read_dir(&links)
-            .map(|d| d.flatten().all(|e| !e.file_name().to_string_lossy().ends_with("_new")))
-            .unwrap_or(false);
-        if pinned >= 8 && done {
-            // Give the process a moment to finish writing and settle.
-            std::thread::sleep(Duration::from_millis(200));
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
             return child;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("enforcer attach exited early with {status}");
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("enforcer attach did not pin its links within 20 s");
+            panic!("enforcer attach did not come up within 30 s");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

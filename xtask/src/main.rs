@@ -124,6 +124,9 @@ fn test() -> anyhow::Result<()> {
     }
     let mut totals = run_counting_tests(&mut command)?;
     let mut failures = Vec::new();
+    if totals.failed > 0 {
+        failures.push(format!("cargo test: {} failed", totals.failed));
+    }
     for target in FUZZ_TARGETS {
         match fuzz(target) {
             Ok(()) => totals.passed += 1,
@@ -218,8 +221,9 @@ fn run_counting_tests(command: &mut Command) -> anyhow::Result<TestTotals> {
     }
     let status = child.wait().context("waiting for cargo test")?;
     if !status.success() {
-        println!("test: {} passed, {} failed", totals.passed, totals.failed.max(1));
-        bail!("{command:?} failed with {status}");
+        // A build failure or a crash counts even when no summary line said so.
+        totals.failed = totals.failed.max(1);
+        eprintln!("xtask: {command:?} failed with {status}");
     }
     Ok(totals)
 }
