@@ -263,13 +263,12 @@ async fn spawn_and_wait(
             if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
                 return Err(std::io::Error::last_os_error());
             }
-            if uid != 0 {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            if uid != 0
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                    || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             for fd in &inherit {
                 sandbox::seccomp::clear_cloexec(*fd)?;

@@ -138,13 +138,11 @@ pub struct Daemon {
 pub type ShutdownSender = watch::Sender<bool>;
 
 /// A future that resolves once shutdown was requested.
-pub fn shutdown_signal(mut receiver: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = receiver.wait_for(|stop| *stop).await;
-    }
+pub async fn shutdown_signal(mut receiver: watch::Receiver<bool>) {
+    let _ = receiver.wait_for(|stop| *stop).await;
 }
 
-/// Starts everything; returns once `started` was sent and the daemon stopped.
+/// Starts everything and serves until `shutdown`; then drains and returns.
 ///
 /// `ready` receives the listeners once the cgroup is enforced and the
 /// servers accept (what `enforcer run` waits for before starting its child).
