@@ -3,9 +3,9 @@
 //!
 //! Names are resolved by the daemon's resolver (`--resolve` pins first);
 //! addresses the operator wrote (IP literals, pins) are taken as given;
-//! addresses that came from DNS must be public (or private where the
-//! policy allows), so a rebinding answer cannot open loopback or metadata
-//! addresses. Each entry's expiry is written as the same instant the proxy
+//! addresses that came from DNS pass the same address-class check as the
+//! proxy's dials (`proxy::addr_class::check`), so a rebinding answer cannot
+//! open loopback, metadata or this host's own addresses. Each entry's expiry is written as the same instant the proxy
 //! uses, converted to the kernel's `CLOCK_BOOTTIME`, so an entry stops
 //! allowing in the kernel and in the proxy at the same moment, with or
 //! without the daemon.
@@ -17,8 +17,11 @@ use std::{
 };
 
 use enforcer_ebpf::NEVER_EXPIRES;
-use policy::{AddressClass, Snapshot, classify};
-use proxy::resolve::{AddrSource, Resolver};
+use policy::Snapshot;
+use proxy::{
+    addr_class::{LocalAddrs, check},
+    resolve::{AddrSource, Resolver},
+};
 
 use crate::kernel::{
     KernelError, PinnedMaps,
@@ -80,23 +83,27 @@ impl MapSync {
     pub async fn sync(&mut self, snapshot: &Snapshot, now: SystemTime) -> Result<SyncReport, KernelError> {
         let mut report = SyncReport::default();
         let mut wanted: Vec<(SocketAddr, Option<SystemTime>, String)> = Vec::new();
+        // This host's interface addresses, read once per sync when DNS answered.
+        let mut local: Option<LocalAddrs> = None;
         for rule in snapshot.direct_rules().iter().filter(|rule| rule.is_live(now)) {
             let target = format!("{}:{}", rule.target.host, rule.target.port);
             match self.resolver.resolve(&rule.target.host, rule.target.port).await {
                 Ok(resolved) => {
                     for ip in resolved.addrs {
-                        let class = classify(ip);
                         // Pinned (`--resolve`) and literal addresses are the operator's own
-                        // choice; only DNS answers are class-checked.
-                        let from_dns = resolved.source == AddrSource::Dns;
-                        let private_ok = class == AddressClass::Private
-                            && snapshot.policy().fronting.private_address_allowed(ip);
-                        if from_dns && class != AddressClass::Public && !private_ok {
-                            report.skipped.push((
-                                target.clone(),
-                                format!("{ip} is a {} address (from DNS): refused", class.as_str()),
-                            ));
-                            continue;
+                        // choice; DNS answers pass the proxy's own address-class check.
+                        if resolved.source == AddrSource::Dns {
+                            let local = local.get_or_insert_with(|| {
+                                LocalAddrs::from_system().unwrap_or_else(|_| LocalAddrs::new([]))
+                            });
+                            let fronting = &snapshot.policy().fronting;
+                            if let Err(class) = check(ip, |ip| fronting.private_address_allowed(ip), local) {
+                                report.skipped.push((
+                                    target.clone(),
+                                    format!("{ip} is a {} address (from DNS): refused", class.as_str()),
+                                ));
+                                continue;
+                            }
                         }
                         wanted.push((SocketAddr::new(ip, rule.target.port), rule.expires_at, target.clone()));
                     }
