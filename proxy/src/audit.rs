@@ -187,14 +187,15 @@ impl AuditSink for LogSink {
 }
 
 /// An in-memory sink keeping the last `capacity` events (for `status`-style
-/// "recent decisions" views and tests).
+/// "recent decisions" views and tests). Generic over the event type so the
+/// CONNECT proxy and the lane router share it.
 #[derive(Debug)]
-pub struct MemorySink {
+pub struct MemorySink<E = AuditEvent> {
     capacity: usize,
-    events: Mutex<VecDeque<AuditEvent>>,
+    events: Mutex<VecDeque<E>>,
 }
 
-impl MemorySink {
+impl<E: Clone> MemorySink<E> {
     /// A sink keeping at most `capacity` events (oldest dropped first).
     pub fn new(capacity: usize) -> Self {
         Self {
@@ -204,16 +205,15 @@ impl MemorySink {
     }
 
     /// A copy of the kept events, oldest first.
-    pub fn events(&self) -> Vec<AuditEvent> {
+    pub fn events(&self) -> Vec<E> {
         match self.events.lock() {
             Ok(events) => events.iter().cloned().collect(),
             Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
         }
     }
-}
 
-impl AuditSink for MemorySink {
-    fn record(&self, event: AuditEvent) {
+    /// Keeps `event`, dropping the oldest beyond the capacity.
+    pub fn push(&self, event: E) {
         let mut events = match self.events.lock() {
             Ok(events) => events,
             Err(poisoned) => poisoned.into_inner(),
@@ -225,6 +225,12 @@ impl AuditSink for MemorySink {
             events.pop_front();
         }
         events.push_back(event);
+    }
+}
+
+impl AuditSink for MemorySink<AuditEvent> {
+    fn record(&self, event: AuditEvent) {
+        self.push(event);
     }
 }
 

@@ -12,8 +12,6 @@
 //! query, status, byte counts, times. Never a header value, a query string,
 //! a body byte or a credential.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
@@ -225,44 +223,13 @@ pub fn log_event(event: &RouterEvent) {
     }
 }
 
-/// An in-memory sink keeping the last `capacity` events (status views, tests).
-#[derive(Debug)]
-pub struct MemorySink {
-    capacity: usize,
-    events: Mutex<VecDeque<RouterEvent>>,
-}
-
-impl MemorySink {
-    /// A sink keeping at most `capacity` events (oldest dropped first).
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            events: Mutex::new(VecDeque::new()),
-        }
-    }
-
-    /// A copy of the kept events, oldest first.
-    pub fn events(&self) -> Vec<RouterEvent> {
-        match self.events.lock() {
-            Ok(e) => e.iter().cloned().collect(),
-            Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
-        }
-    }
-}
+/// An in-memory sink keeping the last `capacity` router events (status
+/// views, tests): the proxy's generic sink.
+pub type MemorySink = crate::audit::MemorySink<RouterEvent>;
 
 impl RouterAuditSink for MemorySink {
     fn record(&self, event: RouterEvent) {
-        let mut events = match self.events.lock() {
-            Ok(e) => e,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if self.capacity == 0 {
-            return;
-        }
-        while events.len() >= self.capacity {
-            events.pop_front();
-        }
-        events.push_back(event);
+        self.push(event);
     }
 }
 
