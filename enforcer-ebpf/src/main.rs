@@ -275,7 +275,16 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     } else {
         Reason::Protocol
     };
-    record_deny(&ctx, Hook::SockCreate, reason, fam as u16, stype as u16, proto as u16, &[0; 16], 0);
+    record_deny(
+        &ctx,
+        Hook::SockCreate,
+        reason,
+        fam as u16,
+        stype as u16,
+        proto as u16,
+        &[0; 16],
+        0,
+    );
     DENY
 }
 
@@ -440,7 +449,10 @@ fn record_deny<C: EbpfContext>(
         };
         let _ = RECENT.set((slot % u64::from(RECENT_DENIES)) as u32, &event, 0);
     }
-    debug!(ctx, "enforcer deny hook={} reason={} port={}", hook as u8, reason as u8, port);
+    debug!(
+        ctx,
+        "enforcer deny hook={} reason={} port={}", hook as u8, reason as u8, port
+    );
 }
 
 #[cfg(not(test))]

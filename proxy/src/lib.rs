@@ -33,5 +33,5 @@ pub mod relay;
 pub mod request;
 pub mod resolve;
 pub mod response;
-pub mod server;
 pub mod router;
+pub mod server;

@@ -30,7 +30,9 @@ pub fn require_root() {
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo.
 pub fn cgroup_mount() -> PathBuf {
-    enforcer::kernel::CgroupMount::find().expect("cgroup v2 mount").path
+    enforcer::kernel::CgroupMount::find()
+        .expect("cgroup v2 mount")
+        .path
 }
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
@@ -251,11 +253,20 @@ pub fn host_address(v6: bool) -> Option<std::net::IpAddr> {
         return Some(addr);
     }
     let output = Command::new("ip")
-        .args([if v6 { "-6" } else { "-4" }, "-o", "addr", "show", "scope", "global"])
+        .args([
+            if v6 { "-6" } else { "-4" },
+            "-o",
+            "addr",
+            "show",
+            "scope",
+            "global",
+        ])
         .output()
         .ok()?;
-    String::from_utf8_lossy(&output.stdout).lines().find_map(|line| {
-        let field = line.split_whitespace().nth(3)?;
-        field.split('/').next()?.parse().ok()
-    })
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let field = line.split_whitespace().nth(3)?;
+            field.split('/').next()?.parse().ok()
+        })
 }

@@ -28,7 +28,12 @@ impl Daemon {
         let socket = state.join("control.sock");
         let child = Command::new(enforcer_bin())
             .args(["attach", "--cgroup", &cgroup.name])
-            .args(["--proxy-listen", "127.0.0.1:0", "--router-listen", "127.0.0.1:0"])
+            .args([
+                "--proxy-listen",
+                "127.0.0.1:0",
+                "--router-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--control-socket")
             .arg(&socket)
             .arg("--state-dir")
@@ -36,7 +41,13 @@ impl Daemon {
             .args(extra)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(state.join(format!("attach-{}.log", Instant::now().elapsed().as_nanos()))).unwrap())
+            .stderr(
+                std::fs::File::create(state.join(format!(
+                    "attach-{}.log",
+                    Instant::now().elapsed().as_nanos()
+                )))
+                .unwrap(),
+            )
             .spawn()
             .unwrap();
         let mut daemon = Self {
@@ -49,14 +60,25 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = daemon.try_control(r#"{"command":"status"}"#) {
-                daemon.proxy = status["result"]["listeners"]["proxy"].as_str().unwrap().parse().unwrap();
-                daemon.router = status["result"]["listeners"]["router"].as_str().unwrap().parse().unwrap();
+                daemon.proxy = status["result"]["listeners"]["proxy"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                daemon.router = status["result"]["listeners"]["router"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 return daemon;
             }
             if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("enforcer attach exited early with {status}");
             }
-            assert!(Instant::now() < deadline, "the daemon did not answer on its control socket within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not answer on its control socket within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -123,7 +145,10 @@ fn events(state: &Path, extra: &[&str]) -> String {
 }
 
 fn state_dir(label: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("enforcer-{label}-")).tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix(&format!("enforcer-{label}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
@@ -143,18 +168,35 @@ fn restart_leaves_no_unenforced_moment_and_sigterm_exits_zero() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let status = first.stop();
-    assert!(status.success(), "SIGTERM ends the daemon with exit 0, got {status}");
-    assert!(cgroup.pin_dir().join("links/connect4").exists(), "the programs stay pinned");
+    assert!(
+        status.success(),
+        "SIGTERM ends the daemon with exit 0, got {status}"
+    );
+    assert!(
+        cgroup.pin_dir().join("links/connect4").exists(),
+        "the programs stay pinned"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let second = Daemon::start(&cgroup, state.path(), &[]);
     std::thread::sleep(Duration::from_millis(300));
     drop(prober.stdin.take());
     let mut report = String::new();
-    prober.stdout.take().unwrap().read_to_string(&mut report).unwrap();
+    prober
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut report)
+        .unwrap();
     prober.wait().unwrap();
     let (attempts, successes) = parse_loop(&report);
-    assert!(attempts > 100, "the prober ran across the restart: {report}");
-    assert_eq!(successes, 0, "a connect got through during the restart: {report}");
+    assert!(
+        attempts > 100,
+        "the prober ran across the restart: {report}"
+    );
+    assert_eq!(
+        successes, 0,
+        "a connect got through during the restart: {report}"
+    );
     drop(second);
 }
 
@@ -188,7 +230,11 @@ fn run_passes_exit_status_sets_env_drops_privileges_and_cleans_up() {
     let pid = child.id();
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(7), "exit status passed through: {output:?}");
+    assert_eq!(
+        output.status.code(),
+        Some(7),
+        "exit status passed through: {output:?}"
+    );
     let mut lines = stdout.lines();
     assert_ne!(lines.next().unwrap(), "0", "not root");
     let env: Vec<&str> = lines.next().unwrap().split('|').collect();
@@ -198,9 +244,15 @@ fn run_passes_exit_status_sets_env_drops_privileges_and_cleans_up() {
     assert!(env[3].contains("127.0.0.1"), "{env:?}");
     assert!(env[4].starts_with("http://127.0.0.1:"), "{env:?}");
     let cgroup_line = lines.next().unwrap();
-    assert!(cgroup_line.contains(&format!("enforcer-run-{pid}")), "{cgroup_line}");
+    assert!(
+        cgroup_line.contains(&format!("enforcer-run-{pid}")),
+        "{cgroup_line}"
+    );
     let mount = enforcer_tests::cgroup_mount();
-    assert!(!mount.join(format!("enforcer-run-{pid}")).exists(), "the transient cgroup is removed");
+    assert!(
+        !mount.join(format!("enforcer-run-{pid}")).exists(),
+        "the transient cgroup is removed"
+    );
 
     let signalled = Command::new(enforcer_bin())
         .args(["run", "--user", "enforcer-test", "--state-dir"])
@@ -218,7 +270,10 @@ fn run_passes_exit_status_sets_env_drops_privileges_and_cleans_up() {
         .output()
         .unwrap();
     assert!(as_root.status.success());
-    assert!(String::from_utf8_lossy(&as_root.stderr).contains("WARNING"), "{as_root:?}");
+    assert!(
+        String::from_utf8_lossy(&as_root.stderr).contains("WARNING"),
+        "{as_root:?}"
+    );
 }
 
 #[test]
@@ -233,7 +288,10 @@ fn run_applies_the_seccomp_baseline() {
         .output()
         .unwrap();
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("Operation not permitted"), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Operation not permitted"),
+        "{refused:?}"
+    );
     let allowed = Command::new(enforcer_bin())
         .args(["run", "--user", "enforcer-test", "--state-dir"])
         .arg(state.path())
@@ -248,7 +306,10 @@ fn run_applies_the_seccomp_baseline() {
         .args(["--", "unshare", "-n", "true"])
         .output()
         .unwrap();
-    assert!(unfiltered.status.success(), "the rule, not something else, refused it: {unfiltered:?}");
+    assert!(
+        unfiltered.status.success(),
+        "the rule, not something else, refused it: {unfiltered:?}"
+    );
 }
 
 #[test]
@@ -259,16 +320,29 @@ fn run_with_the_fallback_policy_refuses_example_com_and_records_it() {
     let output = Command::new(enforcer_bin())
         .args(["run", "--user", "enforcer-test", "--state-dir"])
         .arg(state.path())
-        .args(["--", "curl", "-sS", "-v", "--max-time", "10", "https://example.com"])
+        .args([
+            "--",
+            "curl",
+            "-sS",
+            "-v",
+            "--max-time",
+            "10",
+            "https://example.com",
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success(), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("403"), "{stderr}");
-    assert!(stderr.contains("not_allowlisted"), "curl -v shows the reason: {stderr}");
+    assert!(
+        stderr.contains("not_allowlisted"),
+        "curl -v shows the reason: {stderr}"
+    );
     let log = events(state.path(), &["--decision", "deny"]);
     assert!(
-        log.lines().any(|l| l.contains("proxy") && l.contains("not_allowlisted") && l.contains("example.com:443")),
+        log.lines().any(|l| l.contains("proxy")
+            && l.contains("not_allowlisted")
+            && l.contains("example.com:443")),
         "{log}"
     );
 }
@@ -293,14 +367,27 @@ fn grants_persist_across_restarts_and_expire_in_proxy_and_kernel_together() {
     let connect_code = |daemon: &Daemon| -> String {
         let output = cgroup
             .command("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_connect}", "--max-time", "5", "-x"])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_connect}",
+                "--max-time",
+                "5",
+                "-x",
+            ])
             .arg(format!("http://{}", daemon.proxy))
             .arg(format!("https://granted.test:{upstream_port}/"))
             .output()
             .unwrap();
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     };
-    assert_eq!(connect_code(&daemon), "403", "not allowlisted before the grant");
+    assert_eq!(
+        connect_code(&daemon),
+        "403",
+        "not allowlisted before the grant"
+    );
     let target = format!("granted.test:{upstream_port}");
     let allowed = daemon.cli(&["allow", &target, "--ttl", "6s", "--reason", "test"]);
     assert!(allowed.status.success(), "{allowed:?}");
@@ -308,18 +395,36 @@ fn grants_persist_across_restarts_and_expire_in_proxy_and_kernel_together() {
     let allowed = daemon.cli(&["allow", &direct_target, "--ttl", "6s", "--direct"]);
     assert!(allowed.status.success(), "{allowed:?}");
     let granted_at = Instant::now();
-    assert_eq!(connect_code(&daemon), "200", "the proxy grant opens the CONNECT");
+    assert_eq!(
+        connect_code(&daemon),
+        "200",
+        "the proxy grant opens the CONNECT"
+    );
     let (outcome, _) = cgroup.probe(&["tcp-connect", &direct_target]);
-    assert_eq!(outcome, enforcer_tests::ProbeOutcome::Ok, "the direct grant opens the kernel");
+    assert_eq!(
+        outcome,
+        enforcer_tests::ProbeOutcome::Ok,
+        "the direct grant opens the kernel"
+    );
 
     // Restart: the grants come back from the state directory.
     assert!(daemon.stop().success());
     let daemon = Daemon::start(&cgroup, state.path(), &["--resolve", &pin]);
     let status = daemon.try_control(r#"{"command":"status"}"#).unwrap();
     let grants = status["result"]["grants"].to_string();
-    assert!(grants.contains("granted.test") && grants.contains("127.0.0.3"), "{grants}");
-    assert!(granted_at.elapsed() < Duration::from_secs(6), "the test was too slow to check before expiry");
-    assert_eq!(connect_code(&daemon), "200", "still allowed after the restart");
+    assert!(
+        grants.contains("granted.test") && grants.contains("127.0.0.3"),
+        "{grants}"
+    );
+    assert!(
+        granted_at.elapsed() < Duration::from_secs(6),
+        "the test was too slow to check before expiry"
+    );
+    assert_eq!(
+        connect_code(&daemon),
+        "200",
+        "still allowed after the restart"
+    );
 
     // Past the TTL both stop: the proxy by its clock, the kernel by its own.
     while granted_at.elapsed() < Duration::from_millis(6_300) {
@@ -327,7 +432,10 @@ fn grants_persist_across_restarts_and_expire_in_proxy_and_kernel_together() {
     }
     assert_eq!(connect_code(&daemon), "403", "the proxy grant expired");
     let (outcome, _) = cgroup.probe(&["tcp-connect", &direct_target]);
-    assert!(outcome.is_eperm(), "the direct grant expired in the kernel: {outcome:?}");
+    assert!(
+        outcome.is_eperm(),
+        "the direct grant expired in the kernel: {outcome:?}"
+    );
     let revoked = daemon.cli(&["revoke", &target]);
     assert!(!revoked.status.success(), "nothing live left to revoke");
     drop(daemon);
@@ -355,14 +463,25 @@ fn reload_applies_a_newly_signed_pack_and_keeps_it_when_the_next_is_bad() {
             ),
         )
         .unwrap();
-        run(&["policy", "sign", pack.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+        run(&[
+            "policy",
+            "sign",
+            pack.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
     };
     write_pack("1");
     let pubkey = format!("{}.pub", key.display());
     let daemon = Daemon::start(
         &cgroup,
         &dir.join("daemon"),
-        &["--policy", pack.to_str().unwrap(), "--policy-pubkey", &pubkey],
+        &[
+            "--policy",
+            pack.to_str().unwrap(),
+            "--policy-pubkey",
+            &pubkey,
+        ],
     );
     let version = |daemon: &Daemon| {
         daemon.try_control(r#"{"command":"status"}"#).unwrap()["result"]["policy"]["version"]
@@ -376,11 +495,16 @@ fn reload_applies_a_newly_signed_pack_and_keeps_it_when_the_next_is_bad() {
     assert!(reloaded.status.success(), "{reloaded:?}");
     assert_eq!(version(&daemon), "2");
     // A tampered pack is refused and version 2 stays.
-    let text = std::fs::read_to_string(&pack).unwrap().replace("\"2\"", "\"3\"");
+    let text = std::fs::read_to_string(&pack)
+        .unwrap()
+        .replace("\"2\"", "\"3\"");
     std::fs::write(&pack, text).unwrap();
     let refused = daemon.cli(&["reload"]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("signature"), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("signature"),
+        "{refused:?}"
+    );
     assert_eq!(version(&daemon), "2");
     let log = events(&daemon.state, &["--decision", "deny"]);
     assert!(log.contains("policy_refused"), "{log}");
@@ -393,7 +517,16 @@ fn events_follow_streams_decisions_live() {
     let state = state_dir("follow");
     let daemon = Daemon::start(&cgroup, state.path(), &[]);
     let mut follower = Command::new(enforcer_bin())
-        .args(["events", "--follow", "--json", "--decision", "deny", "--limit", "0", "--state-dir"])
+        .args([
+            "events",
+            "--follow",
+            "--json",
+            "--decision",
+            "deny",
+            "--limit",
+            "0",
+            "--state-dir",
+        ])
         .arg(&daemon.state)
         .arg("--control-socket")
         .arg(&daemon.socket)
@@ -423,7 +556,11 @@ fn a_burst_of_kernel_denies_is_fully_accounted_for() {
     let target = TcpListener::bind("127.0.0.2:0").unwrap();
     let output = cgroup
         .command(probe_bin())
-        .args(["connect-loop", &target.local_addr().unwrap().to_string(), &BURST.to_string()])
+        .args([
+            "connect-loop",
+            &target.local_addr().unwrap().to_string(),
+            &BURST.to_string(),
+        ])
         .output()
         .unwrap();
     let (attempts, successes) = parse_loop(&String::from_utf8_lossy(&output.stdout));
@@ -434,16 +571,28 @@ fn a_burst_of_kernel_denies_is_fully_accounted_for() {
     let (generated, stored, lost, dropped) = loop {
         let status = daemon.try_control(r#"{"command":"status"}"#).unwrap();
         let kernel = &status["result"]["kernel"];
-        let generated: u64 = kernel["denied"].as_array().unwrap().iter().map(|p| p[1].as_u64().unwrap()).sum();
+        let generated: u64 = kernel["denied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[1].as_u64().unwrap())
+            .sum();
         let lost = kernel["events_lost"].as_u64().unwrap();
         let connection = rusqlite_count(&db);
         if generated >= BURST && connection.0 + lost + connection.1 >= generated {
             break (generated, connection.0, lost, connection.1);
         }
-        assert!(Instant::now() < deadline, "not accounted within 60 s: generated {generated}, stored {}, lost {lost}, dropped {}", connection.0, connection.1);
+        assert!(
+            Instant::now() < deadline,
+            "not accounted within 60 s: generated {generated}, stored {}, lost {lost}, dropped {}",
+            connection.0,
+            connection.1
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
-    eprintln!("burst of {BURST}: generated {generated}, stored {stored}, ring-buffer lost {lost}, writer dropped {dropped}");
+    eprintln!(
+        "burst of {BURST}: generated {generated}, stored {stored}, ring-buffer lost {lost}, writer dropped {dropped}"
+    );
     assert_eq!(generated, BURST);
     assert_eq!(stored + lost + dropped, generated);
 }
@@ -452,7 +601,10 @@ fn a_burst_of_kernel_denies_is_fully_accounted_for() {
 fn rusqlite_count(db: &Path) -> (u64, u64) {
     use enforcer::audit::{AuditStore, Source};
     match AuditStore::open_read_only(db) {
-        Ok(store) => (store.count(Source::Kernel).unwrap_or(0), store.dropped(Source::Kernel).unwrap_or(0)),
+        Ok(store) => (
+            store.count(Source::Kernel).unwrap_or(0),
+            store.dropped(Source::Kernel).unwrap_or(0),
+        ),
         Err(_) => (0, 0),
     }
 }
@@ -462,7 +614,11 @@ fn metrics_on_the_control_socket_and_a_loopback_listener() {
     require_root();
     let cgroup = TestCgroup::new("metrics");
     let state = state_dir("metrics");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let listen = format!("127.0.0.1:{port}");
     let daemon = Daemon::start(&cgroup, state.path(), &["--metrics-listen", &listen]);
     let target = TcpListener::bind("127.0.0.2:0").unwrap();
@@ -475,7 +631,11 @@ fn metrics_on_the_control_socket_and_a_loopback_listener() {
         text.contains("enforcer_decisions_total{source=\"kernel\",decision=\"deny\",reason=\"loopback_port_not_owned\"} 1"),
         "{text}"
     );
-    let output = Command::new("curl").args(["-s", "--max-time", "5"]).arg(format!("http://{listen}/metrics")).output().unwrap();
+    let output = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .arg(format!("http://{listen}/metrics"))
+        .output()
+        .unwrap();
     let scraped = String::from_utf8_lossy(&output.stdout);
     for name in [
         "enforcer_open_tunnels",
@@ -496,7 +656,11 @@ fn systemd_units_verify() {
     let binary = enforcer_bin();
     for unit in ["enforcer.service", "agents.slice"] {
         let text = std::fs::read_to_string(root.join("dist/systemd").join(unit)).unwrap();
-        std::fs::write(dir.path().join(unit), text.replace("/usr/local/bin/enforcer", binary.to_str().unwrap())).unwrap();
+        std::fs::write(
+            dir.path().join(unit),
+            text.replace("/usr/local/bin/enforcer", binary.to_str().unwrap()),
+        )
+        .unwrap();
     }
     let output = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
@@ -505,5 +669,8 @@ fn systemd_units_verify() {
         .output()
         .expect("systemd-analyze");
     let complaints = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && complaints.trim().is_empty(), "{complaints}");
+    assert!(
+        output.status.success() && complaints.trim().is_empty(),
+        "{complaints}"
+    );
 }

@@ -18,7 +18,9 @@ use enforcer::kernel::{
     events::{EventReader, boot_now_ns},
     maps::Transport,
 };
-use enforcer_tests::{HeldListener, ProbeOutcome, TestCgroup, enforcer_bin, host_address, require_root};
+use enforcer_tests::{
+    HeldListener, ProbeOutcome, TestCgroup, enforcer_bin, host_address, require_root,
+};
 
 /// A test cgroup with the programs attached through the library API.
 /// Fields drop in order: events, attachment, then the cgroup guard (which
@@ -54,7 +56,10 @@ impl Enforced {
     /// Runs a probe inside; asserts EPERM and a matching event.
     fn assert_denied(&mut self, args: &[&str], reason: &str, hook: &str) -> DenyRecord {
         let (outcome, pid) = self.cgroup.probe(args);
-        assert!(outcome.is_eperm(), "{args:?} inside the cgroup: expected EPERM, got {outcome:?}");
+        assert!(
+            outcome.is_eperm(),
+            "{args:?} inside the cgroup: expected EPERM, got {outcome:?}"
+        );
         let record = self.wait_event(pid);
         assert_eq!(record.reason, reason, "{args:?}: {record}");
         assert_eq!(record.hook, hook, "{args:?}: {record}");
@@ -71,7 +76,10 @@ impl Enforced {
                     return DenyRecord::from_event(&event);
                 }
             }
-            assert!(Instant::now() < deadline, "no deny event for pid {pid} within 5 s");
+            assert!(
+                Instant::now() < deadline,
+                "no deny event for pid {pid} within 5 s"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -92,7 +100,10 @@ fn assert_ok(outcome: &ProbeOutcome, what: &str) {
 fn tcp_to_other_loopback_address_is_denied() {
     let mut enforced = Enforced::new("tcp4", vec![]);
     let (_listener, addr) = outside_listener("127.0.0.2:0");
-    assert_ok(&TestCgroup::probe_outside(&["tcp-connect", &addr.to_string()]), "outside control");
+    assert_ok(
+        &TestCgroup::probe_outside(&["tcp-connect", &addr.to_string()]),
+        "outside control",
+    );
     let record = enforced.assert_denied(
         &["tcp-connect", &addr.to_string()],
         "loopback_port_not_owned",
@@ -107,9 +118,15 @@ fn tcp_to_other_loopback_address_is_denied() {
 fn tcp_v6_is_denied() {
     let mut enforced = Enforced::new("tcp6", vec![]);
     let (_listener, addr) = outside_listener("[::1]:0");
-    assert_ok(&TestCgroup::probe_outside(&["tcp-connect", &addr.to_string()]), "outside control");
-    let record =
-        enforced.assert_denied(&["tcp-connect", &addr.to_string()], "loopback_port_not_owned", "connect6");
+    assert_ok(
+        &TestCgroup::probe_outside(&["tcp-connect", &addr.to_string()]),
+        "outside control",
+    );
+    let record = enforced.assert_denied(
+        &["tcp-connect", &addr.to_string()],
+        "loopback_port_not_owned",
+        "connect6",
+    );
     assert_eq!(record.destination, Some(addr));
     assert_eq!(record.family, "inet6");
 }
@@ -119,9 +136,20 @@ fn v4_mapped_v6_is_judged_as_ipv4() {
     let mut enforced = Enforced::new("mapped", vec![]);
     let (_listener, addr) = outside_listener("127.0.0.2:0");
     let mapped = format!("[::ffff:127.0.0.2]:{}", addr.port());
-    assert_ok(&TestCgroup::probe_outside(&["tcp-connect", &mapped]), "outside control");
-    let record = enforced.assert_denied(&["tcp-connect", &mapped], "loopback_port_not_owned", "connect6");
-    assert_eq!(record.destination, Some(addr), "shown as the IPv4 address it stands for");
+    assert_ok(
+        &TestCgroup::probe_outside(&["tcp-connect", &mapped]),
+        "outside control",
+    );
+    let record = enforced.assert_denied(
+        &["tcp-connect", &mapped],
+        "loopback_port_not_owned",
+        "connect6",
+    );
+    assert_eq!(
+        record.destination,
+        Some(addr),
+        "shown as the IPv4 address it stands for"
+    );
 }
 
 #[test]
@@ -129,9 +157,20 @@ fn unspecified_and_foreign_loopback_ports_are_denied() {
     let mut enforced = Enforced::new("loopback", vec![]);
     let (_listener, addr) = outside_listener("127.0.0.1:0");
     let port = addr.port();
-    assert_ok(&TestCgroup::probe_outside(&["tcp-connect", &addr.to_string()]), "outside control");
-    enforced.assert_denied(&["tcp-connect", &addr.to_string()], "loopback_port_not_owned", "connect4");
-    enforced.assert_denied(&["tcp-connect", &format!("0.0.0.0:{port}")], "loopback_port_not_owned", "connect4");
+    assert_ok(
+        &TestCgroup::probe_outside(&["tcp-connect", &addr.to_string()]),
+        "outside control",
+    );
+    enforced.assert_denied(
+        &["tcp-connect", &addr.to_string()],
+        "loopback_port_not_owned",
+        "connect4",
+    );
+    enforced.assert_denied(
+        &["tcp-connect", &format!("0.0.0.0:{port}")],
+        "loopback_port_not_owned",
+        "connect4",
+    );
 }
 
 #[test]
@@ -142,8 +181,15 @@ fn host_own_address_is_denied() {
     );
     let (_listener, addr) = outside_listener("0.0.0.0:0");
     let target = SocketAddr::new(ip, addr.port()).to_string();
-    assert_ok(&TestCgroup::probe_outside(&["tcp-connect", &target]), "outside control");
-    enforced.assert_denied(&["tcp-connect", &target], "destination_not_allowed", "connect4");
+    assert_ok(
+        &TestCgroup::probe_outside(&["tcp-connect", &target]),
+        "outside control",
+    );
+    enforced.assert_denied(
+        &["tcp-connect", &target],
+        "destination_not_allowed",
+        "connect4",
+    );
 }
 
 #[test]
@@ -151,12 +197,27 @@ fn udp_sendto_and_connected_udp_are_denied() {
     let mut enforced = Enforced::new("udp", vec![]);
     let socket = UdpSocket::bind("127.0.0.2:0").unwrap();
     let target = socket.local_addr().unwrap().to_string();
-    assert_ok(&TestCgroup::probe_outside(&["udp-sendto", &target]), "outside control");
-    enforced.assert_denied(&["udp-sendto", &target], "loopback_port_not_owned", "sendmsg4");
-    enforced.assert_denied(&["udp-connect", &target], "loopback_port_not_owned", "connect4");
+    assert_ok(
+        &TestCgroup::probe_outside(&["udp-sendto", &target]),
+        "outside control",
+    );
+    enforced.assert_denied(
+        &["udp-sendto", &target],
+        "loopback_port_not_owned",
+        "sendmsg4",
+    );
+    enforced.assert_denied(
+        &["udp-connect", &target],
+        "loopback_port_not_owned",
+        "connect4",
+    );
     let socket6 = UdpSocket::bind("[::1]:0").unwrap();
     let target6 = socket6.local_addr().unwrap().to_string();
-    enforced.assert_denied(&["udp-sendto", &target6], "loopback_port_not_owned", "sendmsg6");
+    enforced.assert_denied(
+        &["udp-sendto", &target6],
+        "loopback_port_not_owned",
+        "sendmsg6",
+    );
 }
 
 #[test]
@@ -164,23 +225,41 @@ fn dns_to_an_outside_resolver_is_denied() {
     let mut enforced = Enforced::new("dns", vec![]);
     let record = enforced.assert_denied(&["dns", "127.0.0.2:53"], "dns_not_enforcer", "sendmsg4");
     assert_eq!(record.destination, Some("127.0.0.2:53".parse().unwrap()));
-    enforced.assert_denied(&["udp-connect", "127.0.0.2:53"], "dns_not_enforcer", "connect4");
+    enforced.assert_denied(
+        &["udp-connect", "127.0.0.2:53"],
+        "dns_not_enforcer",
+        "connect4",
+    );
 }
 
 #[test]
 fn tcp_fast_open_is_denied() {
     let mut enforced = Enforced::new("tfo", vec![]);
     let (_listener, addr) = outside_listener("127.0.0.2:0");
-    assert_ok(&TestCgroup::probe_outside(&["tcp-fastopen", &addr.to_string()]), "outside control");
-    enforced.assert_denied(&["tcp-fastopen", &addr.to_string()], "loopback_port_not_owned", "connect4");
+    assert_ok(
+        &TestCgroup::probe_outside(&["tcp-fastopen", &addr.to_string()]),
+        "outside control",
+    );
+    enforced.assert_denied(
+        &["tcp-fastopen", &addr.to_string()],
+        "loopback_port_not_owned",
+        "connect4",
+    );
 }
 
 #[test]
 fn raw_sockets_and_other_inet_protocols_are_denied() {
     let mut enforced = Enforced::new("raw", vec![]);
     // As root the probe holds CAP_NET_RAW: outside, the same sockets open.
-    for (probe, reason) in [("raw4", "raw_socket"), ("raw6", "raw_socket"), ("udplite", "protocol_not_tcp_udp")] {
-        assert_ok(&TestCgroup::probe_outside(&[probe]), &format!("{probe} outside"));
+    for (probe, reason) in [
+        ("raw4", "raw_socket"),
+        ("raw6", "raw_socket"),
+        ("udplite", "protocol_not_tcp_udp"),
+    ] {
+        assert_ok(
+            &TestCgroup::probe_outside(&[probe]),
+            &format!("{probe} outside"),
+        );
         enforced.assert_denied(&[probe], reason, "sock_create");
     }
 }
@@ -188,7 +267,10 @@ fn raw_sockets_and_other_inet_protocols_are_denied() {
 #[test]
 fn packet_and_vsock_sockets_are_denied_or_reported_unenforced() {
     let mut enforced = Enforced::new("families", vec![]);
-    assert_ok(&TestCgroup::probe_outside(&["packet"]), "packet socket outside");
+    assert_ok(
+        &TestCgroup::probe_outside(&["packet"]),
+        "packet socket outside",
+    );
     match enforced.attachment.families.clone() {
         FamilyEnforcement::Enforced => {
             enforced.assert_denied(&["packet"], "socket_family", "lsm_socket_create");
@@ -201,7 +283,10 @@ fn packet_and_vsock_sockets_are_denied_or_reported_unenforced() {
                 "BPF-LSM was expected to load here but did not: {reason}"
             );
             eprintln!("BPF-LSM not available here ({reason}); checking that status says so");
-            let output = Command::new(enforcer_bin()).args(["status", "--json"]).output().unwrap();
+            let output = Command::new(enforcer_bin())
+                .args(["status", "--json"])
+                .output()
+                .unwrap();
             assert!(output.status.success(), "{output:?}");
             let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
             let ours = status["cgroups"]
@@ -212,7 +297,10 @@ fn packet_and_vsock_sockets_are_denied_or_reported_unenforced() {
                 .expect("our cgroup in status");
             assert_eq!(ours["families_enforced"], false);
             let missing = ours["families_not_enforced"].to_string();
-            assert!(missing.contains("vsock") && missing.contains("packet"), "{missing}");
+            assert!(
+                missing.contains("vsock") && missing.contains("packet"),
+                "{missing}"
+            );
             let text = Command::new(enforcer_bin()).arg("status").output().unwrap();
             assert!(
                 String::from_utf8_lossy(&text.stdout).contains("socket families: NOT enforced"),
@@ -226,7 +314,9 @@ fn packet_and_vsock_sockets_are_denied_or_reported_unenforced() {
 fn allowed_endpoint_own_server_and_outside_process_are_unaffected() {
     let (_endpoint, endpoint_addr) = outside_listener("127.0.0.1:0");
     let enforced = Enforced::new("positive", vec![EndpointSpec::tcp(endpoint_addr)]);
-    let (outcome, _) = enforced.cgroup.probe(&["tcp-connect", &endpoint_addr.to_string()]);
+    let (outcome, _) = enforced
+        .cgroup
+        .probe(&["tcp-connect", &endpoint_addr.to_string()]);
     assert_ok(&outcome, "connect to an enforcer endpoint");
     let (outcome, _) = enforced.cgroup.probe(&["serve-self", "127.0.0.1:0"]);
     assert_ok(&outcome, "a server the process binds on 127.0.0.1 itself");
@@ -251,9 +341,24 @@ fn port_of_a_released_server_is_forgotten() {
     held.stop();
     // Now a process outside binds the same port: no longer the cgroup's.
     let _outside = TcpListener::bind(&target).unwrap();
-    assert_ok(&TestCgroup::probe_outside(&["tcp-connect", &target]), "outside control");
-    enforced.assert_denied(&["tcp-connect", &target], "loopback_port_not_owned", "connect4");
-    assert!(enforced.attachment.maps().unwrap().local_ports().unwrap().is_empty());
+    assert_ok(
+        &TestCgroup::probe_outside(&["tcp-connect", &target]),
+        "outside control",
+    );
+    enforced.assert_denied(
+        &["tcp-connect", &target],
+        "loopback_port_not_owned",
+        "connect4",
+    );
+    assert!(
+        enforced
+            .attachment
+            .maps()
+            .unwrap()
+            .local_ports()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -281,10 +386,21 @@ fn direct_entry_expires_in_the_kernel_with_no_enforcer_running() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let (outcome, _) = cgroup.probe(&["tcp-connect", &addr.to_string()]);
-    assert!(outcome.is_eperm(), "after its TTL the entry no longer allows: {outcome:?}");
-    let maps = enforcer::kernel::PinnedMaps::open(&enforcer::kernel::paths::PinDirs::for_cgroup(cgroup.id())).unwrap();
+    assert!(
+        outcome.is_eperm(),
+        "after its TTL the entry no longer allows: {outcome:?}"
+    );
+    let maps = enforcer::kernel::PinnedMaps::open(&enforcer::kernel::paths::PinDirs::for_cgroup(
+        cgroup.id(),
+    ))
+    .unwrap();
     let counters = maps.counters().unwrap();
-    let expired = counters.denied.iter().find(|(r, _)| r == "direct_entry_expired").unwrap().1;
+    let expired = counters
+        .denied
+        .iter()
+        .find(|(r, _)| r == "direct_entry_expired")
+        .unwrap()
+        .1;
     assert_eq!(expired, 1, "{counters:?}");
 }
 
@@ -296,7 +412,12 @@ fn spawn_attach(cgroup: &TestCgroup, state: &std::path::Path) -> Child {
     let socket = state.join("control.sock");
     let mut child = Command::new(enforcer_bin())
         .args(["attach", "--cgroup", &cgroup.name])
-        .args(["--proxy-listen", "127.0.0.1:0", "--router-listen", "127.0.0.1:0"])
+        .args([
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--router-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--control-socket")
         .arg(&socket)
         .arg("--state-dir")
@@ -352,7 +473,10 @@ fn enforcement_survives_sigkill_and_reattach_leaves_one_program_per_hook() {
     first.kill().unwrap();
     first.wait().unwrap();
     let (outcome, _) = cgroup.probe(&["tcp-connect", &target]);
-    assert!(outcome.is_eperm(), "still enforced after SIGKILL: {outcome:?}");
+    assert!(
+        outcome.is_eperm(),
+        "still enforced after SIGKILL: {outcome:?}"
+    );
 
     let mut second = spawn_attach(&cgroup, state.path());
     second.kill().unwrap();
@@ -361,7 +485,13 @@ fn enforcement_survives_sigkill_and_reattach_leaves_one_program_per_hook() {
     let mut hooks: Vec<&str> = programs.iter().map(|(_, name)| name.as_str()).collect();
     hooks.sort_unstable();
     let mut expected = vec![
-        "connect4", "connect6", "post_bind4", "post_bind6", "sendmsg4", "sendmsg6", "sock_create",
+        "connect4",
+        "connect6",
+        "post_bind4",
+        "post_bind6",
+        "sendmsg4",
+        "sendmsg6",
+        "sock_create",
         "sock_release",
     ];
     if cgroup.pin_dir().join("links/socket_create").exists() {
@@ -369,16 +499,25 @@ fn enforcement_survives_sigkill_and_reattach_leaves_one_program_per_hook() {
         expected.push("bpf_lsm_socket_create");
         expected.sort_unstable();
     }
-    assert_eq!(hooks, expected, "exactly one program per hook after re-attach: {programs:?}");
+    assert_eq!(
+        hooks, expected,
+        "exactly one program per hook after re-attach: {programs:?}"
+    );
     let (outcome, _) = cgroup.probe(&["tcp-connect", &target]);
-    assert!(outcome.is_eperm(), "still enforced after re-attach and SIGKILL: {outcome:?}");
+    assert!(
+        outcome.is_eperm(),
+        "still enforced after re-attach and SIGKILL: {outcome:?}"
+    );
 
     let detach = Command::new(enforcer_bin())
         .args(["detach", "--cgroup", &cgroup.name])
         .output()
         .unwrap();
     assert!(detach.status.success(), "{detach:?}");
-    assert!(bpftool_programs(&cgroup).is_empty(), "detach leaves no program");
+    assert!(
+        bpftool_programs(&cgroup).is_empty(),
+        "detach leaves no program"
+    );
     assert!(!cgroup.pin_dir().exists(), "detach removes every pin");
     assert!(cgroup.path.exists(), "detach leaves the cgroup directory");
     let (outcome, _) = cgroup.probe(&["tcp-connect", &target]);
@@ -392,7 +531,10 @@ fn status_shows_counters_and_recent_denies_without_a_daemon() {
     let (outcome, pid) = enforced.cgroup.probe(&["tcp-connect", &addr.to_string()]);
     assert!(outcome.is_eperm());
     enforced.wait_event(pid);
-    let output = Command::new(enforcer_bin()).args(["status", "--json"]).output().unwrap();
+    let output = Command::new(enforcer_bin())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{output:?}");
     let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let ours = status["cgroups"]
@@ -405,15 +547,24 @@ fn status_shows_counters_and_recent_denies_without_a_daemon() {
     assert_eq!(ours["cgroup"], enforced.cgroup.name.as_str());
     let denies = ours["recent_denies"].as_array().unwrap();
     assert!(
-        denies.iter().any(|d| d["tgid"] == pid && d["destination"] == addr.to_string()),
+        denies
+            .iter()
+            .any(|d| d["tgid"] == pid && d["destination"] == addr.to_string()),
         "{denies:?}"
     );
     let text = String::from_utf8_lossy(
-        &Command::new(enforcer_bin()).arg("status").output().unwrap().stdout,
+        &Command::new(enforcer_bin())
+            .arg("status")
+            .output()
+            .unwrap()
+            .stdout,
     )
     .into_owned();
     assert!(text.contains(&format!("pid={pid}")), "{text}");
-    assert!(text.contains("denied 1 (loopback_port_not_owned 1)"), "{text}");
+    assert!(
+        text.contains("denied 1 (loopback_port_not_owned 1)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -427,6 +578,9 @@ fn attaching_to_the_root_cgroup_is_refused() {
             .unwrap();
         assert!(!output.status.success());
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("refusing to attach to the root cgroup"), "{stderr}");
+        assert!(
+            stderr.contains("refusing to attach to the root cgroup"),
+            "{stderr}"
+        );
     }
 }

@@ -113,36 +113,89 @@ fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
         .output()
         .context("running openssl")?;
     if !output.status.success() {
-        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(())
 }
 
 /// A throw-away CA and a certificate for the stand-in provider.
 fn make_certificates(dir: &Path) -> anyhow::Result<()> {
-    openssl(dir, &[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=enforcer demo CA",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
-    ])?;
-    openssl(dir, &[
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=api.anthropic.com",
-    ])?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=enforcer demo CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=api.anthropic.com",
+        ],
+    )?;
     fs::write(
         dir.join("server.ext"),
         "subjectAltName=DNS:api.anthropic.com\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
     )?;
-    openssl(dir, &[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
-    ])
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    )
 }
 
 /// Runs the demo.
 pub fn run() -> anyhow::Result<()> {
     if !is_root() {
-        bail!("the demo attaches BPF programs to a cgroup and needs root: run `sudo cargo xtask demo`");
+        bail!(
+            "the demo attaches BPF programs to a cgroup and needs root: run `sudo cargo xtask demo`"
+        );
     }
     let root = workspace_root();
     let enforcer = root.join("target/debug/enforcer");
@@ -174,12 +227,18 @@ pub fn run() -> anyhow::Result<()> {
         bail!("the mock provider did not start");
     }
 
-    println!("== enforcer run on the embedded default policy (api.anthropic.com -> {PROVIDER_ADDR}:443, a local stand-in)\n");
+    println!(
+        "== enforcer run on the embedded default policy (api.anthropic.com -> {PROVIDER_ADDR}:443, a local stand-in)\n"
+    );
     let started = Instant::now();
     let output = Command::new(&enforcer)
         .args(["run", "--user", TEST_USER, "--state-dir"])
         .arg(dir.join("state"))
-        .args(["--resolve", &format!("api.anthropic.com:443:{PROVIDER_ADDR}"), "--extra-ca"])
+        .args([
+            "--resolve",
+            &format!("api.anthropic.com:443:{PROVIDER_ADDR}"),
+            "--extra-ca",
+        ])
         .arg(dir.join("ca.pem"))
         .args(["--", "sh"])
         .arg(dir.join("inside.sh"))
@@ -192,24 +251,44 @@ pub fn run() -> anyhow::Result<()> {
         .output()
         .context("running enforcer run")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{:<42} {:<26} {:<8} why", "attempt from inside `enforcer run`", "target", "verdict");
+    println!(
+        "{:<42} {:<26} {:<8} why",
+        "attempt from inside `enforcer run`", "target", "verdict"
+    );
     println!("{}", "-".repeat(120));
     let mut surprises = Vec::new();
     let mut seen = 0;
-    for line in stdout.lines().filter_map(|line| line.strip_prefix("ATTEMPT|")) {
+    for line in stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("ATTEMPT|"))
+    {
         let fields: Vec<&str> = line.splitn(4, '|').collect();
         if fields.len() < 4 {
             continue;
         }
         seen += 1;
-        let expected = EXPECTED.iter().find(|(what, _)| *what == fields[0]).map(|(_, v)| *v);
-        let mark = if expected == Some(fields[2]) { "" } else { "  <- unexpected" };
+        let expected = EXPECTED
+            .iter()
+            .find(|(what, _)| *what == fields[0])
+            .map(|(_, v)| *v);
+        let mark = if expected == Some(fields[2]) {
+            ""
+        } else {
+            "  <- unexpected"
+        };
         if !mark.is_empty() {
             surprises.push(fields[0].to_owned());
         }
-        println!("{:<42} {:<26} {:<8} {}{mark}", fields[0], fields[1], fields[2], fields[3]);
+        println!(
+            "{:<42} {:<26} {:<8} {}{mark}",
+            fields[0], fields[1], fields[2], fields[3]
+        );
     }
-    println!("\n(ran in {:.1} s; the command's exit status: {})", started.elapsed().as_secs_f64(), output.status);
+    println!(
+        "\n(ran in {:.1} s; the command's exit status: {})",
+        started.elapsed().as_secs_f64(),
+        output.status
+    );
     println!("\n== the matching audit events (enforcer events --since 5m)");
     let events = Command::new(&enforcer)
         .args(["events", "--since", "5m", "--state-dir"])
@@ -217,7 +296,10 @@ pub fn run() -> anyhow::Result<()> {
         .output()
         .context("enforcer events")?;
     print!("{}", String::from_utf8_lossy(&events.stdout));
-    println!("\n(enforcer's own log: {})", dir.join("enforcer.log").display());
+    println!(
+        "\n(enforcer's own log: {})",
+        dir.join("enforcer.log").display()
+    );
     if seen != EXPECTED.len() {
         bail!(
             "the script inside reported {seen} of {} attempts; see {}",

@@ -47,7 +47,9 @@ fn main() -> ExitCode {
         Task::Build => setup::run().and_then(|()| build()),
         Task::Test => setup::run().and_then(|()| test()),
         Task::TestVm(args) => setup::run().and_then(|()| vm::run(&args)),
-        Task::Demo => setup::run().and_then(|()| build()).and_then(|()| demo::run()),
+        Task::Demo => setup::run()
+            .and_then(|()| build())
+            .and_then(|()| demo::run()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,7 +112,13 @@ fn test() -> anyhow::Result<()> {
     let target = root.join("target/debug");
     let mut command = cargo();
     command
-        .args(["test", "--no-fail-fast", "--workspace", "--exclude", "enforcer-ebpf"])
+        .args([
+            "test",
+            "--no-fail-fast",
+            "--workspace",
+            "--exclude",
+            "enforcer-ebpf",
+        ])
         .env("ENFORCER_BIN", target.join("enforcer"))
         .env("ENFORCER_PROBE", target.join("enforcer-probe"));
     if !is_root() {
@@ -236,8 +244,16 @@ mod tests {
     fn sums_libtest_summaries() {
         let mut totals = TestTotals::default();
         totals.add_line("test result: ok. 16 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 2.75s");
-        totals.add_line("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        totals.add_line(
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
         totals.add_line("running 3 tests");
-        assert_eq!(totals, TestTotals { passed: 19, failed: 2 });
+        assert_eq!(
+            totals,
+            TestTotals {
+                passed: 19,
+                failed: 2
+            }
+        );
     }
 }

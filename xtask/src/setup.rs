@@ -79,25 +79,26 @@ fn nightly_rust_src() -> anyhow::Result<()> {
             "--toolchain",
             "nightly",
         ])),
-        None => {
-            run_command(Command::new("rustup").args([
-                "toolchain",
-                "install",
-                "nightly",
-                "--profile",
-                "minimal",
-                "--component",
-                "rust-src",
-            ]))
-            .context("the BPF programs need a nightly toolchain with rust-src")
-        }
+        None => run_command(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+        .context("the BPF programs need a nightly toolchain with rust-src"),
     }
 }
 
 fn musl_target() -> anyhow::Result<()> {
     let installed = output_text(Command::new("rustup").args(["target", "list", "--installed"]))
         .unwrap_or_default();
-    if installed.lines().any(|line| line == "x86_64-unknown-linux-musl") {
+    if installed
+        .lines()
+        .any(|line| line == "x86_64-unknown-linux-musl")
+    {
         return Ok(());
     }
     run_command(Command::new("rustup").args(["target", "add", "x86_64-unknown-linux-musl"]))
@@ -129,7 +130,10 @@ fn bpf_linker() -> anyhow::Result<()> {
         .filter_map(|entry| entry.file_name().into_string().ok())
         .find(|name| name.starts_with("libLLVM-") && name.ends_with(".so"))
         .with_context(|| format!("no libLLVM-*.so in {}", lib_dir.display()))?;
-    let lib_name = llvm.trim_start_matches("lib").trim_end_matches(".so").to_owned();
+    let lib_name = llvm
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_owned();
     let major = lib_name
         .trim_start_matches("LLVM-")
         .split('-')
@@ -139,7 +143,9 @@ fn bpf_linker() -> anyhow::Result<()> {
         .to_owned();
     let lib_dir = lib_dir.display().to_string();
     let rustflags = format!("-L {lib_dir} -l dylib={lib_name} -C link-arg=-Wl,-rpath,{lib_dir}");
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (about 75 s)");
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (about 75 s)"
+    );
     run_command(
         Command::new("cargo")
             .args([
@@ -190,7 +196,10 @@ fn debian_packages() -> anyhow::Result<()> {
 pub const TEST_USER: &str = "enforcer-test";
 
 fn test_user() -> anyhow::Result<()> {
-    let exists = Command::new("id").arg(TEST_USER).output().is_ok_and(|out| out.status.success());
+    let exists = Command::new("id")
+        .arg(TEST_USER)
+        .output()
+        .is_ok_and(|out| out.status.success());
     if exists || !is_root() {
         return Ok(());
     }
@@ -228,8 +237,10 @@ const ANTHROPIC_SDK: &str = "anthropic==1.13.0";
 
 fn python_packages() -> anyhow::Result<()> {
     let wanted = ANTHROPIC_SDK.split("==").nth(1).unwrap_or_default();
-    let installed = output_text(Command::new("python3").args(["-c", "import anthropic; print(anthropic.__version__)"]))
-        .is_some_and(|version| version.trim() == wanted);
+    let installed = output_text(
+        Command::new("python3").args(["-c", "import anthropic; print(anthropic.__version__)"]),
+    )
+    .is_some_and(|version| version.trim() == wanted);
     if installed {
         return Ok(());
     }

@@ -88,9 +88,19 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
     write_initramfs(&initrd, &binaries)?;
     let accel = choose_accel(args.accel, &kernel, &initrd)?;
     let log_path = work.join("console.log");
-    let outcome = boot_and_watch(&kernel, &initrd, accel, Duration::from_secs(args.timeout), &log_path);
+    let outcome = boot_and_watch(
+        &kernel,
+        &initrd,
+        accel,
+        Duration::from_secs(args.timeout),
+        &log_path,
+    );
     if args.keep {
-        eprintln!("test-vm: kept {} and {}", initrd.display(), log_path.display());
+        eprintln!(
+            "test-vm: kept {} and {}",
+            initrd.display(),
+            log_path.display()
+        );
     } else {
         let _ = fs::remove_file(&initrd);
     }
@@ -99,10 +109,16 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
 
 /// Builds the VM's binaries for musl and returns them (stripped copies).
 fn build_static() -> anyhow::Result<Vec<VmBinary>> {
-    run_command(
-        Command::new("cargo")
-            .args(["build", "--target", MUSL, "-p", "enforcer-user", "-p", "enforcer-tests", "--bins"]),
-    )?;
+    run_command(Command::new("cargo").args([
+        "build",
+        "--target",
+        MUSL,
+        "-p",
+        "enforcer-user",
+        "-p",
+        "enforcer-tests",
+        "--bins",
+    ]))?;
     let kernel_test = build_test_binary("enforcer-tests", "kernel")?;
     let out = workspace_root().join("target").join(MUSL).join("debug");
     let stripped = workspace_root().join("target/test-vm/bin");
@@ -150,7 +166,17 @@ fn build_static() -> anyhow::Result<Vec<VmBinary>> {
 /// Builds one integration-test target for musl and returns its executable.
 fn build_test_binary(package: &str, test: &str) -> anyhow::Result<PathBuf> {
     let output = Command::new("cargo")
-        .args(["test", "--no-run", "--message-format=json", "--target", MUSL, "-p", package, "--test", test])
+        .args([
+            "test",
+            "--no-run",
+            "--message-format=json",
+            "--target",
+            MUSL,
+            "-p",
+            package,
+            "--test",
+            test,
+        ])
         .current_dir(workspace_root())
         .stderr(Stdio::inherit())
         .output()
@@ -190,7 +216,8 @@ fn debian_kernel() -> anyhow::Result<PathBuf> {
         run_command(Command::new("apt-get").arg("update"))?;
         package = current_kernel_package();
     }
-    let package = package.context("`apt-cache depends linux-image-amd64` names no kernel package")?;
+    let package =
+        package.context("`apt-cache depends linux-image-amd64` names no kernel package")?;
     let extracted = cache.join(&package);
     if let Some(found) = find_vmlinuz(&extracted) {
         eprintln!("test-vm: kernel {package} (cached)");
@@ -204,20 +231,32 @@ fn debian_kernel() -> anyhow::Result<PathBuf> {
         .find(|path| {
             path.file_name()
                 .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with(&format!("{package}_")) && name.ends_with(".deb"))
+                .is_some_and(|name| {
+                    name.starts_with(&format!("{package}_")) && name.ends_with(".deb")
+                })
         })
-        .with_context(|| format!("apt-get download left no {package}_*.deb in {}", cache.display()))?;
+        .with_context(|| {
+            format!(
+                "apt-get download left no {package}_*.deb in {}",
+                cache.display()
+            )
+        })?;
     run_command(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted))?;
     let _ = fs::remove_file(&deb);
     find_vmlinuz(&extracted).with_context(|| format!("no boot/vmlinuz-* in {}", deb.display()))
 }
 
 fn current_kernel_package() -> Option<String> {
-    let output = Command::new("apt-cache").args(["depends", "linux-image-amd64"]).output().ok()?;
-    String::from_utf8_lossy(&output.stdout).lines().find_map(|line| {
-        let name = line.trim().strip_prefix("Depends: ")?;
-        name.starts_with("linux-image-").then(|| name.to_owned())
-    })
+    let output = Command::new("apt-cache")
+        .args(["depends", "linux-image-amd64"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let name = line.trim().strip_prefix("Depends: ")?;
+            name.starts_with("linux-image-").then(|| name.to_owned())
+        })
 }
 
 fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
@@ -225,7 +264,11 @@ fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
         .ok()?
         .flatten()
         .map(|entry| entry.path())
-        .find(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
 }
 
 // === initramfs ===
@@ -266,7 +309,8 @@ impl Cpio {
         self.inode += 1;
         self.data.extend_from_slice(b"070701");
         for field in fields {
-            self.data.extend_from_slice(format!("{field:08x}").as_bytes());
+            self.data
+                .extend_from_slice(format!("{field:08x}").as_bytes());
         }
         self.data.extend_from_slice(name.as_bytes());
         self.data.push(0);
@@ -319,7 +363,10 @@ impl Cpio {
 
 /// Shared libraries a dynamic executable needs (from `ldd`), with the loader.
 fn shared_libraries(executable: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let output = Command::new("ldd").arg(executable).output().context("running ldd")?;
+    let output = Command::new("ldd")
+        .arg(executable)
+        .output()
+        .context("running ldd")?;
     let text = String::from_utf8_lossy(&output.stdout);
     Ok(text
         .lines()
@@ -344,12 +391,15 @@ fn which(name: &str, extra: &[&str]) -> anyhow::Result<PathBuf> {
 
 fn write_initramfs(path: &Path, binaries: &[VmBinary]) -> anyhow::Result<()> {
     let mut cpio = Cpio::new();
-    for dir in ["dev", "proc", "sys", "tmp", "run", "mnt", "tests", "usr/sbin", "bin"] {
+    for dir in [
+        "dev", "proc", "sys", "tmp", "run", "mnt", "tests", "usr/sbin", "bin",
+    ] {
         cpio.dir(dir);
     }
     let mut tests = String::new();
     for binary in binaries {
-        let body = fs::read(&binary.host).with_context(|| format!("reading {}", binary.host.display()))?;
+        let body =
+            fs::read(&binary.host).with_context(|| format!("reading {}", binary.host.display()))?;
         cpio.file(binary.guest, 0o755, &body);
         if let Some(args) = binary.test_args {
             let name = binary.guest.rsplit('/').next().unwrap_or(binary.guest);
@@ -373,7 +423,11 @@ fn write_initramfs(path: &Path, binaries: &[VmBinary]) -> anyhow::Result<()> {
     fs::File::create(path)
         .and_then(|mut file| file.write_all(&data))
         .with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("test-vm: initramfs {} ({} MiB)", path.display(), data.len() >> 20);
+    eprintln!(
+        "test-vm: initramfs {} ({} MiB)",
+        path.display(),
+        data.len() >> 20
+    );
     Ok(())
 }
 
@@ -386,7 +440,17 @@ fn qemu(kernel: &Path, initrd: &Path, accel: Accel, append: &str) -> Command {
         Accel::Tcg | Accel::Auto => command.args(["-accel", "tcg", "-cpu", "max"]),
     };
     command
-        .args(["-m", "1024", "-smp", "2", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        .args([
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
@@ -426,7 +490,11 @@ fn choose_accel(requested: Accel, kernel: &Path, initrd: &Path) -> anyhow::Resul
     let _ = child.wait();
     eprintln!(
         "test-vm: KVM probe {}; using {}",
-        if works { "booted" } else { "did not boot within 30 s" },
+        if works {
+            "booted"
+        } else {
+            "did not boot within 30 s"
+        },
         if works { "KVM" } else { "TCG" }
     );
     Ok(if works { Accel::Kvm } else { Accel::Tcg })
@@ -439,7 +507,9 @@ fn stream_lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
         let sender = sender.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
-                let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_owned();
+                let text = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_owned();
                 if sender.send(text).is_err() {
                     break;
                 }
@@ -534,7 +604,11 @@ fn boot_and_watch(
     if !done {
         bail!(
             "the VM never printed its end marker ({}); see {}",
-            if timed_out { format!("wall-clock limit of {} s reached", limit.as_secs()) } else { "it stopped early".into() },
+            if timed_out {
+                format!("wall-clock limit of {} s reached", limit.as_secs())
+            } else {
+                "it stopped early".into()
+            },
             log_path.display()
         );
     }

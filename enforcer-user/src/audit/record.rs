@@ -177,7 +177,8 @@ impl AuditRecord {
         let mut line = format!(
             "{} {:<7} {:<4} {}",
             humantime::format_rfc3339_millis(
-                UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(self.time_ms).unwrap_or(0))
+                UNIX_EPOCH
+                    + std::time::Duration::from_millis(u64::try_from(self.time_ms).unwrap_or(0))
             ),
             self.source.as_str(),
             self.decision.as_str(),

@@ -211,19 +211,29 @@ impl AuditStore {
         }
         let start = usize::try_from(found).unwrap_or(0);
         for (index, migration) in MIGRATIONS.iter().enumerate().skip(start) {
-            let transaction = self.connection.transaction().map_err(sql("starting a migration"))?;
-            transaction.execute_batch(migration).map_err(sql("migrating the schema"))?;
+            let transaction = self
+                .connection
+                .transaction()
+                .map_err(sql("starting a migration"))?;
+            transaction
+                .execute_batch(migration)
+                .map_err(sql("migrating the schema"))?;
             transaction
                 .pragma_update(None, "user_version", index as i64 + 1)
                 .map_err(sql("recording the schema version"))?;
-            transaction.commit().map_err(sql("committing a migration"))?;
+            transaction
+                .commit()
+                .map_err(sql("committing a migration"))?;
         }
         Ok(())
     }
 
     /// Inserts records in one transaction and sets their row ids.
     pub fn insert(&mut self, records: &mut [AuditRecord]) -> Result<(), StoreError> {
-        let transaction = self.connection.transaction().map_err(sql("starting a batch"))?;
+        let transaction = self
+            .connection
+            .transaction()
+            .map_err(sql("starting a batch"))?;
         {
             let mut statement = transaction
                 .prepare_cached(
@@ -266,7 +276,12 @@ impl AuditStore {
     }
 
     /// Records that `count` records of `source` were dropped.
-    pub fn record_drops(&mut self, source: Source, count: u64, time: SystemTime) -> Result<(), StoreError> {
+    pub fn record_drops(
+        &mut self,
+        source: Source,
+        count: u64,
+        time: SystemTime,
+    ) -> Result<(), StoreError> {
         self.connection
             .execute(
                 "INSERT INTO drops (time_ms, source, count) VALUES (?1, ?2, ?3)",
@@ -291,9 +306,11 @@ impl AuditStore {
     /// Number of stored records of `source`.
     pub fn count(&self, source: Source) -> Result<u64, StoreError> {
         self.connection
-            .query_row("SELECT COUNT(*) FROM events WHERE source = ?1", [source.as_str()], |row| {
-                row.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE source = ?1",
+                [source.as_str()],
+                |row| row.get::<_, i64>(0),
+            )
             .map(|n| n as u64)
             .map_err(sql("counting records"))
     }
@@ -346,21 +363,31 @@ impl AuditStore {
                 })
             })
             .map_err(sql("querying records"))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(sql("reading a record"))
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(sql("reading a record"))
     }
 
     /// The newest record id (0 when empty).
     pub fn last_id(&self) -> Result<i64, StoreError> {
         self.connection
-            .query_row("SELECT MAX(id) FROM events", [], |row| row.get::<_, Option<i64>>(0))
+            .query_row("SELECT MAX(id) FROM events", [], |row| {
+                row.get::<_, Option<i64>>(0)
+            })
             .optional()
             .map(|id| id.flatten().unwrap_or(0))
             .map_err(sql("reading the last id"))
     }
 
     /// Deletes what `retention` no longer keeps; returns how many went.
-    pub fn apply_retention(&mut self, retention: Retention, now: SystemTime) -> Result<u64, StoreError> {
-        let cutoff = millis(now.checked_sub(retention.max_age).unwrap_or(SystemTime::UNIX_EPOCH));
+    pub fn apply_retention(
+        &mut self,
+        retention: Retention,
+        now: SystemTime,
+    ) -> Result<u64, StoreError> {
+        let cutoff = millis(
+            now.checked_sub(retention.max_age)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        );
         let mut deleted = self
             .connection
             .execute("DELETE FROM events WHERE time_ms < ?1", [cutoff])
@@ -410,7 +437,12 @@ mod tests {
     use super::*;
 
     fn record(time_ms: i64, decision: Decision) -> AuditRecord {
-        let mut record = AuditRecord::new(SystemTime::UNIX_EPOCH, Source::Proxy, decision, "sni_mismatch");
+        let mut record = AuditRecord::new(
+            SystemTime::UNIX_EPOCH,
+            Source::Proxy,
+            decision,
+            "sni_mismatch",
+        );
         record.time_ms = time_ms;
         record.host = Some("example.com".into());
         record.port = Some(443);
@@ -423,7 +455,11 @@ mod tests {
         let path = dir.path().join("audit.db");
         let mut store = AuditStore::open(&path).unwrap();
         store
-            .insert(&mut [record(1_000, Decision::Deny), record(2_000, Decision::Allow), record(3_000, Decision::Deny)])
+            .insert(&mut [
+                record(1_000, Decision::Deny),
+                record(2_000, Decision::Allow),
+                record(3_000, Decision::Deny),
+            ])
             .unwrap();
         let all = store.query(&EventFilter::default()).unwrap();
         assert_eq!(all.len(), 3);
@@ -434,7 +470,10 @@ mod tests {
                 ..EventFilter::default()
             })
             .unwrap();
-        assert_eq!(denies.iter().map(|r| r.time_ms).collect::<Vec<_>>(), [1_000, 3_000]);
+        assert_eq!(
+            denies.iter().map(|r| r.time_ms).collect::<Vec<_>>(),
+            [1_000, 3_000]
+        );
         let recent = store
             .query(&EventFilter {
                 since: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(2_000)),
@@ -460,7 +499,10 @@ mod tests {
         drop(AuditStore::open(&path).unwrap());
         let reopened = AuditStore::open(&path).unwrap();
         assert_eq!(reopened.version().unwrap(), SCHEMA_VERSION);
-        reopened.connection.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        reopened
+            .connection
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
         drop(reopened);
         let error = AuditStore::open(&path).err().unwrap();
         assert!(matches!(error, StoreError::TooNew { .. }), "{error}");
@@ -474,12 +516,16 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100 * 24 * 3600);
         let old = millis(now - Duration::from_secs(40 * 24 * 3600));
         let fresh = millis(now - Duration::from_secs(3600));
-        store.insert(&mut [record(old, Decision::Deny), record(fresh, Decision::Deny)]).unwrap();
+        store
+            .insert(&mut [record(old, Decision::Deny), record(fresh, Decision::Deny)])
+            .unwrap();
         let deleted = store.apply_retention(Retention::default(), now).unwrap();
         assert_eq!(deleted, 1);
         assert_eq!(store.count(Source::Proxy).unwrap(), 1);
 
-        let mut many: Vec<AuditRecord> = (0..5_000).map(|i| record(fresh + i, Decision::Deny)).collect();
+        let mut many: Vec<AuditRecord> = (0..5_000)
+            .map(|i| record(fresh + i, Decision::Deny))
+            .collect();
         store.insert(&mut many).unwrap();
         let cap = store.live_bytes().unwrap() / 2;
         store
@@ -494,6 +540,10 @@ mod tests {
         assert!(store.live_bytes().unwrap() <= cap, "size cap holds");
         let left = store.query(&EventFilter::default()).unwrap();
         assert!(!left.is_empty() && left.len() < 5_001);
-        assert_eq!(left.last().unwrap().time_ms, fresh + 4_999, "the newest stay");
+        assert_eq!(
+            left.last().unwrap().time_ms,
+            fresh + 4_999,
+            "the newest stay"
+        );
     }
 }

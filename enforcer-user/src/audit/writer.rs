@@ -154,7 +154,9 @@ fn write_loop(
         if !batch.is_empty() {
             match store.insert(&mut batch) {
                 Ok(()) => {
-                    stats.stored.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    stats
+                        .stored
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     for record in batch.drain(..) {
                         let _ = live.send(record);
                     }
@@ -167,7 +169,12 @@ fn write_loop(
                 }
             }
         }
-        for source in [Source::Kernel, Source::Proxy, Source::Router, Source::Control] {
+        for source in [
+            Source::Kernel,
+            Source::Proxy,
+            Source::Router,
+            Source::Control,
+        ] {
             let index = WriterStats::source_index(source);
             let total = stats.dropped_by_source[index].load(Ordering::Relaxed);
             let new = total - flushed_drops[index];
@@ -200,7 +207,12 @@ mod tests {
         let (writer, thread) = AuditWriter::start(&path, Retention::default()).unwrap();
         let mut live = writer.subscribe();
         for i in 0..10_000 {
-            let mut record = AuditRecord::new(SystemTime::now(), Source::Kernel, Decision::Deny, "destination_not_allowed");
+            let mut record = AuditRecord::new(
+                SystemTime::now(),
+                Source::Kernel,
+                Decision::Deny,
+                "destination_not_allowed",
+            );
             record.port = Some((i % 60_000) as u16);
             assert!(writer.submit(record));
         }
@@ -219,6 +231,15 @@ mod tests {
         assert_eq!(stats.stored.load(Ordering::Relaxed), 10_000);
         let store = AuditStore::open_read_only(&path).unwrap();
         assert_eq!(store.count(Source::Kernel).unwrap(), 10_000);
-        assert_eq!(store.query(&EventFilter { limit: Some(5), ..EventFilter::default() }).unwrap().len(), 5);
+        assert_eq!(
+            store
+                .query(&EventFilter {
+                    limit: Some(5),
+                    ..EventFilter::default()
+                })
+                .unwrap()
+                .len(),
+            5
+        );
     }
 }

@@ -50,7 +50,8 @@ pub fn run(args: AttachArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let signals = tokio::spawn(async move {
-            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 () = async {

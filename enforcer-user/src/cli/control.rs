@@ -131,7 +131,10 @@ pub fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
 pub fn reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
     let result = ControlClient::new(&args.socket.control_socket).call(&Request::Reload)?;
     match result["outcome"].as_str() {
-        Some("applied") => println!("applied policy version {}", result["version"].as_str().unwrap_or("?")),
+        Some("applied") => println!(
+            "applied policy version {}",
+            result["version"].as_str().unwrap_or("?")
+        ),
         Some("unchanged") => println!("the policy source holds the active pack; nothing changed"),
         Some("no_source") => println!("no --policy source configured; the active policy stays"),
         _ => println!("{result}"),
@@ -157,7 +160,10 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
             after_id: None,
             limit: Some(args.limit),
         };
-        for record in store.query(&filter).with_context(|| format!("reading {}", path.display()))? {
+        for record in store
+            .query(&filter)
+            .with_context(|| format!("reading {}", path.display()))?
+        {
             print(&record);
         }
     } else if !args.follow {

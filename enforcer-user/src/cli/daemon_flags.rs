@@ -76,7 +76,8 @@ impl DaemonFlags {
     ) -> anyhow::Result<DaemonOptions> {
         let mut pins = ResolveOverrides::new();
         for entry in &self.resolve {
-            pins.add_entry(entry).with_context(|| format!("--resolve {entry}"))?;
+            pins.add_entry(entry)
+                .with_context(|| format!("--resolve {entry}"))?;
         }
         let mut fetch = FetchConfig::new();
         fetch.resolve = pins.clone();
@@ -87,7 +88,10 @@ impl DaemonFlags {
         }
         let mut trusted_keys = Vec::new();
         for path in &self.policy_pubkeys {
-            trusted_keys.push(read_public_key(path).with_context(|| format!("--policy-pubkey {}", path.display()))?);
+            trusted_keys.push(
+                read_public_key(path)
+                    .with_context(|| format!("--policy-pubkey {}", path.display()))?,
+            );
         }
         let source = self
             .policy
@@ -96,7 +100,9 @@ impl DaemonFlags {
             .transpose()
             .context("--policy")?;
         if source.is_some() && trusted_keys.is_empty() {
-            anyhow::bail!("--policy needs at least one --policy-pubkey to verify the pack's signature");
+            anyhow::bail!(
+                "--policy needs at least one --policy-pubkey to verify the pack's signature"
+            );
         }
         let upstream = match self.dns_upstream {
             Some(server) => Upstream::Dns(DnsClient::new(server)),
@@ -105,7 +111,9 @@ impl DaemonFlags {
             },
         };
         if self.dns_listen.is_some() {
-            tracing::warn!("--dns-listen: no DNS filter is served yet; DNS from the cgroup stays denied");
+            tracing::warn!(
+                "--dns-listen: no DNS filter is served yet; DNS from the cgroup stays denied"
+            );
         }
         Ok(DaemonOptions {
             cgroup,

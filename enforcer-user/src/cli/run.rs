@@ -19,7 +19,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use enforcer::{
-    daemon::{self, Listeners, Ready, control::{ControlClient, DEFAULT_SOCKET, Request}},
+    daemon::{
+        self, Listeners, Ready,
+        control::{ControlClient, DEFAULT_SOCKET, Request},
+    },
     kernel::{self, CgroupMount, CgroupPath, maps::parse_socket_addr},
     sandbox::{self, seccomp::CompiledFilter},
 };
@@ -105,7 +108,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         sandbox::bwrap::find_bwrap()?;
     }
     let mount = CgroupMount::find()?;
-    let daemon_status = ControlClient::new(&args.control_socket).call(&Request::Status).ok();
+    let daemon_status = ControlClient::new(&args.control_socket)
+        .call(&Request::Status)
+        .ok();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -113,7 +118,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let name = match &daemon_status {
         Some(status) => format!(
             "{}/enforcer-run-{}",
-            status["cgroup"].as_str().context("the daemon's status names no cgroup")?,
+            status["cgroup"]
+                .as_str()
+                .context("the daemon's status names no cgroup")?,
             std::process::id()
         ),
         None => format!("enforcer-run-{}", std::process::id()),
@@ -125,7 +132,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(status) => {
                 let credential_names: Vec<String> = status["credential_names"]
                     .as_array()
-                    .map(|names| names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+                    .map(|names| {
+                        names
+                            .iter()
+                            .filter_map(|n| n.as_str().map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let listeners: Listeners = Listeners {
                     proxy: status["listeners"]["proxy"]
@@ -143,7 +155,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 let sandbox = policy::fallback_policy()
                     .map(|policy| policy.sandbox.clone())
                     .context("reading the embedded fallback policy")?;
-                let ready = Ready { listeners, credential_names, sandbox };
+                let ready = Ready {
+                    listeners,
+                    credential_names,
+                    sandbox,
+                };
                 spawn_and_wait(&cgroup, &identity, &ready, &confinement, &args.command).await
             }
             None => {
@@ -162,11 +178,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     Err(_) => {
                         return match serving.await {
                             Ok(Err(error)) => Err(error),
-                            _ => Err(anyhow::anyhow!("the in-process enforcer stopped before it was ready")),
+                            _ => Err(anyhow::anyhow!(
+                                "the in-process enforcer stopped before it was ready"
+                            )),
                         };
                     }
                 };
-                let outcome = spawn_and_wait(&cgroup, &identity, &ready, &confinement, &args.command).await;
+                let outcome =
+                    spawn_and_wait(&cgroup, &identity, &ready, &confinement, &args.command).await;
                 let _ = stop.send(true);
                 match serving.await {
                     Ok(Err(error)) => tracing::warn!(error = %error, "in-process enforcer"),
@@ -194,7 +213,9 @@ async fn spawn_and_wait(
     // Compiled before fork; only applied (a syscall) in the child.
     let filter = match confinement.seccomp {
         SeccompMode::Off => None,
-        SeccompMode::Baseline => CompiledFilter::compile(&seccomp_config).context("compiling the seccomp filter")?,
+        SeccompMode::Baseline => {
+            CompiledFilter::compile(&seccomp_config).context("compiling the seccomp filter")?
+        }
     };
     let procs = std::fs::OpenOptions::new()
         .write(true)
@@ -208,7 +229,9 @@ async fn spawn_and_wait(
         let bwrap = sandbox::bwrap::find_bwrap()?;
         let proc_mode = sandbox::bwrap::detect_proc_mode(&bwrap)?;
         if let Some(filter) = &filter {
-            seccomp_fds = filter.to_memfds().context("handing the seccomp filter to bwrap")?;
+            seccomp_fds = filter
+                .to_memfds()
+                .context("handing the seccomp filter to bwrap")?;
         }
         let raw: Vec<i32> = seccomp_fds.iter().map(|fd| fd.as_raw_fd()).collect();
         let cwd = std::env::current_dir().context("reading the current directory")?;
@@ -319,11 +342,15 @@ fn remove_cgroup(cgroup: &CgroupPath, attached_here: bool) {
 /// `--user NAME`, else the sudo caller, else root.
 fn identity(user: Option<&str>) -> anyhow::Result<Identity> {
     if let Some(name) = user {
-        return lookup_user(Lookup::Name(name)).with_context(|| format!("--user {name}: no such user"));
+        return lookup_user(Lookup::Name(name))
+            .with_context(|| format!("--user {name}: no such user"));
     }
     if let Ok(text) = std::env::var("SUDO_UID") {
-        let uid: u32 = text.parse().with_context(|| format!("SUDO_UID={text} is not a number"))?;
-        let mut identity = lookup_user(Lookup::Uid(uid)).with_context(|| format!("SUDO_UID={uid}: no such user"))?;
+        let uid: u32 = text
+            .parse()
+            .with_context(|| format!("SUDO_UID={text} is not a number"))?;
+        let mut identity = lookup_user(Lookup::Uid(uid))
+            .with_context(|| format!("SUDO_UID={uid}: no such user"))?;
         if let Some(gid) = std::env::var("SUDO_GID").ok().and_then(|g| g.parse().ok()) {
             identity.gid = gid;
         }
@@ -348,10 +375,26 @@ fn lookup_user(lookup: Lookup<'_>) -> anyhow::Result<Identity> {
         Lookup::Name(name) => {
             let c_name = CString::new(name).context("user name contains NUL")?;
             // SAFETY: valid pointers and buffer length.
-            unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut result) }
+            unsafe {
+                libc::getpwnam_r(
+                    c_name.as_ptr(),
+                    &mut entry,
+                    buffer.as_mut_ptr(),
+                    buffer.len(),
+                    &mut result,
+                )
+            }
         }
         // SAFETY: valid pointers and buffer length.
-        Lookup::Uid(uid) => unsafe { libc::getpwuid_r(uid, &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut result) },
+        Lookup::Uid(uid) => unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut entry,
+                buffer.as_mut_ptr(),
+                buffer.len(),
+                &mut result,
+            )
+        },
     };
     if rc != 0 || result.is_null() {
         bail!("not found in the user database");
@@ -359,16 +402,31 @@ fn lookup_user(lookup: Lookup<'_>) -> anyhow::Result<Identity> {
     // SAFETY: getpw*_r filled entry with NUL-terminated strings inside buffer.
     let (name, home) = unsafe {
         (
-            std::ffi::CStr::from_ptr(entry.pw_name).to_string_lossy().into_owned(),
-            std::ffi::CStr::from_ptr(entry.pw_dir).to_string_lossy().into_owned(),
+            std::ffi::CStr::from_ptr(entry.pw_name)
+                .to_string_lossy()
+                .into_owned(),
+            std::ffi::CStr::from_ptr(entry.pw_dir)
+                .to_string_lossy()
+                .into_owned(),
         )
     };
     let c_name = CString::new(name.clone()).context("user name contains NUL")?;
     let mut groups = vec![0 as libc::gid_t; 256];
     let mut count = groups.len() as libc::c_int;
     // SAFETY: valid pointers; count is the buffer's length.
-    let rc = unsafe { libc::getgrouplist(c_name.as_ptr(), entry.pw_gid, groups.as_mut_ptr(), &mut count) };
-    groups.truncate(if rc < 0 { 0 } else { usize::try_from(count).unwrap_or(0) });
+    let rc = unsafe {
+        libc::getgrouplist(
+            c_name.as_ptr(),
+            entry.pw_gid,
+            groups.as_mut_ptr(),
+            &mut count,
+        )
+    };
+    groups.truncate(if rc < 0 {
+        0
+    } else {
+        usize::try_from(count).unwrap_or(0)
+    });
     if groups.is_empty() {
         groups.push(entry.pw_gid);
     }

@@ -29,9 +29,15 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let mount = CgroupMount::find()?;
     let cgroups = status::collect(&mount)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "cgroups": cgroups }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "cgroups": cgroups }))?
+        );
     } else if cgroups.is_empty() {
-        println!("no cgroup is enforced (nothing pinned under {})", enforcer::kernel::paths::PIN_ROOT);
+        println!(
+            "no cgroup is enforced (nothing pinned under {})",
+            enforcer::kernel::paths::PIN_ROOT
+        );
     } else {
         for cgroup in &cgroups {
             print!("{}", render(cgroup));
@@ -52,7 +58,11 @@ fn render(status: &CgroupStatus) -> String {
         .filter(|hook| !hook.attached)
         .map(|hook| hook.program)
         .collect();
-    let _ = write!(out, "  programs: {attached}/{} attached", status.hooks.len());
+    let _ = write!(
+        out,
+        "  programs: {attached}/{} attached",
+        status.hooks.len()
+    );
     if !missing.is_empty() {
         let _ = write!(out, " (not attached: {})", missing.join(", "));
     }

@@ -54,8 +54,19 @@ impl AuditBridge {
     }
 
     /// Records something the daemon itself decided (grants, reloads).
-    pub fn control(&self, decision: Decision, reason: &str, host: Option<String>, detail: serde_json::Value) {
-        let mut record = AuditRecord::new(std::time::SystemTime::now(), Source::Control, decision, reason);
+    pub fn control(
+        &self,
+        decision: Decision,
+        reason: &str,
+        host: Option<String>,
+        detail: serde_json::Value,
+    ) {
+        let mut record = AuditRecord::new(
+            std::time::SystemTime::now(),
+            Source::Control,
+            decision,
+            reason,
+        );
         record.host = host;
         record.detail = Some(detail.to_string());
         self.metrics.decision("control", decision.as_str(), reason);
@@ -64,8 +75,10 @@ impl AuditBridge {
 
     /// Records one lane-router request.
     pub fn router(&self, record: AuditRecord) {
-        self.metrics.decision("router", record.decision.as_str(), &record.reason);
-        self.metrics.bytes(record.bytes_up.unwrap_or(0), record.bytes_down.unwrap_or(0));
+        self.metrics
+            .decision("router", record.decision.as_str(), &record.reason);
+        self.metrics
+            .bytes(record.bytes_up.unwrap_or(0), record.bytes_down.unwrap_or(0));
         if let Some(first_byte) = record.first_byte_ms {
             self.metrics.router_latency(first_byte / 1000.0);
         }
@@ -80,7 +93,12 @@ pub fn proxy_record(event: &AuditEvent) -> AuditRecord {
     } else {
         Decision::Deny
     };
-    let mut record = AuditRecord::new(event.time, Source::Proxy, decision, event.decision.reason.as_str());
+    let mut record = AuditRecord::new(
+        event.time,
+        Source::Proxy,
+        decision,
+        event.decision.reason.as_str(),
+    );
     record.cgroup_id = event.cgroup_id;
     record.client = Some(event.client.to_string());
     record.host = event.host.clone();
@@ -111,7 +129,8 @@ impl AuditSink for AuditBridge {
     fn record(&self, event: AuditEvent) {
         proxy::audit::log_event(&event);
         let record = proxy_record(&event);
-        self.metrics.decision("proxy", record.decision.as_str(), &record.reason);
+        self.metrics
+            .decision("proxy", record.decision.as_str(), &record.reason);
         self.metrics.bytes(event.bytes_up, event.bytes_down);
         self.writer.submit(record);
     }

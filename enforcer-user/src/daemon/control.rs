@@ -155,7 +155,11 @@ async fn client<H: Handler>(stream: UnixStream, handler: std::sync::Arc<H>) -> s
     let request: Request = match serde_json::from_str(line.trim()) {
         Ok(request) => request,
         Err(error) => {
-            return send(&mut write, &Response::error(format!("bad request: {error}"))).await;
+            return send(
+                &mut write,
+                &Response::error(format!("bad request: {error}")),
+            )
+            .await;
         }
     };
     if request == Request::Events {
@@ -181,7 +185,10 @@ async fn client<H: Handler>(stream: UnixStream, handler: std::sync::Arc<H>) -> s
     send(&mut write, &response).await
 }
 
-async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Response) -> std::io::Result<()> {
+async fn send(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    response: &Response,
+) -> std::io::Result<()> {
     let mut text = serde_json::to_string(response).unwrap_or_else(|_| "{\"ok\":false}".into());
     text.push('\n');
     write.write_all(text.as_bytes()).await
@@ -226,7 +233,10 @@ impl ControlClient {
         Self { path: path.into() }
     }
 
-    fn connect(&self, request: &Request) -> Result<std::io::BufReader<std::os::unix::net::UnixStream>, ClientError> {
+    fn connect(
+        &self,
+        request: &Request,
+    ) -> Result<std::io::BufReader<std::os::unix::net::UnixStream>, ClientError> {
         use std::io::Write as _;
         let mut stream = std::os::unix::net::UnixStream::connect(&self.path).map_err(|source| {
             ClientError::Connect {
@@ -249,10 +259,12 @@ impl ControlClient {
         use std::io::BufRead as _;
         let mut reader = self.connect(request)?;
         let mut line = String::new();
-        reader.read_line(&mut line).map_err(|source| ClientError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        reader
+            .read_line(&mut line)
+            .map_err(|source| ClientError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         let response: Response = serde_json::from_str(&line).map_err(|e| ClientError::Io {
             path: self.path.clone(),
             source: std::io::Error::other(format!("unreadable answer: {e}")),
@@ -260,7 +272,9 @@ impl ControlClient {
         if response.ok {
             Ok(response.result.unwrap_or(serde_json::Value::Null))
         } else {
-            Err(ClientError::Refused(response.error.unwrap_or_else(|| "refused".into())))
+            Err(ClientError::Refused(
+                response.error.unwrap_or_else(|| "refused".into()),
+            ))
         }
     }
 
@@ -271,10 +285,12 @@ impl ControlClient {
         let mut line = String::new();
         loop {
             line.clear();
-            let read = reader.read_line(&mut line).map_err(|source| ClientError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+            let read = reader
+                .read_line(&mut line)
+                .map_err(|source| ClientError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
             if read == 0 {
                 return Ok(());
             }
@@ -309,7 +325,8 @@ mod tests {
             text,
             r#"{"command":"allow","target":"example.com:443","ttl_seconds":3600,"reason":"ticket 42","direct":false}"#
         );
-        let misspelt = r#"{"command":"allow","targett":"x","ttl_seconds":1,"reason":null,"direct":false}"#;
+        let misspelt =
+            r#"{"command":"allow","targett":"x","ttl_seconds":1,"reason":null,"direct":false}"#;
         assert!(serde_json::from_str::<Request>(misspelt).is_err());
     }
 }

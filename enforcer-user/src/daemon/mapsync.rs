@@ -23,18 +23,16 @@ use proxy::{
     resolve::{AddrSource, Resolver},
 };
 
-use crate::kernel::{
-    KernelError, PinnedMaps,
-    events::boot_now_ns,
-    maps::Transport,
-};
+use crate::kernel::{KernelError, PinnedMaps, events::boot_now_ns, maps::Transport};
 
 /// Converts a wall-clock instant to `CLOCK_BOOTTIME` nanoseconds.
 pub fn wall_to_boot_ns(instant: SystemTime, now: SystemTime) -> u64 {
     let boot_now = boot_now_ns();
     match instant.duration_since(now) {
         Ok(ahead) => boot_now.saturating_add(u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX)),
-        Err(behind) => boot_now.saturating_sub(u64::try_from(behind.duration().as_nanos()).unwrap_or(u64::MAX)),
+        Err(behind) => {
+            boot_now.saturating_sub(u64::try_from(behind.duration().as_nanos()).unwrap_or(u64::MAX))
+        }
     }
 }
 
@@ -71,7 +69,11 @@ impl MapSync {
     /// A writer for `maps`, resolving with `resolver`. Entries already in
     /// the maps (from a previous run) are adopted and replaced on first sync.
     pub fn new(maps: PinnedMaps, resolver: Resolver) -> Result<Self, KernelError> {
-        let current = maps.direct_entries()?.into_iter().map(|entry| entry.addr).collect();
+        let current = maps
+            .direct_entries()?
+            .into_iter()
+            .map(|entry| entry.addr)
+            .collect();
         Ok(Self {
             maps,
             resolver,
@@ -80,14 +82,26 @@ impl MapSync {
     }
 
     /// Writes the snapshot's live direct rules and removes everything else.
-    pub async fn sync(&mut self, snapshot: &Snapshot, now: SystemTime) -> Result<SyncReport, KernelError> {
+    pub async fn sync(
+        &mut self,
+        snapshot: &Snapshot,
+        now: SystemTime,
+    ) -> Result<SyncReport, KernelError> {
         let mut report = SyncReport::default();
         let mut wanted: Vec<(SocketAddr, Option<SystemTime>, String)> = Vec::new();
         // This host's interface addresses, read once per sync when DNS answered.
         let mut local: Option<LocalAddrs> = None;
-        for rule in snapshot.direct_rules().iter().filter(|rule| rule.is_live(now)) {
+        for rule in snapshot
+            .direct_rules()
+            .iter()
+            .filter(|rule| rule.is_live(now))
+        {
             let target = format!("{}:{}", rule.target.host, rule.target.port);
-            match self.resolver.resolve(&rule.target.host, rule.target.port).await {
+            match self
+                .resolver
+                .resolve(&rule.target.host, rule.target.port)
+                .await
+            {
                 Ok(resolved) => {
                     for ip in resolved.addrs {
                         // Pinned (`--resolve`) and literal addresses are the operator's own
@@ -97,15 +111,24 @@ impl MapSync {
                                 LocalAddrs::from_system().unwrap_or_else(|_| LocalAddrs::new([]))
                             });
                             let fronting = &snapshot.policy().fronting;
-                            if let Err(class) = check(ip, |ip| fronting.private_address_allowed(ip), local) {
+                            if let Err(class) =
+                                check(ip, |ip| fronting.private_address_allowed(ip), local)
+                            {
                                 report.skipped.push((
                                     target.clone(),
-                                    format!("{ip} is a {} address (from DNS): refused", class.as_str()),
+                                    format!(
+                                        "{ip} is a {} address (from DNS): refused",
+                                        class.as_str()
+                                    ),
                                 ));
                                 continue;
                             }
                         }
-                        wanted.push((SocketAddr::new(ip, rule.target.port), rule.expires_at, target.clone()));
+                        wanted.push((
+                            SocketAddr::new(ip, rule.target.port),
+                            rule.expires_at,
+                            target.clone(),
+                        ));
                     }
                 }
                 Err(error) => report.skipped.push((target, error.to_string())),
@@ -161,7 +184,10 @@ mod tests {
         let now = SystemTime::now();
         let boot = boot_now_ns();
         let later = wall_to_boot_ns(now + Duration::from_secs(10), now);
-        assert!(later >= boot + 9_900_000_000 && later <= boot + 10_500_000_000, "{later} vs {boot}");
+        assert!(
+            later >= boot + 9_900_000_000 && later <= boot + 10_500_000_000,
+            "{later} vs {boot}"
+        );
         let earlier = wall_to_boot_ns(now - Duration::from_secs(1), now);
         assert!(earlier < boot);
     }

@@ -47,7 +47,8 @@ impl Metrics {
     /// Counts one decision.
     pub fn decision(&self, source: &'static str, decision: &'static str, reason: &str) {
         if let Ok(mut map) = self.decisions.lock() {
-            *map.entry((source, decision, reason.to_owned())).or_default() += 1;
+            *map.entry((source, decision, reason.to_owned()))
+                .or_default() += 1;
         }
     }
 
@@ -83,14 +84,22 @@ impl Metrics {
                 );
             }
         }
-        gauge(&mut out, "enforcer_open_tunnels", "Tunnels open in the CONNECT proxy.", gauges.open_tunnels);
+        gauge(
+            &mut out,
+            "enforcer_open_tunnels",
+            "Tunnels open in the CONNECT proxy.",
+            gauges.open_tunnels,
+        );
         counter(
             &mut out,
             "enforcer_relayed_bytes_total",
             "Bytes relayed by the proxy and router.",
             &[
                 ("direction=\"up\"", self.bytes_up.load(Ordering::Relaxed)),
-                ("direction=\"down\"", self.bytes_down.load(Ordering::Relaxed)),
+                (
+                    "direction=\"down\"",
+                    self.bytes_down.load(Ordering::Relaxed),
+                ),
             ],
         );
         counter(
@@ -105,7 +114,9 @@ impl Metrics {
             "Audit records dropped because the writer queue was full.",
             &[("", gauges.audit_dropped)],
         );
-        out.push_str("# HELP enforcer_router_first_byte_seconds Router time to first response byte.\n");
+        out.push_str(
+            "# HELP enforcer_router_first_byte_seconds Router time to first response byte.\n",
+        );
         out.push_str("# TYPE enforcer_router_first_byte_seconds histogram\n");
         for (index, bound) in LATENCY_BUCKETS.iter().enumerate() {
             let _ = writeln!(
@@ -115,7 +126,10 @@ impl Metrics {
             );
         }
         let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "enforcer_router_first_byte_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "enforcer_router_first_byte_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(
             out,
             "enforcer_router_first_byte_seconds_sum {}",
@@ -140,7 +154,10 @@ impl Metrics {
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
 }
 
 fn counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
@@ -155,7 +172,10 @@ fn counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
 }
 
 fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -179,6 +199,8 @@ mod tests {
         assert!(text.contains("enforcer_router_first_byte_seconds_bucket{le=\"0.0005\"} 0"));
         assert!(text.contains("enforcer_router_first_byte_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("enforcer_relayed_bytes_total{direction=\"down\"} 20"));
-        assert!(text.contains("enforcer_policy_info{version=\"2026-11-22.1\",fallback=\"false\"} 1"));
+        assert!(
+            text.contains("enforcer_policy_info{version=\"2026-11-22.1\",fallback=\"false\"} 1")
+        );
     }
 }

@@ -23,7 +23,6 @@ use std::{
 
 use policy::{
     Grant, GrantScope, Loader, LoaderConfig, Origin, PolicyStore, Snapshot,
-
     grants::{GRANTS_FILE, live_grants, load_grants, save_grants},
 };
 use proxy::{
@@ -110,7 +109,9 @@ pub fn credential_names(snapshot: &Snapshot) -> Vec<String> {
         .filter_map(|provider| match &provider.auth {
             policy::Auth::None => None,
             policy::Auth::Inject { credential, .. } => Some(credential.as_str().to_owned()),
-            policy::Auth::Passthrough { fallback, .. } => fallback.as_ref().map(|c| c.as_str().to_owned()),
+            policy::Auth::Passthrough { fallback, .. } => {
+                fallback.as_ref().map(|c| c.as_str().to_owned())
+            }
         })
         .collect();
     names.sort();
@@ -152,8 +153,9 @@ pub async fn run(
     ready: Option<tokio::sync::oneshot::Sender<Ready>>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let (writer, writer_thread) = AuditWriter::start(&options.state_dir.join("audit.db"), Retention::default())
-        .context("starting the audit log")?;
+    let (writer, writer_thread) =
+        AuditWriter::start(&options.state_dir.join("audit.db"), Retention::default())
+            .context("starting the audit log")?;
     let metrics = Arc::new(Metrics::default());
     let bridge = AuditBridge::new(writer, metrics);
 
@@ -169,10 +171,17 @@ pub async fn run(
     let mut loader_config = options.loader;
     loader_config.grants = grants;
     loader_config.state_dir = Some(options.state_dir.clone());
-    let (loader, report) = Loader::start(loader_config, now).await.context("loading the policy")?;
+    let (loader, report) = Loader::start(loader_config, now)
+        .await
+        .context("loading the policy")?;
     for refusal in &report.refusals {
         tracing::warn!(decision = "deny", reason = %refusal, "policy pack refused");
-        bridge.control(Decision::Deny, "policy_refused", None, serde_json::json!({ "why": refusal.to_string() }));
+        bridge.control(
+            Decision::Deny,
+            "policy_refused",
+            None,
+            serde_json::json!({ "why": refusal.to_string() }),
+        );
     }
     log_policy(&report.snapshot, &bridge);
     let loader = Arc::new(loader);
@@ -192,14 +201,19 @@ pub async fn run(
     let mut attachment = kernel::attach(
         &options.cgroup,
         &AttachOptions {
-            endpoints: vec![EndpointSpec::tcp(listeners.proxy), EndpointSpec::tcp(listeners.router)],
+            endpoints: vec![
+                EndpointSpec::tcp(listeners.proxy),
+                EndpointSpec::tcp(listeners.router),
+            ],
             debug_log: options.debug_bpf,
         },
     )
     .with_context(|| format!("attaching to cgroup {}", options.cgroup.absolute.display()))?;
     match &attachment.families {
         FamilyEnforcement::Enforced => tracing::info!("{}", attachment.families.describe()),
-        FamilyEnforcement::NotEnforced { .. } => tracing::warn!("{}", attachment.families.describe()),
+        FamilyEnforcement::NotEnforced { .. } => {
+            tracing::warn!("{}", attachment.families.describe())
+        }
     }
     if report.snapshot.policy().egress.mode != policy::EgressMode::ProxyOnly {
         tracing::warn!(
@@ -235,7 +249,11 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     // Kernel denies -> audit.
     let events = attachment.take_events()?;
-    tasks.spawn(kernel_events(events, bridge.clone(), shutdown_signal(shutdown.clone())));
+    tasks.spawn(kernel_events(
+        events,
+        bridge.clone(),
+        shutdown_signal(shutdown.clone()),
+    ));
     // Policy -> maps, on every swap and every expiry.
     tasks.spawn(sync_maps(daemon.clone(), shutdown_signal(shutdown.clone())));
     // Policy refresh and pack expiry.
@@ -248,7 +266,11 @@ pub async fn run(
         }
     });
     // Policy swaps are logged and audited.
-    tasks.spawn(log_swaps(store.clone(), bridge.clone(), shutdown_signal(shutdown.clone())));
+    tasks.spawn(log_swaps(
+        store.clone(),
+        bridge.clone(),
+        shutdown_signal(shutdown.clone()),
+    ));
     // The CONNECT proxy.
     let serving = proxy.clone();
     let proxy_shutdown = shutdown_signal(shutdown.clone());
@@ -264,14 +286,23 @@ pub async fn run(
     ));
     // The control socket.
     if let Some(path) = &options.control_socket {
-        let listener = control::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
-        tasks.spawn(control::serve(listener, daemon.clone(), shutdown_signal(shutdown.clone())));
+        let listener = control::bind(path)
+            .with_context(|| format!("binding the control socket {}", path.display()))?;
+        tasks.spawn(control::serve(
+            listener,
+            daemon.clone(),
+            shutdown_signal(shutdown.clone()),
+        ));
     }
     if let Some(addr) = options.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics listener {addr}"))?;
-        tasks.spawn(serve_metrics(listener, daemon.clone(), shutdown_signal(shutdown.clone())));
+        tasks.spawn(serve_metrics(
+            listener,
+            daemon.clone(),
+            shutdown_signal(shutdown.clone()),
+        ));
     }
 
     tracing::info!(
@@ -290,9 +321,18 @@ pub async fn run(
     }
 
     shutdown_signal(shutdown.clone()).await;
-    tracing::info!(drain_seconds = options.drain.as_secs(), "stopping: no new connections; draining");
-    if tokio::time::timeout(options.drain, proxy.wait_idle()).await.is_err() {
-        tracing::warn!(open_tunnels = proxy.active_tunnels(), "drain deadline reached; closing what is left");
+    tracing::info!(
+        drain_seconds = options.drain.as_secs(),
+        "stopping: no new connections; draining"
+    );
+    if tokio::time::timeout(options.drain, proxy.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open_tunnels = proxy.active_tunnels(),
+            "drain deadline reached; closing what is left"
+        );
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
@@ -328,7 +368,11 @@ fn log_policy(snapshot: &Snapshot, bridge: &AuditBridge) {
     }
 }
 
-async fn log_swaps(store: Arc<PolicyStore>, bridge: AuditBridge, shutdown: impl std::future::Future<Output = ()>) {
+async fn log_swaps(
+    store: Arc<PolicyStore>,
+    bridge: AuditBridge,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let mut receiver = store.subscribe();
     let mut last = receiver.borrow_and_update().policy().version.to_string();
     tokio::pin!(shutdown);
@@ -350,9 +394,15 @@ async fn log_swaps(store: Arc<PolicyStore>, bridge: AuditBridge, shutdown: impl 
     }
 }
 
-async fn kernel_events(events: EventReader, bridge: AuditBridge, shutdown: impl std::future::Future<Output = ()>) {
+async fn kernel_events(
+    events: EventReader,
+    bridge: AuditBridge,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     // SAFETY: the reader owns its ring-buffer fd for as long as the AsyncFd owns the reader.
-    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) };
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
+    };
     let mut events = match registered {
         Ok(events) => events,
         Err(error) => {
@@ -395,7 +445,11 @@ async fn sync_maps(daemon: Arc<Daemon>, shutdown: impl std::future::Future<Outpu
     }
 }
 
-async fn serve_metrics(listener: TcpListener, daemon: Arc<Daemon>, shutdown: impl std::future::Future<Output = ()>) {
+async fn serve_metrics(
+    listener: TcpListener,
+    daemon: Arc<Daemon>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     tokio::pin!(shutdown);
     loop {
@@ -427,9 +481,18 @@ impl Daemon {
             Ok(report) => {
                 for (target, why) in &report.skipped {
                     tracing::warn!(decision = "deny", reason = "direct_unresolved", host = %target, why = %why, "direct entry not written");
-                    self.bridge.control(Decision::Deny, "direct_unresolved", Some(target.clone()), serde_json::json!({ "why": why }));
+                    self.bridge.control(
+                        Decision::Deny,
+                        "direct_unresolved",
+                        Some(target.clone()),
+                        serde_json::json!({ "why": why }),
+                    );
                 }
-                tracing::debug!(written = report.written.len(), removed = report.removed, "direct maps synced");
+                tracing::debug!(
+                    written = report.written.len(),
+                    removed = report.removed,
+                    "direct maps synced"
+                );
             }
             Err(error) => tracing::error!(error = %error, "syncing the direct maps"),
         }
@@ -460,7 +523,11 @@ impl Daemon {
     fn status(&self) -> serde_json::Value {
         let snapshot = self.store.current();
         let origin = match snapshot.origin() {
-            Origin::Signed { key_id, source, sha256 } => serde_json::json!({
+            Origin::Signed {
+                key_id,
+                source,
+                sha256,
+            } => serde_json::json!({
                 "kind": "signed", "key_id": key_id.to_string(), "source": source, "sha256": sha256,
             }),
             Origin::Fallback { reason } => serde_json::json!({ "kind": "fallback", "why": reason }),
@@ -496,10 +563,20 @@ impl Daemon {
         })
     }
 
-    async fn allow(&self, target: &str, ttl: Duration, reason: Option<String>, direct: bool) -> Response {
+    async fn allow(
+        &self,
+        target: &str,
+        ttl: Duration,
+        reason: Option<String>,
+        direct: bool,
+    ) -> Response {
         let _guard = self.grant_lock.lock().await;
         let now = SystemTime::now();
-        let scope = if direct { GrantScope::Direct } else { GrantScope::Proxy };
+        let scope = if direct {
+            GrantScope::Direct
+        } else {
+            GrantScope::Proxy
+        };
         let mut grant = match Grant::new(target, scope, now, ttl) {
             Ok(grant) => grant,
             Err(error) => return Response::error(error.to_string()),
@@ -549,7 +626,12 @@ impl Daemon {
         let snapshot = self.store.set_grants(grants);
         self.sync_maps(&snapshot, now).await;
         tracing::info!(decision = "deny", reason = "revoke", host = %pattern, "grant revoked");
-        self.bridge.control(Decision::Deny, "revoke", Some(pattern.to_string()), serde_json::json!({ "removed": removed }));
+        self.bridge.control(
+            Decision::Deny,
+            "revoke",
+            Some(pattern.to_string()),
+            serde_json::json!({ "removed": removed }),
+        );
         Response::ok(serde_json::json!({ "target": pattern.to_string(), "removed": removed }))
     }
 
@@ -558,13 +640,22 @@ impl Daemon {
             policy::RefreshOutcome::Applied(snapshot) => Response::ok(serde_json::json!({
                 "outcome": "applied", "version": snapshot.policy().version.to_string(),
             })),
-            policy::RefreshOutcome::Unchanged => Response::ok(serde_json::json!({ "outcome": "unchanged" })),
+            policy::RefreshOutcome::Unchanged => {
+                Response::ok(serde_json::json!({ "outcome": "unchanged" }))
+            }
             policy::RefreshOutcome::NoSource => Response::ok(serde_json::json!({
                 "outcome": "no_source", "note": "no --policy was given; the active policy stays",
             })),
             policy::RefreshOutcome::Refused(refusal) => {
-                self.bridge.control(Decision::Deny, "policy_refused", None, serde_json::json!({ "why": refusal.to_string() }));
-                Response::error(format!("the new pack was refused and the active policy stays: {refusal}"))
+                self.bridge.control(
+                    Decision::Deny,
+                    "policy_refused",
+                    None,
+                    serde_json::json!({ "why": refusal.to_string() }),
+                );
+                Response::error(format!(
+                    "the new pack was refused and the active policy stays: {refusal}"
+                ))
             }
         }
     }
@@ -574,8 +665,14 @@ impl Handler for Daemon {
     async fn handle(&self, request: Request) -> Response {
         match request {
             Request::Status => Response::ok(self.status()),
-            Request::Allow { target, ttl_seconds, reason, direct } => {
-                self.allow(&target, Duration::from_secs(ttl_seconds), reason, direct).await
+            Request::Allow {
+                target,
+                ttl_seconds,
+                reason,
+                direct,
+            } => {
+                self.allow(&target, Duration::from_secs(ttl_seconds), reason, direct)
+                    .await
             }
             Request::Revoke { target } => self.revoke(&target).await,
             Request::Reload => self.reload().await,

@@ -6,7 +6,7 @@ use std::{future::Future, path::PathBuf, sync::Arc};
 use policy::PolicyStore;
 use proxy::{
     resolve::Resolver,
-    router::{CredentialSource, Router, RouterConfig, RouterAuditSink, audit::RouterEvent},
+    router::{CredentialSource, Router, RouterAuditSink, RouterConfig, audit::RouterEvent},
 };
 use tokio::net::TcpListener;
 

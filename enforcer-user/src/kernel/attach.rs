@@ -68,7 +68,8 @@ impl FamilyEnforcement {
     pub fn describe(&self) -> String {
         match self {
             Self::Enforced => {
-                "socket families: enforced by BPF-LSM (only unix, inet, inet6, netlink allowed)".into()
+                "socket families: enforced by BPF-LSM (only unix, inet, inet6, netlink allowed)"
+                    .into()
             }
             Self::NotEnforced { reason } => format!(
                 "socket families: NOT enforced — AF_VSOCK, AF_PACKET and every family other than \
@@ -111,10 +112,13 @@ impl Attachment {
 
     /// Takes the deny-event ring buffer (once).
     pub fn take_events(&mut self) -> Result<EventReader, KernelError> {
-        let map = self.ebpf.take_map(map_names::EVENTS).ok_or(KernelError::Missing {
-            what: "map",
-            name: map_names::EVENTS,
-        })?;
+        let map = self
+            .ebpf
+            .take_map(map_names::EVENTS)
+            .ok_or(KernelError::Missing {
+                what: "map",
+                name: map_names::EVENTS,
+            })?;
         EventReader::new(map)
     }
 
@@ -263,7 +267,11 @@ fn replace_link(pins: &PinDirs, program: &str, new: PinnedLink) -> Result<(), Ke
     }
     let swap_path = pins.swap_link(program);
     fs::rename(&swap_path, &final_path).map_err(|source| KernelError::Io {
-        what: format!("renaming {} to {}", swap_path.display(), final_path.display()),
+        what: format!(
+            "renaming {} to {}",
+            swap_path.display(),
+            final_path.display()
+        ),
         source,
     })?;
     drop(new);
@@ -295,12 +303,18 @@ fn bpf_obj_get(path: &Path) -> std::io::Result<OwnedFd> {
     attr[..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
     // SAFETY: attr is a valid, zero-padded bpf_attr; c_path outlives the call.
     let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), attr.len() as libc::c_uint)
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_uint,
+        )
     };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    let fd =
+        i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
     // SAFETY: the kernel just returned this new descriptor to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -315,7 +329,12 @@ fn bpf_link_detach(link: &OwnedFd) -> std::io::Result<()> {
     attr[..4].copy_from_slice(&fd.to_ne_bytes());
     // SAFETY: attr is a valid, zero-padded bpf_attr of the given size.
     let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), attr.len() as libc::c_uint)
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_uint,
+        )
     };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
@@ -337,7 +356,11 @@ fn settle_interrupted_swaps(pins: &PinDirs) -> Result<(), KernelError> {
             unpin_and_drop(&swap_path)?;
         } else {
             fs::rename(&swap_path, &final_path).map_err(|source| KernelError::Io {
-                what: format!("renaming {} to {}", swap_path.display(), final_path.display()),
+                what: format!(
+                    "renaming {} to {}",
+                    swap_path.display(),
+                    final_path.display()
+                ),
                 source,
             })?;
         }

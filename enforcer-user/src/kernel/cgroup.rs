@@ -20,12 +20,11 @@ pub struct CgroupMount {
 impl CgroupMount {
     /// Finds the cgroup v2 mount of this process's mount namespace.
     pub fn find() -> Result<Self, KernelError> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|source| {
-            KernelError::Io {
+        let mountinfo =
+            fs::read_to_string("/proc/self/mountinfo").map_err(|source| KernelError::Io {
                 what: "reading /proc/self/mountinfo".into(),
                 source,
-            }
-        })?;
+            })?;
         Self::from_mountinfo(&mountinfo).ok_or(KernelError::NoCgroup2Mount)
     }
 
@@ -206,12 +205,17 @@ mod tests {
     fn resolves_relative_and_nested() {
         let path = mount().resolve("agents.slice/one").unwrap();
         assert_eq!(path.relative, Path::new("agents.slice/one"));
-        assert_eq!(path.absolute, Path::new("/sys/fs/cgroup/unified/agents.slice/one"));
+        assert_eq!(
+            path.absolute,
+            Path::new("/sys/fs/cgroup/unified/agents.slice/one")
+        );
     }
 
     #[test]
     fn accepts_absolute_under_mount() {
-        let path = mount().resolve("/sys/fs/cgroup/unified/agents.slice").unwrap();
+        let path = mount()
+            .resolve("/sys/fs/cgroup/unified/agents.slice")
+            .unwrap();
         assert_eq!(path.relative, Path::new("agents.slice"));
     }
 
@@ -225,7 +229,10 @@ mod tests {
     fn refuses_root() {
         for name in ["", ".", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/unified/"] {
             let err = mount().resolve(name).unwrap_err();
-            assert!(matches!(err, KernelError::RootCgroupRefused { .. }), "{name}: {err}");
+            assert!(
+                matches!(err, KernelError::RootCgroupRefused { .. }),
+                "{name}: {err}"
+            );
         }
     }
 

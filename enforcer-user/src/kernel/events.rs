@@ -69,7 +69,11 @@ impl DenyRecord {
             Some(Hook::SockCreate | Hook::LsmSocketCreate) | None => None,
             Some(_) => Some(SocketAddr::new(ip_from_bytes(event.addr), event.port)),
         };
-        let comm_len = event.comm.iter().position(|b| *b == 0).unwrap_or(event.comm.len());
+        let comm_len = event
+            .comm
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(event.comm.len());
         let time = boot_to_wall(event.boot_ns)
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -85,8 +89,10 @@ impl DenyRecord {
             protocol: event.protocol,
             socket_type: event.socket_type,
             destination,
-            reason: Reason::from_u8(event.reason)
-                .map_or_else(|| format!("reason-{}", event.reason), |r| r.as_str().to_owned()),
+            reason: Reason::from_u8(event.reason).map_or_else(
+                || format!("reason-{}", event.reason),
+                |r| r.as_str().to_owned(),
+            ),
         }
     }
 

@@ -153,15 +153,19 @@ impl PinnedMaps {
             });
         }
         let name = map_names::CONFIG;
-        let mut array: Array<MapData, Endpoint> =
-            self.map(name)?.try_into().map_err(map_error(name, "opening"))?;
+        let mut array: Array<MapData, Endpoint> = self
+            .map(name)?
+            .try_into()
+            .map_err(map_error(name, "opening"))?;
         for slot in 0..MAX_ENDPOINTS {
-            let value = endpoints.get(slot as usize).map_or_else(Endpoint::default, |spec| Endpoint {
-                addr: mapped_bytes(spec.addr.ip()),
-                port: spec.addr.port(),
-                protocol: spec.transport.number(),
-                in_use: 1,
-            });
+            let value = endpoints
+                .get(slot as usize)
+                .map_or_else(Endpoint::default, |spec| Endpoint {
+                    addr: mapped_bytes(spec.addr.ip()),
+                    port: spec.addr.port(),
+                    protocol: spec.transport.number(),
+                    in_use: 1,
+                });
             array
                 .set(slot, value, 0)
                 .map_err(map_error(name, "writing an endpoint"))?;
@@ -172,8 +176,10 @@ impl PinnedMaps {
     /// The endpoint table.
     pub fn endpoints(&self) -> Result<Vec<EndpointSpec>, KernelError> {
         let name = map_names::CONFIG;
-        let array: Array<MapData, Endpoint> =
-            self.map(name)?.try_into().map_err(map_error(name, "opening"))?;
+        let array: Array<MapData, Endpoint> = self
+            .map(name)?
+            .try_into()
+            .map_err(map_error(name, "opening"))?;
         let mut endpoints = Vec::new();
         for value in array.iter() {
             let endpoint = value.map_err(map_error(name, "reading"))?;
@@ -203,14 +209,18 @@ impl PinnedMaps {
             IpAddr::V4(v4) => {
                 let name = map_names::ALLOW4;
                 let mut map: HashMap<MapData, Allow4Key, AllowValue> =
-                    self.map(name)?.try_into().map_err(map_error(name, "opening"))?;
+                    self.map(name)?
+                        .try_into()
+                        .map_err(map_error(name, "opening"))?;
                 map.insert(allow4_key(v4, addr.port(), transport), value, 0)
                     .map_err(map_error(name, "inserting a direct entry"))
             }
             IpAddr::V6(v6) => {
                 let name = map_names::ALLOW6;
                 let mut map: HashMap<MapData, SocketKey, AllowValue> =
-                    self.map(name)?.try_into().map_err(map_error(name, "opening"))?;
+                    self.map(name)?
+                        .try_into()
+                        .map_err(map_error(name, "opening"))?;
                 map.insert(socket_key(v6.octets(), addr.port(), transport), value, 0)
                     .map_err(map_error(name, "inserting a direct entry"))
             }
@@ -223,14 +233,18 @@ impl PinnedMaps {
             IpAddr::V4(v4) => {
                 let name = map_names::ALLOW4;
                 let mut map: HashMap<MapData, Allow4Key, AllowValue> =
-                    self.map(name)?.try_into().map_err(map_error(name, "opening"))?;
+                    self.map(name)?
+                        .try_into()
+                        .map_err(map_error(name, "opening"))?;
                 map.remove(&allow4_key(v4, addr.port(), transport))
                     .map_err(map_error(name, "removing a direct entry"))
             }
             IpAddr::V6(v6) => {
                 let name = map_names::ALLOW6;
                 let mut map: HashMap<MapData, SocketKey, AllowValue> =
-                    self.map(name)?.try_into().map_err(map_error(name, "opening"))?;
+                    self.map(name)?
+                        .try_into()
+                        .map_err(map_error(name, "opening"))?;
                 map.remove(&socket_key(v6.octets(), addr.port(), transport))
                     .map_err(map_error(name, "removing a direct entry"))
             }
@@ -248,8 +262,10 @@ impl PinnedMaps {
     pub fn direct_entries(&self) -> Result<Vec<DirectEntry>, KernelError> {
         let mut entries = Vec::new();
         let name = map_names::ALLOW4;
-        let map4: HashMap<MapData, Allow4Key, AllowValue> =
-            self.map(name)?.try_into().map_err(map_error(name, "opening"))?;
+        let map4: HashMap<MapData, Allow4Key, AllowValue> = self
+            .map(name)?
+            .try_into()
+            .map_err(map_error(name, "opening"))?;
         for item in map4.iter() {
             let (key, value) = item.map_err(map_error(name, "reading"))?;
             entries.push(DirectEntry {
@@ -259,8 +275,10 @@ impl PinnedMaps {
             });
         }
         let name = map_names::ALLOW6;
-        let map6: HashMap<MapData, SocketKey, AllowValue> =
-            self.map(name)?.try_into().map_err(map_error(name, "opening"))?;
+        let map6: HashMap<MapData, SocketKey, AllowValue> = self
+            .map(name)?
+            .try_into()
+            .map_err(map_error(name, "opening"))?;
         for item in map6.iter() {
             let (key, value) = item.map_err(map_error(name, "reading"))?;
             entries.push(DirectEntry {
@@ -275,13 +293,19 @@ impl PinnedMaps {
     /// Loopback ports currently bound inside the cgroup, with bind counts.
     pub fn local_ports(&self) -> Result<Vec<(SocketAddr, Transport, u32)>, KernelError> {
         let name = map_names::LOCAL_PORTS;
-        let map: HashMap<MapData, SocketKey, u32> =
-            self.map(name)?.try_into().map_err(map_error(name, "opening"))?;
+        let map: HashMap<MapData, SocketKey, u32> = self
+            .map(name)?
+            .try_into()
+            .map_err(map_error(name, "opening"))?;
         let mut ports = Vec::new();
         for item in map.iter() {
             let (key, count) = item.map_err(map_error(name, "reading"))?;
             if let Some(transport) = Transport::from_number(key.protocol) {
-                ports.push((SocketAddr::new(ip_from_bytes(key.addr), key.port), transport, count));
+                ports.push((
+                    SocketAddr::new(ip_from_bytes(key.addr), key.port),
+                    transport,
+                    count,
+                ));
             }
         }
         Ok(ports)
@@ -290,8 +314,10 @@ impl PinnedMaps {
     /// The per-CPU counters, summed.
     pub fn counters(&self) -> Result<Counters, KernelError> {
         let name = map_names::STATS;
-        let array: PerCpuArray<MapData, u64> =
-            self.map(name)?.try_into().map_err(map_error(name, "opening"))?;
+        let array: PerCpuArray<MapData, u64> = self
+            .map(name)?
+            .try_into()
+            .map_err(map_error(name, "opening"))?;
         let read = |index: u32| -> Result<u64, KernelError> {
             let values = array.get(&index, 0).map_err(map_error(name, "reading"))?;
             Ok(values.iter().sum())
@@ -313,12 +339,16 @@ impl PinnedMaps {
     /// The last denies, oldest first.
     pub fn recent_denies(&self) -> Result<Vec<DenyEvent>, KernelError> {
         let name = map_names::RECENT_HEAD;
-        let head: Array<MapData, u64> =
-            self.map(name)?.try_into().map_err(map_error(name, "opening"))?;
+        let head: Array<MapData, u64> = self
+            .map(name)?
+            .try_into()
+            .map_err(map_error(name, "opening"))?;
         let written = head.get(&0, 0).map_err(map_error(name, "reading"))?;
         let name = map_names::RECENT;
-        let recent: Array<MapData, DenyEvent> =
-            self.map(name)?.try_into().map_err(map_error(name, "opening"))?;
+        let recent: Array<MapData, DenyEvent> = self
+            .map(name)?
+            .try_into()
+            .map_err(map_error(name, "opening"))?;
         let slots = u64::from(RECENT_DENIES);
         let first = written.saturating_sub(slots);
         let mut events = Vec::new();

@@ -16,7 +16,7 @@ pub mod status;
 
 use std::path::PathBuf;
 
-pub use attach::{Attachment, AttachOptions, FamilyEnforcement, attach, detach};
+pub use attach::{AttachOptions, Attachment, FamilyEnforcement, attach, detach};
 pub use cgroup::{CgroupMount, CgroupPath};
 pub use events::DenyRecord;
 pub use maps::{EndpointSpec, PinnedMaps};
@@ -25,7 +25,9 @@ pub use maps::{EndpointSpec, PinnedMaps};
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     /// No cgroup v2 hierarchy is mounted.
-    #[error("no cgroup2 filesystem found in /proc/self/mountinfo; enforcer needs the unified (v2) hierarchy")]
+    #[error(
+        "no cgroup2 filesystem found in /proc/self/mountinfo; enforcer needs the unified (v2) hierarchy"
+    )]
     NoCgroup2Mount,
     /// `--cgroup` named something unusable.
     #[error("invalid cgroup name {name:?}: {why}")]
@@ -54,7 +56,9 @@ pub enum KernelError {
         source: std::io::Error,
     },
     /// The BPF object could not be loaded (maps created or opened).
-    #[error("loading the BPF object failed (are you root, and is this kernel built with CONFIG_CGROUP_BPF?)")]
+    #[error(
+        "loading the BPF object failed (are you root, and is this kernel built with CONFIG_CGROUP_BPF?)"
+    )]
     Load(#[source] aya::EbpfError),
     /// A program failed to load or attach.
     #[error("{step} of program {program} failed")]

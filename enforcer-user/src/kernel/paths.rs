@@ -70,8 +70,14 @@ mod tests {
     #[test]
     fn layout() {
         let dirs = PinDirs::for_cgroup(42);
-        assert_eq!(dirs.map("CONFIG"), Path::new("/sys/fs/bpf/enforcer/42/maps/CONFIG"));
-        assert_eq!(dirs.link("connect4"), Path::new("/sys/fs/bpf/enforcer/42/links/connect4"));
+        assert_eq!(
+            dirs.map("CONFIG"),
+            Path::new("/sys/fs/bpf/enforcer/42/maps/CONFIG")
+        );
+        assert_eq!(
+            dirs.link("connect4"),
+            Path::new("/sys/fs/bpf/enforcer/42/links/connect4")
+        );
         assert_eq!(
             dirs.swap_link("connect4"),
             Path::new("/sys/fs/bpf/enforcer/42/links/connect4_new")

@@ -94,7 +94,11 @@ fn maps_complete(pins: &PinDirs) -> bool {
 }
 
 /// Status of one cgroup.
-pub fn one(mount: &CgroupMount, pins: &PinDirs, cgroup_id: u64) -> Result<CgroupStatus, KernelError> {
+pub fn one(
+    mount: &CgroupMount,
+    pins: &PinDirs,
+    cgroup_id: u64,
+) -> Result<CgroupStatus, KernelError> {
     let maps = PinnedMaps::open(pins)?;
     let hooks: Vec<HookStatus> = HOOKS
         .iter()
@@ -107,9 +111,13 @@ pub fn one(mount: &CgroupMount, pins: &PinDirs, cgroup_id: u64) -> Result<Cgroup
     let families_not_enforced = if families_enforced {
         Vec::new()
     } else {
-        ["vsock", "packet", "every family but unix/inet/inet6/netlink"]
-            .map(String::from)
-            .to_vec()
+        [
+            "vsock",
+            "packet",
+            "every family but unix/inet/inet6/netlink",
+        ]
+        .map(String::from)
+        .to_vec()
     };
     let cgroup = mount.find_by_id(cgroup_id).map(|path| {
         path.strip_prefix(&mount.path)
@@ -135,6 +143,10 @@ pub fn one(mount: &CgroupMount, pins: &PinDirs, cgroup_id: u64) -> Result<Cgroup
             })
             .collect(),
         counters: maps.counters()?,
-        recent_denies: maps.recent_denies()?.iter().map(DenyRecord::from_event).collect(),
+        recent_denies: maps
+            .recent_denies()?
+            .iter()
+            .map(DenyRecord::from_event)
+            .collect(),
     })
 }

@@ -33,8 +33,11 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let addr = || -> Result<SocketAddr, String> {
-        let text = args.get(1).ok_or_else(|| format!("{command} needs an ADDR"))?;
-        text.parse().map_err(|_| format!("{text:?} is not ADDR:PORT"))
+        let text = args
+            .get(1)
+            .ok_or_else(|| format!("{command} needs an ADDR"))?;
+        text.parse()
+            .map_err(|_| format!("{text:?} is not ADDR:PORT"))
     };
     let result = match command.as_str() {
         "tcp-connect" => addr().map(|a| TcpStream::connect(a).map(drop)),
@@ -44,7 +47,11 @@ fn main() -> ExitCode {
         "tcp-fastopen" => addr().map(tcp_fastopen),
         "raw4" => Ok(socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)),
         "raw6" => Ok(socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)),
-        "udplite" => Ok(socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE)),
+        "udplite" => Ok(socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM,
+            libc::IPPROTO_UDPLITE,
+        )),
         "packet" => Ok(socket(
             libc::AF_PACKET,
             libc::SOCK_RAW,
@@ -134,7 +141,11 @@ fn sockaddr(addr: SocketAddr) -> (i32, libc::sockaddr_storage, libc::socklen_t) 
             };
             // SAFETY: sockaddr_in fits in sockaddr_storage.
             unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
-            (libc::AF_INET, storage, std::mem::size_of::<libc::sockaddr_in>() as u32)
+            (
+                libc::AF_INET,
+                storage,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
         }
         SocketAddr::V6(v6) => {
             let sin6 = libc::sockaddr_in6 {
@@ -148,7 +159,11 @@ fn sockaddr(addr: SocketAddr) -> (i32, libc::sockaddr_storage, libc::socklen_t) 
             };
             // SAFETY: sockaddr_in6 fits in sockaddr_storage.
             unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
-            (libc::AF_INET6, storage, std::mem::size_of::<libc::sockaddr_in6>() as u32)
+            (
+                libc::AF_INET6,
+                storage,
+                std::mem::size_of::<libc::sockaddr_in6>() as u32,
+            )
         }
     }
 }
@@ -195,7 +210,12 @@ fn connect_loop(addr: SocketAddr, count: Option<u64>) -> io::Result<()> {
     if count.is_none() {
         std::thread::spawn(|| {
             let mut sink = String::new();
-            while io::stdin().lock().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            while io::stdin()
+                .lock()
+                .read_line(&mut sink)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {
                 sink.clear();
             }
             STOP.store(true, Ordering::SeqCst);

@@ -20,7 +20,10 @@ const HOST_ADDRESS: &str = "192.0.2.1";
 
 fn main() {
     let cmdline = mount_all();
-    if cmdline.split_whitespace().any(|arg| arg == "enforcer.probe") {
+    if cmdline
+        .split_whitespace()
+        .any(|arg| arg == "enforcer.probe")
+    {
         say("VMTEST-PROBE-OK");
         power_off();
     }
@@ -83,14 +86,22 @@ fn mount_all() -> String {
 }
 
 fn mount(source: &str, target: &str, fstype: &str) {
-    let (Ok(source), Ok(target_c), Ok(fstype)) =
-        (CString::new(source), CString::new(target), CString::new(fstype))
-    else {
+    let (Ok(source), Ok(target_c), Ok(fstype)) = (
+        CString::new(source),
+        CString::new(target),
+        CString::new(fstype),
+    ) else {
         return;
     };
     // SAFETY: NUL-terminated strings, null data.
     let rc = unsafe {
-        libc::mount(source.as_ptr(), target_c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            source.as_ptr(),
+            target_c.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         say(&format!(
@@ -104,7 +115,16 @@ fn mount(source: &str, target: &str, fstype: &str) {
 fn network() {
     for args in [
         vec!["ip", "link", "set", "lo", "up"],
-        vec!["ip", "addr", "add", &format!("{HOST_ADDRESS}/32"), "dev", "lo", "scope", "global"],
+        vec![
+            "ip",
+            "addr",
+            "add",
+            &format!("{HOST_ADDRESS}/32"),
+            "dev",
+            "lo",
+            "scope",
+            "global",
+        ],
     ] {
         let ok = Command::new("/bin/busybox")
             .args(&args)
