@@ -7,11 +7,11 @@
 //! `now < expires_at`; the expiry instants are exposed so the daemon can
 //! remove kernel map entries at the same moment the proxy stops allowing.
 
-use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use crate::host::{Host, HostPattern, HostPort, HostPortPattern, normalize_host};
 use crate::model::Fronting;
+pub use enforcer_ebpf::Reason;
 
 // === impl Grant ===
 
@@ -119,68 +119,7 @@ impl Grant {
     }
 }
 
-// === impl Decision ===
-
-/// Why the allowlist allowed or denied. `as_str` gives the machine-readable
-/// reason used in audit events and 403 bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// A live pack entry matched.
-    Allowlisted,
-    /// A live runtime grant matched.
-    Granted,
-    /// The host does not parse (bad name, numeric garbage like `1.2.3.999`).
-    InvalidHost,
-    /// The host is an IP literal and `blockIPLiteral` is on.
-    IpLiteral,
-    /// No entry matches.
-    NotAllowlisted,
-    /// Only expired entries match.
-    Expired,
-    /// A live entry matches but does not allow plain HTTP.
-    PlainHttpNotAllowed,
-}
-
-impl Reason {
-    /// Machine-readable name (`allowlisted`, `not_allowlisted`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Allowlisted => "allowlisted",
-            Reason::Granted => "granted",
-            Reason::InvalidHost => "invalid_host",
-            Reason::IpLiteral => "ip_literal",
-            Reason::NotAllowlisted => "not_allowlisted",
-            Reason::Expired => "expired",
-            Reason::PlainHttpNotAllowed => "plain_http_not_allowed",
-        }
-    }
-
-    /// One line telling an operator how to allow this, for 403 bodies.
-    pub fn hint(self) -> &'static str {
-        match self {
-            Reason::Allowlisted | Reason::Granted => "",
-            Reason::InvalidHost => "the host is not a valid name or address",
-            Reason::IpLiteral => {
-                "IP literals are refused (fronting.blockIPLiteral); connect by host name"
-            }
-            Reason::NotAllowlisted => {
-                "add the host:port to fronting.allowlist in the policy pack, or run `enforcer allow HOST:PORT --ttl 1h`"
-            }
-            Reason::Expired => {
-                "the allowlist entry expired; publish a pack with a fresh issuedAt, or run `enforcer allow HOST:PORT --ttl 1h`"
-            }
-            Reason::PlainHttpNotAllowed => {
-                "plain HTTP is refused; use HTTPS, or set allowPlainHTTP on the allowlist entry"
-            }
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+// === impl AllowlistMatch ===
 
 /// Where a rule came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -235,9 +174,10 @@ impl DirectRule {
     }
 }
 
-/// The result of [`Allowlist::decide`].
+/// The result of [`Allowlist::decide`]: the reason (from the one shared
+/// vocabulary) and the rule that decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
+pub struct AllowlistMatch {
     /// Allowed or not.
     pub allowed: bool,
     /// Why.
@@ -248,13 +188,13 @@ pub struct Decision {
     pub port: u16,
     /// The rule that decided: the live match for allows, the latest-expired
     /// match for `Expired`, the live match without plain HTTP for
-    /// `PlainHttpNotAllowed`.
+    /// `PlainHttpDenied`.
     pub rule: Option<AllowRule>,
 }
 
-impl Decision {
+impl AllowlistMatch {
     fn deny(reason: Reason, host: Option<Host>, port: u16, rule: Option<AllowRule>) -> Self {
-        Decision {
+        AllowlistMatch {
             allowed: false,
             reason,
             host,
@@ -322,23 +262,23 @@ impl Allowlist {
     /// The decision for a TLS tunnel to `host:port` at `now`: normalise the
     /// host, refuse invalid hosts and (with `blockIPLiteral`) IP literals,
     /// then allow if a live rule matches.
-    pub fn decide(&self, host: &str, port: u16, now: SystemTime) -> Decision {
+    pub fn decide(&self, host: &str, port: u16, now: SystemTime) -> AllowlistMatch {
         self.decide_inner(host, port, now, false)
     }
 
     /// As [`Allowlist::decide`], for a plain-HTTP request: the matching live
     /// rule must also have `allowPlainHTTP`.
-    pub fn decide_plain_http(&self, host: &str, port: u16, now: SystemTime) -> Decision {
+    pub fn decide_plain_http(&self, host: &str, port: u16, now: SystemTime) -> AllowlistMatch {
         self.decide_inner(host, port, now, true)
     }
 
-    fn decide_inner(&self, host: &str, port: u16, now: SystemTime, plain: bool) -> Decision {
+    fn decide_inner(&self, host: &str, port: u16, now: SystemTime, plain: bool) -> AllowlistMatch {
         let host = match normalize_host(host) {
             Ok(h) => h,
-            Err(_) => return Decision::deny(Reason::InvalidHost, None, port, None),
+            Err(_) => return AllowlistMatch::deny(Reason::InvalidHost, None, port, None),
         };
         if self.block_ip_literal && matches!(host, Host::Ip(_)) {
-            return Decision::deny(Reason::IpLiteral, Some(host), port, None);
+            return AllowlistMatch::deny(Reason::IpLiteral, Some(host), port, None);
         }
         let mut live: Option<&AllowRule> = None;
         let mut live_no_plain: Option<&AllowRule> = None;
@@ -356,7 +296,7 @@ impl Allowlist {
             }
         }
         match (live, live_no_plain, expired) {
-            (Some(r), _, _) => Decision {
+            (Some(r), _, _) => AllowlistMatch {
                 allowed: true,
                 reason: match r.source {
                     RuleSource::Pack { .. } => Reason::Allowlisted,
@@ -366,16 +306,15 @@ impl Allowlist {
                 port,
                 rule: Some(r.clone()),
             },
-            (None, Some(r), _) => Decision::deny(
-                Reason::PlainHttpNotAllowed,
-                Some(host),
-                port,
-                Some(r.clone()),
-            ),
-            (None, None, Some(r)) => {
-                Decision::deny(Reason::Expired, Some(host), port, Some(r.clone()))
+            (None, Some(r), _) => {
+                AllowlistMatch::deny(Reason::PlainHttpDenied, Some(host), port, Some(r.clone()))
             }
-            (None, None, None) => Decision::deny(Reason::NotAllowlisted, Some(host), port, None),
+            (None, None, Some(r)) => {
+                AllowlistMatch::deny(Reason::Expired, Some(host), port, Some(r.clone()))
+            }
+            (None, None, None) => {
+                AllowlistMatch::deny(Reason::NotAllowlisted, Some(host), port, None)
+            }
         }
     }
 
@@ -493,7 +432,7 @@ mod tests {
         let a = Allowlist::new(&f, &[]);
         assert!(a.decide_plain_http("deb.example.net", 80, at(T0)).allowed);
         let d = a.decide_plain_http("api.example.com", 80, at(T0));
-        assert_eq!(d.reason, Reason::PlainHttpNotAllowed);
+        assert_eq!(d.reason, Reason::PlainHttpDenied);
         assert!(a.decide("api.example.com", 80, at(T0)).allowed);
     }
 

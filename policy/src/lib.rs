@@ -38,9 +38,10 @@ pub mod version;
 
 pub use addr::{AddressClass, Cidr, classify};
 pub use allowlist::{
-    AllowRule, Allowlist, Decision, DirectRule, Grant, GrantScope, Reason, RuleSource,
+    AllowRule, Allowlist, AllowlistMatch, DirectRule, Grant, GrantScope, RuleSource,
 };
 pub use duration::{format_duration, parse_duration};
+pub use enforcer_ebpf::Reason;
 pub use fallback::{FALLBACK_JSON, fallback_policy};
 pub use fetch::{FetchConfig, ResolveOverrides};
 pub use host::{

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::allowlist::{AllowRule, Allowlist, Decision, DirectRule, Grant, GrantScope, RuleSource};
+use crate::allowlist::{
+    AllowRule, Allowlist, AllowlistMatch, DirectRule, Grant, GrantScope, RuleSource,
+};
 use crate::host::{Host, normalize_host};
 use crate::model::Policy;
 use crate::signing::KeyId;
@@ -128,12 +130,12 @@ impl Snapshot {
 
     /// The one allowlist decision for a TLS tunnel to `host:port` (see
     /// [`Allowlist::decide`]).
-    pub fn decide(&self, host: &str, port: u16, now: SystemTime) -> Decision {
+    pub fn decide(&self, host: &str, port: u16, now: SystemTime) -> AllowlistMatch {
         self.allowlist.decide(host, port, now)
     }
 
     /// The decision for a plain-HTTP request (see [`Allowlist::decide_plain_http`]).
-    pub fn decide_plain_http(&self, host: &str, port: u16, now: SystemTime) -> Decision {
+    pub fn decide_plain_http(&self, host: &str, port: u16, now: SystemTime) -> AllowlistMatch {
         self.allowlist.decide_plain_http(host, port, now)
     }
 

@@ -84,8 +84,9 @@ pub struct AuditEvent {
     pub sni: Vec<String>,
     /// The ClientHello carried an `encrypted_client_hello` extension.
     pub ech: bool,
-    /// Allow or deny, and why.
-    pub decision: Decision,
+    /// Allow or deny, and why (serialised as `decision`).
+    #[serde(rename = "decision")]
+    pub verdict: Verdict,
     /// For `forbidden_address`: the class of the refused address.
     pub address_class: Option<AddressClass>,
     /// The upstream address dialled (or refused, for `forbidden_address`).
@@ -140,10 +141,10 @@ pub fn log_event(event: &AuditEvent) {
     let cgroup = event.cgroup_id.unwrap_or(0);
     let handshake_us = u64::try_from(event.handshake.as_micros()).unwrap_or(u64::MAX);
     let total_us = u64::try_from(event.total.as_micros()).unwrap_or(u64::MAX);
-    match event.decision.verdict {
-        Verdict::Allow => tracing::info!(
-            decision = event.decision.verdict.as_str(),
-            reason = event.decision.reason.as_str(),
+    match event.verdict.decision {
+        Decision::Allow => tracing::info!(
+            decision = event.verdict.decision.as_str(),
+            reason = event.verdict.reason.as_str(),
             client = %event.client,
             cgroup,
             host,
@@ -158,9 +159,9 @@ pub fn log_event(event: &AuditEvent) {
             end,
             "proxy decision"
         ),
-        Verdict::Deny => tracing::warn!(
-            decision = event.decision.verdict.as_str(),
-            reason = event.decision.reason.as_str(),
+        Decision::Deny => tracing::warn!(
+            decision = event.verdict.decision.as_str(),
+            reason = event.verdict.reason.as_str(),
             client = %event.client,
             cgroup,
             host,
@@ -252,7 +253,7 @@ mod tests {
             port: Some(443),
             sni: vec!["other.test".into()],
             ech: false,
-            decision: Decision::deny(reason),
+            verdict: Verdict::deny(reason),
             address_class: None,
             upstream: None,
             upstream_source: None,
@@ -282,7 +283,7 @@ mod tests {
         sink.record(event(Reason::NotAllowlisted));
         sink.record(event(Reason::IpLiteral));
         sink.record(event(Reason::Ech));
-        let reasons: Vec<_> = sink.events().iter().map(|e| e.decision.reason).collect();
+        let reasons: Vec<_> = sink.events().iter().map(|e| e.verdict.reason).collect();
         assert_eq!(reasons, vec![Reason::IpLiteral, Reason::Ech]);
     }
 }

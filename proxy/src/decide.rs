@@ -19,7 +19,7 @@ use policy::{Fronting, Host, Snapshot, normalize_host};
 
 use crate::addr_class::{self, AddressClass, LocalAddrs};
 use crate::client_hello::ClientHelloInfo;
-use crate::reason::{Decision, Reason};
+use crate::reason::{Reason, Verdict};
 use crate::request::Target;
 use crate::resolve::{AddrSource, Resolved};
 
@@ -57,7 +57,7 @@ pub fn decide_request(target: &Target, snapshot: &Snapshot, now: SystemTime) -> 
     } else {
         snapshot.decide(&host_text, authority.port, now)
     };
-    let reason = map_allowlist_reason(decision.reason);
+    let reason = decision.reason;
     match (decision.allowed, decision.host) {
         (true, Some(host)) if plain => RequestDecision::PlainHttp {
             host,
@@ -74,20 +74,6 @@ pub fn decide_request(target: &Target, snapshot: &Snapshot, now: SystemTime) -> 
     }
 }
 
-/// The proxy's name for an allowlist reason.
-fn map_allowlist_reason(reason: policy::Reason) -> Reason {
-    use policy::Reason as A;
-    match reason {
-        A::Allowlisted => Reason::Allowlisted,
-        A::Granted => Reason::Granted,
-        A::InvalidHost => Reason::InvalidHost,
-        A::IpLiteral => Reason::IpLiteral,
-        A::NotAllowlisted => Reason::NotAllowlisted,
-        A::Expired => Reason::Expired,
-        A::PlainHttpNotAllowed => Reason::PlainHttpDenied,
-    }
-}
-
 /// Step 2: the ClientHello against the CONNECT host and `fronting`.
 /// `allow_reason` is step 1's reason, kept on success (or turned into
 /// `allowlisted_ech` when an allowed ECH hello passes).
@@ -96,15 +82,15 @@ pub fn decide_client_hello(
     hello: &ClientHelloInfo,
     fronting: &Fronting,
     allow_reason: Reason,
-) -> Decision {
+) -> Verdict {
     if hello.server_names.is_empty() && fronting.require_sni {
-        return Decision::deny(Reason::MissingSni);
+        return Verdict::deny(Reason::MissingSni);
     }
     if hello.server_names.len() > 1 {
-        return Decision::deny(Reason::MultipleSni);
+        return Verdict::deny(Reason::MultipleSni);
     }
     if hello.ech && !fronting.allow_ech {
-        return Decision::deny(Reason::Ech);
+        return Verdict::deny(Reason::Ech);
     }
     if fronting.require_host_eq_sni
         && let Some(sni) = hello.server_names.first()
@@ -114,13 +100,13 @@ pub fn decide_client_hello(
             Err(_) => false,
         };
         if !same {
-            return Decision::deny(Reason::SniMismatch);
+            return Verdict::deny(Reason::SniMismatch);
         }
     }
     if hello.ech {
-        Decision::allow(Reason::AllowlistedEch)
+        Verdict::allow(Reason::AllowlistedEch)
     } else {
-        Decision::allow(allow_reason)
+        Verdict::allow(allow_reason)
     }
 }
 
@@ -339,41 +325,41 @@ mod tests {
         };
         assert_eq!(
             decide(&hello(&["api.allowed.test"], false)),
-            Decision::allow(Reason::Allowlisted)
+            Verdict::allow(Reason::Allowlisted)
         );
         // Normalisation: case and trailing dot.
         assert_eq!(
             decide(&hello(&["API.allowed.test."], false)),
-            Decision::allow(Reason::Allowlisted)
+            Verdict::allow(Reason::Allowlisted)
         );
         assert_eq!(
             decide(&hello(&[], false)),
-            Decision::deny(Reason::MissingSni)
+            Verdict::deny(Reason::MissingSni)
         );
         assert_eq!(
             decide(&hello(&["api.allowed.test", "x.test"], false)),
-            Decision::deny(Reason::MultipleSni)
+            Verdict::deny(Reason::MultipleSni)
         );
         assert_eq!(
             decide(&hello(&["api.allowed.test"], true)),
-            Decision::deny(Reason::Ech)
+            Verdict::deny(Reason::Ech)
         );
         assert_eq!(
             decide(&hello(&["other.test"], false)),
-            Decision::deny(Reason::SniMismatch)
+            Verdict::deny(Reason::SniMismatch)
         );
         assert_eq!(
             decide(&hello(&["127.0.0.1"], false)),
-            Decision::deny(Reason::SniMismatch)
+            Verdict::deny(Reason::SniMismatch)
         );
         assert_eq!(
             decide(&hello(&["bad..name"], false)),
-            Decision::deny(Reason::SniMismatch)
+            Verdict::deny(Reason::SniMismatch)
         );
         // Several names win over ECH (order of DESIGN §4).
         assert_eq!(
             decide(&hello(&["a.test", "b.test"], true)),
-            Decision::deny(Reason::MultipleSni)
+            Verdict::deny(Reason::MultipleSni)
         );
     }
 
@@ -388,7 +374,7 @@ mod tests {
                 &snap.policy().fronting,
                 Reason::Allowlisted
             ),
-            Decision::allow(Reason::Allowlisted)
+            Verdict::allow(Reason::Allowlisted)
         );
     }
 
@@ -401,19 +387,19 @@ mod tests {
         let connect_host = host("api.allowed.test");
         let decide =
             |h: &ClientHelloInfo| decide_client_hello(&connect_host, h, fronting, Reason::Granted);
-        assert_eq!(decide(&hello(&[], false)), Decision::allow(Reason::Granted));
+        assert_eq!(decide(&hello(&[], false)), Verdict::allow(Reason::Granted));
         assert_eq!(
             decide(&hello(&["other.test"], false)),
-            Decision::allow(Reason::Granted)
+            Verdict::allow(Reason::Granted)
         );
         assert_eq!(
             decide(&hello(&["api.allowed.test"], true)),
-            Decision::allow(Reason::AllowlistedEch)
+            Verdict::allow(Reason::AllowlistedEch)
         );
         // Several names stay refused whatever the flags.
         assert_eq!(
             decide(&hello(&["a.test", "b.test"], false)),
-            Decision::deny(Reason::MultipleSni)
+            Verdict::deny(Reason::MultipleSni)
         );
     }
 

@@ -1,72 +1,48 @@
-//! The proxy's decision vocabulary: [`Verdict`], [`Reason`] and [`Decision`].
+//! The proxy's decision vocabulary: the shared [`Decision`] and [`Reason`]
+//! (defined once, in `enforcer_ebpf`, beside the kernel's reasons) and
+//! [`Verdict`], the two together as one value.
 //!
 //! Reason names are machine-readable (`snake_case`) and stable: they appear in
 //! audit records, logs, metrics and the `403` body, and operators script
 //! against them. Add new variants; never rename or reuse an existing name.
 
-use std::fmt;
-
 use serde::Serialize;
 
-/// Whether a connection attempt was let through.
+pub use enforcer_ebpf::{Decision, Reason};
+
+/// A decision and why: what every proxy phase ends in.
+///
+/// Serialised as `{"verdict": "allow"|"deny", "reason": "..."}` (the field
+/// names audit consumers already read).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// The tunnel (or plain-HTTP request) was let through.
-    Allow,
-    /// The attempt was refused.
-    Deny,
-}
-
-impl Verdict {
-    /// The stable name used in audit records (`allow` / `deny`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-        }
-    }
-}
-
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why the proxy decided what it did: the one shared vocabulary, defined
-/// in `enforcer_ebpf` beside the kernel's reasons.
-pub use enforcer_ebpf::Reason;
-
-/// A typed decision: allow or deny, and why.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-pub struct Decision {
+pub struct Verdict {
     /// Allow or deny.
-    pub verdict: Verdict,
+    #[serde(rename = "verdict")]
+    pub decision: Decision,
     /// The machine-readable reason.
     pub reason: Reason,
 }
 
-impl Decision {
-    /// An allow decision for `reason`.
+impl Verdict {
+    /// An allow verdict for `reason`.
     pub fn allow(reason: Reason) -> Self {
         Self {
-            verdict: Verdict::Allow,
+            decision: Decision::Allow,
             reason,
         }
     }
 
-    /// A deny decision for `reason`.
+    /// A deny verdict for `reason`.
     pub fn deny(reason: Reason) -> Self {
         Self {
-            verdict: Verdict::Deny,
+            decision: Decision::Deny,
             reason,
         }
     }
 
-    /// Whether this decision lets the attempt through.
+    /// Whether this verdict lets the attempt through.
     pub fn is_allow(&self) -> bool {
-        self.verdict == Verdict::Allow
+        self.decision.is_allow()
     }
 }
 
@@ -100,7 +76,11 @@ mod tests {
                 Reason::Allowlisted,
                 Reason::Granted,
                 Reason::AllowlistedEch,
-                Reason::PlainHttpAllowed
+                Reason::PlainHttpAllowed,
+                Reason::Completed,
+                Reason::PolicyApplied,
+                Reason::PolicyFallback,
+                Reason::Grant,
             ]
         );
     }

@@ -34,7 +34,7 @@ use crate::audit::{AuditEvent, AuditSink, Peer, RequestKind};
 use crate::client_hello::{ClientHelloReader, HelloError, HelloProgress};
 use crate::decide::{RequestDecision, decide_client_hello, decide_request, select_addresses};
 use crate::forward::origin_head;
-use crate::reason::{Decision, Reason};
+use crate::reason::{Reason, Verdict};
 use crate::relay::{RelayLimits, SpliceStream, relay};
 use crate::request::{HeadScanner, Request, RequestError, RequestLimits, Target, parse_head};
 use crate::resolve::Resolver;
@@ -314,7 +314,7 @@ impl Attempt {
                 port: None,
                 sni: Vec::new(),
                 ech: false,
-                decision: Decision::deny(Reason::ClientError),
+                verdict: Verdict::deny(Reason::ClientError),
                 address_class: None,
                 upstream: None,
                 upstream_source: None,
@@ -332,12 +332,12 @@ impl Attempt {
         self.event.handshake = self.start.elapsed();
     }
 
-    fn finish(mut self, shared: &Shared, decision: Decision) {
+    fn finish(mut self, shared: &Shared, verdict: Verdict) {
         if self.event.handshake.is_zero() {
             self.event.handshake = self.start.elapsed();
         }
         self.event.total = self.start.elapsed();
-        self.event.decision = decision;
+        self.event.verdict = verdict;
         self.event.time = self.time;
         shared.audit.record(self.event);
     }
@@ -391,7 +391,7 @@ async fn handle<C: Client>(
         RequestDecision::Deny(reason) => {
             let response = refusal(reason, Some(&authority), None);
             answer_and_close(&shared, &mut client, &response).await;
-            attempt.finish(&shared, Decision::deny(reason));
+            attempt.finish(&shared, Verdict::deny(reason));
         }
         RequestDecision::Tunnel { host, port, reason } => {
             tunnel(
@@ -420,7 +420,7 @@ async fn overloaded<C: Client>(
         // Too many being answered already: one non-blocking attempt at the
         // answer, then close, so an overload never grows memory.
         let _ = client.try_write_once(&refusal(Reason::Overloaded, None, None));
-        attempt.finish(shared, Decision::deny(Reason::Overloaded));
+        attempt.finish(shared, Verdict::deny(Reason::Overloaded));
         return;
     };
     let limits = snapshot.policy().limits;
@@ -441,7 +441,7 @@ async fn overloaded<C: Client>(
     };
     let response = refusal(Reason::Overloaded, target.as_ref(), None);
     answer_and_close(shared, &mut client, &response).await;
-    attempt.finish(shared, Decision::deny(Reason::Overloaded));
+    attempt.finish(shared, Verdict::deny(Reason::Overloaded));
 }
 
 /// Why the request head could not be had.
@@ -504,7 +504,7 @@ async fn refuse_head<C: Client>(
     if let HeadFailure::Bad(error) = &failure {
         tracing::debug!(error = %error, "malformed proxy request");
     }
-    attempt.finish(shared, Decision::deny(reason));
+    attempt.finish(shared, Verdict::deny(reason));
 }
 
 /// Writes `response`, shuts the write side, and drains what the client
@@ -543,7 +543,7 @@ async fn tunnel<C: Client>(
 ) {
     let limits = snapshot.policy().limits;
     if client.write_all(CONNECT_ESTABLISHED).await.is_err() {
-        attempt.finish(shared, Decision::deny(Reason::ClientClosed));
+        attempt.finish(shared, Verdict::deny(Reason::ClientClosed));
         return;
     }
 
@@ -554,7 +554,7 @@ async fn tunnel<C: Client>(
         match read_client_hello(&mut client, leftover, max_hello, hello_deadline).await {
             Ok(done) => done,
             Err(reason) => {
-                attempt.finish(shared, Decision::deny(reason));
+                attempt.finish(shared, Verdict::deny(reason));
                 return;
             }
         };
@@ -562,9 +562,9 @@ async fn tunnel<C: Client>(
     attempt.event.ech = hello.ech;
 
     // Phase 5: the ClientHello against the CONNECT host.
-    let decision = decide_client_hello(&host, &hello, &snapshot.policy().fronting, allow_reason);
-    if !decision.is_allow() {
-        attempt.finish(shared, decision);
+    let verdict = decide_client_hello(&host, &hello, &snapshot.policy().fronting, allow_reason);
+    if !verdict.is_allow() {
+        attempt.finish(shared, verdict);
         return;
     }
 
@@ -572,14 +572,14 @@ async fn tunnel<C: Client>(
     let upstream = match resolve_and_dial(shared, &mut attempt, snapshot, &host, port).await {
         Ok(upstream) => upstream,
         Err(reason) => {
-            attempt.finish(shared, Decision::deny(reason));
+            attempt.finish(shared, Verdict::deny(reason));
             return;
         }
     };
 
     // Phase 7: the buffered ClientHello, then the relay.
     run_relay(
-        shared, client, upstream, attempt, snapshot, &raw, decision, slot,
+        shared, client, upstream, attempt, snapshot, &raw, verdict, slot,
     )
     .await;
 }
@@ -675,18 +675,18 @@ async fn run_relay<C: Client>(
     mut attempt: Attempt,
     snapshot: &Snapshot,
     first_bytes: &[u8],
-    decision: Decision,
+    verdict: Verdict,
     slot: Slot,
 ) {
     let limits = snapshot.policy().limits;
     if !first_bytes.is_empty() && upstream.write_all(first_bytes).await.is_err() {
-        attempt.finish(shared, Decision::deny(Reason::ConnectFailed));
+        attempt.finish(shared, Verdict::deny(Reason::ConnectFailed));
         return;
     }
     attempt.mark_handshake();
     tracing::debug!(
-        decision = decision.verdict.as_str(),
-        reason = decision.reason.as_str(),
+        decision = verdict.decision.as_str(),
+        reason = verdict.reason.as_str(),
         host = attempt.event.host.as_deref().unwrap_or(""),
         upstream = %upstream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
         "tunnel open"
@@ -701,7 +701,7 @@ async fn run_relay<C: Client>(
     attempt.event.bytes_up = outcome.bytes_up + first_bytes.len() as u64;
     attempt.event.bytes_down = outcome.bytes_down;
     attempt.event.end = Some(outcome.end);
-    attempt.finish(shared, decision);
+    attempt.finish(shared, verdict);
 }
 
 /// An allowed plain-HTTP request: resolve and dial as for a tunnel (a
@@ -721,7 +721,7 @@ async fn plain_http<C: Client>(
 ) {
     let authority = request.target.authority().clone();
     let Some(mut head) = origin_head(request) else {
-        attempt.finish(shared, Decision::deny(Reason::MalformedRequest));
+        attempt.finish(shared, Verdict::deny(Reason::MalformedRequest));
         return;
     };
     let upstream = match resolve_and_dial(shared, &mut attempt, snapshot, &host, port).await {
@@ -733,7 +733,7 @@ async fn plain_http<C: Client>(
                 .map(|class: AddressClass| format!("refused address class: {class}"));
             let response = refusal(reason, Some(&authority), detail.as_deref());
             answer_and_close(shared, &mut client, &response).await;
-            attempt.finish(shared, Decision::deny(reason));
+            attempt.finish(shared, Verdict::deny(reason));
             return;
         }
     };
@@ -745,7 +745,7 @@ async fn plain_http<C: Client>(
         attempt,
         snapshot,
         &head,
-        Decision::allow(Reason::PlainHttpAllowed),
+        Verdict::allow(Reason::PlainHttpAllowed),
         slot,
     )
     .await;

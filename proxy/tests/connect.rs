@@ -18,7 +18,7 @@ use common::upstream::{
 };
 use common::{Harness, allowlist, pack_json, run, stderr, stdout};
 use proxy::addr_class::AddressClass;
-use proxy::reason::{Reason, Verdict};
+use proxy::reason::{Decision, Reason};
 use proxy::relay::TunnelEnd;
 use proxy::resolve::AddrSource;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -67,8 +67,8 @@ async fn curl_through_the_proxy_to_an_allowlisted_host() {
     assert!(out.status.success(), "curl failed: {}", stderr(&out));
     assert_eq!(stdout(&out), format!("hello from upstream sni={ALLOWED}"));
     let event = harness.only_event().await;
-    assert_eq!(event.decision.verdict, Verdict::Allow);
-    assert_eq!(event.decision.reason, Reason::Allowlisted);
+    assert_eq!(event.verdict.decision, Decision::Allow);
+    assert_eq!(event.verdict.reason, Reason::Allowlisted);
     assert_eq!(event.host.as_deref(), Some(ALLOWED));
     assert_eq!(event.sni, vec![ALLOWED.to_string()]);
     assert_eq!(event.upstream, Some(upstream.addr));
@@ -101,7 +101,7 @@ async fn curl_to_a_host_not_on_the_allowlist_gets_403_with_the_reason() {
     assert!(!out.status.success());
     assert_eq!(stdout(&out), "403");
     let event = harness.only_event().await;
-    assert_eq!(event.decision.reason, Reason::NotAllowlisted);
+    assert_eq!(event.verdict.reason, Reason::NotAllowlisted);
     assert_eq!(event.host.as_deref(), Some("other.test"));
     assert!(upstream.seen_sni.lock().unwrap().is_empty());
 
@@ -157,9 +157,7 @@ async fn ip_literals_in_every_spelling_get_403() {
     }
     let events = harness.events(2 * spellings.len()).await;
     assert!(
-        events
-            .iter()
-            .all(|e| e.decision.reason == Reason::IpLiteral),
+        events.iter().all(|e| e.verdict.reason == Reason::IpLiteral),
         "{events:#?}"
     );
     assert!(upstream.seen_sni.lock().unwrap().is_empty());
@@ -192,7 +190,7 @@ async fn openssl_with_a_mismatched_sni_is_closed() {
         stdout(&out)
     );
     let event = harness.only_event().await;
-    assert_eq!(event.decision.reason, Reason::SniMismatch);
+    assert_eq!(event.verdict.reason, Reason::SniMismatch);
     assert_eq!(event.sni, vec!["other.test".to_string()]);
     assert!(
         upstream.seen_sni.lock().unwrap().is_empty(),
@@ -248,7 +246,7 @@ async fn openssl_without_sni_is_closed() {
     .await;
     assert!(!out.status.success(), "{}", stdout(&out));
     let event = harness.only_event().await;
-    assert_eq!(event.decision.reason, Reason::MissingSni);
+    assert_eq!(event.verdict.reason, Reason::MissingSni);
     assert!(event.sni.is_empty());
     assert!(upstream.seen_sni.lock().unwrap().is_empty());
 }
@@ -273,7 +271,7 @@ async fn a_client_hello_with_two_server_names_is_closed() {
     );
     assert!(tunnel_then_send(&harness, upstream.addr.port(), &hello).await);
     let event = harness.only_event().await;
-    assert_eq!(event.decision.reason, Reason::MultipleSni);
+    assert_eq!(event.verdict.reason, Reason::MultipleSni);
     assert_eq!(
         event.sni,
         vec![ALLOWED.to_string(), "other.test".to_string()]
@@ -285,7 +283,7 @@ async fn non_tls_bytes_after_200_are_closed() {
     let (_pki, upstream, harness) = setup("", "{}").await;
     let bytes = format!("GET / HTTP/1.1\r\nHost: {ALLOWED}\r\n\r\n");
     assert!(tunnel_then_send(&harness, upstream.addr.port(), bytes.as_bytes()).await);
-    assert_eq!(harness.only_event().await.decision.reason, Reason::NotTls);
+    assert_eq!(harness.only_event().await.verdict.reason, Reason::NotTls);
 }
 
 #[tokio::test]
@@ -298,7 +296,7 @@ async fn an_ech_extension_is_closed_unless_the_policy_allows_ech() {
     );
     assert!(tunnel_then_send(&harness, upstream.addr.port(), &hello).await);
     let event = harness.only_event().await;
-    assert_eq!(event.decision.reason, Reason::Ech);
+    assert_eq!(event.verdict.reason, Reason::Ech);
     assert!(event.ech);
 
     // With fronting.allowECH the outer SNI alone decides: the tunnel opens
@@ -331,7 +329,7 @@ async fn an_ech_extension_is_closed_unless_the_policy_allows_ech() {
     assert_eq!(raw.received.lock().unwrap()[0], hello);
     drop(stream);
     let event = allowing.only_event().await;
-    assert_eq!(event.decision.reason, Reason::AllowlistedEch);
+    assert_eq!(event.verdict.reason, Reason::AllowlistedEch);
 }
 
 /// A stream that writes at most one byte per write and yields to the
@@ -403,7 +401,7 @@ async fn a_client_hello_written_one_byte_at_a_time_is_allowed() {
     // The audit event comes when the tunnel ends: close our side too.
     drop(tls);
     let event = harness.only_event().await;
-    assert_eq!(event.decision.reason, Reason::Allowlisted);
+    assert_eq!(event.verdict.reason, Reason::Allowlisted);
 }
 
 #[tokio::test]
@@ -431,7 +429,7 @@ async fn slowloris_on_the_request_head_is_closed_at_the_header_timeout() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
     assert_eq!(
-        harness.only_event().await.decision.reason,
+        harness.only_event().await.verdict.reason,
         Reason::RequestTimeout
     );
 }
@@ -460,7 +458,7 @@ async fn slowloris_on_the_client_hello_is_closed_at_the_hello_timeout() {
     }
     assert!(closed, "the tunnel stayed open for the whole slow hello");
     assert_eq!(
-        harness.only_event().await.decision.reason,
+        harness.only_event().await.verdict.reason,
         Reason::ClientHelloTimeout
     );
     assert!(upstream.seen_sni.lock().unwrap().is_empty());
@@ -503,7 +501,7 @@ async fn dns_rebinding_to_loopback_or_metadata_is_refused() {
         );
         let events = harness.sink.events();
         let event = events.last().unwrap();
-        assert_eq!(event.decision.reason, Reason::ForbiddenAddress, "{event:?}");
+        assert_eq!(event.verdict.reason, Reason::ForbiddenAddress, "{event:?}");
         assert_eq!(event.address_class, Some(class));
         assert_eq!(event.upstream_source, Some(AddrSource::Dns));
     }
@@ -528,7 +526,7 @@ async fn python_requests_through_the_proxy() {
         format!("200 hello from upstream sni={ALLOWED}")
     );
     assert_eq!(
-        harness.only_event().await.decision.reason,
+        harness.only_event().await.verdict.reason,
         Reason::Allowlisted
     );
 }
@@ -575,7 +573,7 @@ async fn plain_http_only_where_the_entry_allows_it() {
         "{head}"
     );
     assert_eq!(
-        harness.only_event().await.decision.reason,
+        harness.only_event().await.verdict.reason,
         Reason::PlainHttpAllowed
     );
 
@@ -595,7 +593,7 @@ async fn plain_http_only_where_the_entry_allows_it() {
     .await;
     assert_eq!(stdout(&out), "403");
     let events = harness.events(2).await;
-    assert_eq!(events[1].decision.reason, Reason::PlainHttpDenied);
+    assert_eq!(events[1].verdict.reason, Reason::PlainHttpDenied);
     assert_eq!(plain.heads.lock().unwrap().len(), 1);
 }
 
@@ -702,7 +700,7 @@ async fn unix_socket_clients_get_the_same_proxy() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let event = sink.events().pop().unwrap();
-    assert_eq!(event.decision.reason, Reason::Allowlisted);
+    assert_eq!(event.verdict.reason, Reason::Allowlisted);
     assert!(
         matches!(event.client, proxy::audit::Peer::Unix { pid: Some(_), .. }),
         "{:?}",
@@ -730,6 +728,6 @@ async fn malformed_requests_get_400_and_oversized_heads_431() {
     let head = read_head(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
     let events = harness.events(2).await;
-    assert_eq!(events[0].decision.reason, Reason::MalformedRequest);
-    assert_eq!(events[1].decision.reason, Reason::RequestTooLarge);
+    assert_eq!(events[0].verdict.reason, Reason::MalformedRequest);
+    assert_eq!(events[1].verdict.reason, Reason::RequestTooLarge);
 }

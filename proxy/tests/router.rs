@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, Version};
 use http_body_util::{BodyExt, Full};
-use proxy::router::Outcome;
+use proxy::reason::Reason;
 use router_support::*;
 use tokio::sync::mpsc;
 
@@ -203,7 +203,7 @@ async fn routes_each_model_to_the_first_matching_lane() {
     let events = h.wait_events(7).await;
     let haiku = events
         .iter()
-        .find(|e| e.model.as_deref() == Some("claude-haiku-4-5") && e.outcome == Outcome::Completed)
+        .find(|e| e.model.as_deref() == Some("claude-haiku-4-5") && e.reason == Reason::Completed)
         .unwrap();
     assert_eq!(haiku.lane.as_deref(), Some("a"));
     assert_eq!(
@@ -221,7 +221,7 @@ async fn routes_each_model_to_the_first_matching_lane() {
     assert!(haiku.ttfb.is_some());
     let unknown = events
         .iter()
-        .find(|e| e.outcome == Outcome::UnknownModel)
+        .find(|e| e.reason == Reason::UnknownModel)
         .unwrap();
     assert_eq!(unknown.model.as_deref(), Some("gpt-5-turbo"));
     assert_eq!(unknown.status, Some(400));
@@ -524,7 +524,7 @@ async fn provider_errors_pass_through_unchanged() {
     assert!(parts.headers.get("x-enforcer-error").is_none());
     let events = h.wait_events(1).await;
     assert_eq!(events[0].status, Some(429));
-    assert_eq!(events[0].outcome, Outcome::Completed);
+    assert_eq!(events[0].reason, Reason::Completed);
 }
 
 /// Hash of the named headers' values in order (name, value bytes).
@@ -822,7 +822,7 @@ async fn response_larger_than_the_limit_is_cut() {
     }
     let events = h.wait_events(2).await;
     for e in &events {
-        assert_eq!(e.outcome, Outcome::ResponseTooLarge);
+        assert_eq!(e.reason, Reason::ResponseTooLarge);
         assert!(e.bytes_down <= 65536);
     }
 }
@@ -878,7 +878,7 @@ async fn idle_stream_is_cut_after_the_idle_timeout() {
         Some("dropped")
     );
     let events = h.wait_events(1).await;
-    assert_eq!(events[0].outcome, Outcome::IdleTimeout);
+    assert_eq!(events[0].reason, Reason::IdleTimeout);
 }
 
 #[tokio::test]
@@ -957,7 +957,7 @@ async fn client_abort_cancels_the_upstream_request() {
             "{model}"
         );
         let events = h.wait_events(1).await;
-        assert_eq!(events[0].outcome, Outcome::ClientClosed, "{model}");
+        assert_eq!(events[0].reason, Reason::ClientClosed, "{model}");
         assert!(events[0].bytes_down > 0);
         within("in-flight drops to zero", async {
             while h.router.in_flight() != 0 {
@@ -1214,7 +1214,7 @@ async fn shutdown_stops_accepting_and_drains_in_flight_streams() {
     assert_eq!(rest.to_bytes(), sse_event(1).as_bytes());
     within("serve returns", served).await.unwrap().unwrap();
     let events = h.wait_events(1).await;
-    assert_eq!(events[0].outcome, Outcome::Completed);
+    assert_eq!(events[0].reason, Reason::Completed);
 }
 
 /// Fires `tx` when dropped (the mock's handler future was abandoned).
@@ -1265,6 +1265,6 @@ async fn client_abort_before_the_response_head_cancels_the_upstream_request() {
             "{model}"
         );
         let events = h.wait_events(1).await;
-        assert_eq!(events[0].outcome, Outcome::ClientClosed, "{model}");
+        assert_eq!(events[0].reason, Reason::ClientClosed, "{model}");
     }
 }

@@ -206,6 +206,6 @@ async fn anthropic_python_sdk_gets_the_same_answers_through_the_router() {
     assert!(
         events
             .iter()
-            .all(|e| e.outcome == proxy::router::Outcome::Completed)
+            .all(|e| e.reason == proxy::reason::Reason::Completed)
     );
 }

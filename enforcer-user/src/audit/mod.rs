@@ -13,6 +13,6 @@ pub mod record;
 pub mod store;
 pub mod writer;
 
-pub use record::{AuditRecord, Decision, Source};
+pub use record::{AuditRecord, Decision, Reason, Source};
 pub use store::{AuditStore, EventFilter, Retention, StoreError};
 pub use writer::{AuditWriter, WriterStats};

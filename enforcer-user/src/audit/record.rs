@@ -43,34 +43,7 @@ impl Source {
     }
 }
 
-/// Allowed or denied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Decision {
-    /// Let through.
-    Allow,
-    /// Refused.
-    Deny,
-}
-
-impl Decision {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "allow" => Some(Self::Allow),
-            "deny" => Some(Self::Deny),
-            _ => None,
-        }
-    }
-}
+pub use enforcer_ebpf::{Decision, Reason};
 
 /// One decision. Fields a source does not know stay `None`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,7 +96,18 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// A record with the required fields and nothing else.
-    pub fn new(time: SystemTime, source: Source, decision: Decision, reason: &str) -> Self {
+    pub fn new(time: SystemTime, source: Source, decision: Decision, reason: Reason) -> Self {
+        Self::with_reason_name(time, source, decision, reason.as_str())
+    }
+
+    /// As [`AuditRecord::new`], with the reason already as its stored name
+    /// (a kernel event's reason byte decoded in [`DenyRecord`]).
+    fn with_reason_name(
+        time: SystemTime,
+        source: Source,
+        decision: Decision,
+        reason: &str,
+    ) -> Self {
         Self {
             id: 0,
             time_ms: millis(time),
@@ -152,7 +136,7 @@ impl AuditRecord {
     /// A kernel deny.
     pub fn from_kernel(deny: &DenyRecord) -> Self {
         let time = UNIX_EPOCH + std::time::Duration::from_secs_f64(deny.time.max(0.0));
-        let mut record = Self::new(time, Source::Kernel, Decision::Deny, &deny.reason);
+        let mut record = Self::with_reason_name(time, Source::Kernel, Decision::Deny, &deny.reason);
         record.cgroup_id = Some(deny.cgroup_id);
         record.pid = Some(deny.tgid);
         record.comm = Some(deny.comm.clone());

@@ -435,13 +435,14 @@ impl AuditStore {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::audit::Reason;
 
     fn record(time_ms: i64, decision: Decision) -> AuditRecord {
         let mut record = AuditRecord::new(
             SystemTime::UNIX_EPOCH,
             Source::Proxy,
             decision,
-            "sni_mismatch",
+            Reason::SniMismatch,
         );
         record.time_ms = time_ms;
         record.host = Some("example.com".into());

@@ -198,7 +198,7 @@ fn write_loop(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::audit::{Decision, EventFilter};
+    use crate::audit::{Decision, EventFilter, Reason};
 
     #[test]
     fn writes_in_batches_and_streams() {
@@ -211,7 +211,7 @@ mod tests {
                 SystemTime::now(),
                 Source::Kernel,
                 Decision::Deny,
-                "destination_not_allowed",
+                Reason::Destination,
             );
             record.port = Some((i % 60_000) as u16);
             assert!(writer.submit(record));

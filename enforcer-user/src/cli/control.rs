@@ -70,6 +70,24 @@ pub struct ReloadArgs {
     socket: SocketFlag,
 }
 
+/// `--decision`: the CLI's spelling of the one [`Decision`].
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DecisionFlag {
+    /// Only what was let through.
+    Allow,
+    /// Only what was refused.
+    Deny,
+}
+
+impl From<DecisionFlag> for Decision {
+    fn from(flag: DecisionFlag) -> Self {
+        match flag {
+            DecisionFlag::Allow => Decision::Allow,
+            DecisionFlag::Deny => Decision::Deny,
+        }
+    }
+}
+
 /// Show audit events: kernel denies and proxy/router decisions.
 ///
 /// Example: sudo enforcer events --since 1h --decision deny --follow
@@ -80,7 +98,7 @@ pub struct EventsArgs {
     since: Option<Duration>,
     /// Only allow or only deny.
     #[arg(long, value_enum)]
-    decision: Option<Decision>,
+    decision: Option<DecisionFlag>,
     /// Keep printing new events as they happen (needs the daemon).
     #[arg(long)]
     follow: bool,
@@ -156,7 +174,7 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         let store = AuditStore::open_read_only(&path)?;
         let filter = EventFilter {
             since: args.since.map(|ago| SystemTime::now() - ago),
-            decision: args.decision,
+            decision: args.decision.map(Decision::from),
             after_id: None,
             limit: Some(args.limit),
         };
@@ -175,7 +193,7 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     }
     if args.follow {
         ControlClient::new(&args.socket.control_socket).follow(|record| {
-            if matches(&record, args.decision) {
+            if matches(&record, args.decision.map(Decision::from)) {
                 print(&record);
             }
             true

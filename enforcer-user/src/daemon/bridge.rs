@@ -8,7 +8,8 @@ use proxy::audit::{AuditEvent, AuditSink, RequestKind};
 
 use super::metrics::Metrics;
 use crate::{
-    audit::{AuditRecord, AuditWriter, Decision, Source},
+    audit::Decision,
+    audit::{AuditRecord, AuditWriter, Reason, Source},
     kernel::DenyRecord,
 };
 
@@ -49,18 +50,15 @@ impl AuditBridge {
             destination = deny.destination.map(|d| d.to_string()),
             "kernel deny"
         );
-        self.metrics.decision("kernel", "deny", &deny.reason);
+        self.metrics
+            .decision(Source::Kernel, Decision::Deny, &deny.reason);
         self.writer.submit(AuditRecord::from_kernel(deny));
     }
 
-    /// Records something the daemon itself decided (grants, reloads).
-    pub fn control(
-        &self,
-        decision: Decision,
-        reason: &str,
-        host: Option<String>,
-        detail: serde_json::Value,
-    ) {
+    /// Records something the daemon itself decided (grants, reloads); the
+    /// decision is the reason's own ([`Reason::decision`]).
+    pub fn control(&self, reason: Reason, host: Option<String>, detail: serde_json::Value) {
+        let decision = reason.decision();
         let mut record = AuditRecord::new(
             std::time::SystemTime::now(),
             Source::Control,
@@ -69,14 +67,15 @@ impl AuditBridge {
         );
         record.host = host;
         record.detail = Some(detail.to_string());
-        self.metrics.decision("control", decision.as_str(), reason);
+        self.metrics
+            .decision(Source::Control, decision, reason.as_str());
         self.writer.submit(record);
     }
 
     /// Records one lane-router request.
     pub fn router(&self, record: AuditRecord) {
         self.metrics
-            .decision("router", record.decision.as_str(), &record.reason);
+            .decision(Source::Router, record.decision, &record.reason);
         self.metrics
             .bytes(record.bytes_up.unwrap_or(0), record.bytes_down.unwrap_or(0));
         if let Some(first_byte) = record.first_byte_ms {
@@ -88,16 +87,11 @@ impl AuditBridge {
 
 /// The proxy's event as an audit record.
 pub fn proxy_record(event: &AuditEvent) -> AuditRecord {
-    let decision = if event.decision.is_allow() {
-        Decision::Allow
-    } else {
-        Decision::Deny
-    };
     let mut record = AuditRecord::new(
         event.time,
         Source::Proxy,
-        decision,
-        event.decision.reason.as_str(),
+        event.verdict.decision,
+        event.verdict.reason,
     );
     record.cgroup_id = event.cgroup_id;
     record.client = Some(event.client.to_string());
@@ -130,7 +124,7 @@ impl AuditSink for AuditBridge {
         proxy::audit::log_event(&event);
         let record = proxy_record(&event);
         self.metrics
-            .decision("proxy", record.decision.as_str(), &record.reason);
+            .decision(Source::Proxy, record.decision, &record.reason);
         self.metrics.bytes(event.bytes_up, event.bytes_down);
         self.writer.submit(record);
     }

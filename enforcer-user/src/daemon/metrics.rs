@@ -1,6 +1,10 @@
 //! Prometheus metrics: counters the data path bumps, rendered as text on
 //! the control socket and optionally on a loopback TCP port.
 
+#[cfg(test)]
+use crate::audit::Reason;
+use crate::audit::{Decision, Source};
+
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -44,10 +48,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Counts one decision.
-    pub fn decision(&self, source: &'static str, decision: &'static str, reason: &str) {
+    /// Counts one decision; `reason` is a [`crate::audit::Reason`] name (a
+    /// kernel event's may be an unknown byte's `reason-N`).
+    pub fn decision(&self, source: Source, decision: Decision, reason: &str) {
         if let Ok(mut map) = self.decisions.lock() {
-            *map.entry((source, decision, reason.to_owned()))
+            *map.entry((source.as_str(), decision.as_str(), reason.to_owned()))
                 .or_default() += 1;
         }
     }
@@ -185,8 +190,8 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let metrics = Metrics::default();
-        metrics.decision("proxy", "deny", "sni_mismatch");
-        metrics.decision("proxy", "deny", "sni_mismatch");
+        metrics.decision(Source::Proxy, Decision::Deny, Reason::SniMismatch.as_str());
+        metrics.decision(Source::Proxy, Decision::Deny, Reason::SniMismatch.as_str());
         metrics.router_latency(0.0007);
         metrics.bytes(10, 20);
         let text = metrics.render(&Gauges {

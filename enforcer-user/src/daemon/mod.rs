@@ -41,7 +41,7 @@ use self::{
     metrics::{Gauges, Metrics},
 };
 use crate::{
-    audit::{AuditRecord, AuditWriter, Decision, Retention},
+    audit::{AuditRecord, AuditWriter, Reason, Retention},
     kernel::{
         self, AttachOptions, CgroupMount, CgroupPath, DenyRecord, EndpointSpec, FamilyEnforcement,
         PinnedMaps, events::EventReader,
@@ -177,8 +177,7 @@ pub async fn run(
     for refusal in &report.refusals {
         tracing::warn!(decision = "deny", reason = %refusal, "policy pack refused");
         bridge.control(
-            Decision::Deny,
-            "policy_refused",
+            Reason::PolicyRefused,
             None,
             serde_json::json!({ "why": refusal.to_string() }),
         );
@@ -350,8 +349,7 @@ fn log_policy(snapshot: &Snapshot, bridge: &AuditBridge) {
         Origin::Signed { key_id, source, .. } => {
             tracing::info!(policy_version = %version, key_id = %key_id, source = %source, "policy active");
             bridge.control(
-                Decision::Allow,
-                "policy_applied",
+                Reason::PolicyApplied,
                 None,
                 serde_json::json!({ "version": version, "source": source, "key_id": key_id.to_string() }),
             );
@@ -359,8 +357,7 @@ fn log_policy(snapshot: &Snapshot, bridge: &AuditBridge) {
         Origin::Fallback { reason } => {
             tracing::warn!(reason = %reason, "using the embedded fallback policy (Anthropic API only)");
             bridge.control(
-                Decision::Allow,
-                "policy_fallback",
+                Reason::PolicyFallback,
                 None,
                 serde_json::json!({ "version": version, "why": reason }),
             );
@@ -480,10 +477,9 @@ impl Daemon {
         match self.mapsync.lock().await.sync(snapshot, now).await {
             Ok(report) => {
                 for (target, why) in &report.skipped {
-                    tracing::warn!(decision = "deny", reason = "direct_unresolved", host = %target, why = %why, "direct entry not written");
+                    tracing::warn!(decision = Reason::DirectUnresolved.decision().as_str(), reason = Reason::DirectUnresolved.as_str(), host = %target, why = %why, "direct entry not written");
                     self.bridge.control(
-                        Decision::Deny,
-                        "direct_unresolved",
+                        Reason::DirectUnresolved,
                         Some(target.clone()),
                         serde_json::json!({ "why": why }),
                     );
@@ -592,10 +588,9 @@ impl Daemon {
         // The kernel side is in place before the operator hears "allowed".
         self.sync_maps(&snapshot, now).await;
         let expires_at = policy::format_timestamp(grant.expires_at());
-        tracing::info!(decision = "allow", reason = "grant", host = %grant.pattern, scope = scope.as_str(), expires_at = %expires_at, "grant added");
+        tracing::info!(decision = Reason::Grant.decision().as_str(), reason = Reason::Grant.as_str(), host = %grant.pattern, scope = scope.as_str(), expires_at = %expires_at, "grant added");
         self.bridge.control(
-            Decision::Allow,
-            "grant",
+            Reason::Grant,
             Some(grant.pattern.to_string()),
             serde_json::json!({ "scope": scope.as_str(), "expires_at": expires_at, "note": reason }),
         );
@@ -625,10 +620,9 @@ impl Daemon {
         }
         let snapshot = self.store.set_grants(grants);
         self.sync_maps(&snapshot, now).await;
-        tracing::info!(decision = "deny", reason = "revoke", host = %pattern, "grant revoked");
+        tracing::info!(decision = Reason::Revoke.decision().as_str(), reason = Reason::Revoke.as_str(), host = %pattern, "grant revoked");
         self.bridge.control(
-            Decision::Deny,
-            "revoke",
+            Reason::Revoke,
             Some(pattern.to_string()),
             serde_json::json!({ "removed": removed }),
         );
@@ -648,8 +642,7 @@ impl Daemon {
             })),
             policy::RefreshOutcome::Refused(refusal) => {
                 self.bridge.control(
-                    Decision::Deny,
-                    "policy_refused",
+                    Reason::PolicyRefused,
                     None,
                     serde_json::json!({ "why": refusal.to_string() }),
                 );

@@ -15,12 +15,12 @@ use crate::audit::{AuditRecord, Decision, Source};
 
 /// The router's event as an audit record: metadata only.
 pub fn router_record(event: &RouterEvent) -> AuditRecord {
-    let decision = if event.outcome.is_success() || event.status.is_some_and(|s| s < 400) {
+    let decision = if event.reason.is_allow() || event.status.is_some_and(|s| s < 400) {
         Decision::Allow
     } else {
         Decision::Deny
     };
-    let mut record = AuditRecord::new(event.time, Source::Router, decision, event.outcome.as_str());
+    let mut record = AuditRecord::new(event.time, Source::Router, decision, event.reason);
     record.client = Some(event.client.to_string());
     record.host = event.provider_host.clone();
     record.lane = event.lane.clone();

@@ -17,88 +17,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Serialize, Serializer};
 
 pub use crate::audit::Peer;
-
-/// How a routed request ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// The provider's response was relayed to its end.
-    Completed,
-    /// The client went away (before or during the response); the upstream
-    /// request was dropped with it.
-    ClientClosed,
-    /// The response was cut at `limits.maxResponseBytes`.
-    ResponseTooLarge,
-    /// No response bytes for `limits.idleTimeoutSeconds`: the stream was cut.
-    IdleTimeout,
-    /// The request outlived `limits.totalTimeoutSeconds`: the stream was cut.
-    TotalTimeout,
-    /// The provider's body stream failed mid-response.
-    UpstreamReset,
-    /// No response head within `limits.firstByteTimeoutSeconds`: `504`.
-    FirstByteTimeout,
-    /// The provider could not be reached (resolve, connect, TLS): `502`.
-    UpstreamConnectFailed,
-    /// The provider failed the exchange before a response head: `502`.
-    UpstreamFailed,
-    /// The body exceeded `limits.maxRequestBytes`: `413`.
-    RequestTooLarge,
-    /// The request body did not arrive in time: `408`.
-    RequestTimeout,
-    /// The model matched no lane: `400`.
-    UnknownModel,
-    /// The top-level `model` was unreadable (not a string, duplicated, bad
-    /// JSON): `400`.
-    BadModel,
-    /// The request target cannot be forwarded: `400`.
-    BadRequest,
-    /// The policy has no lanes: `502`.
-    NoLanes,
-    /// The lane's credential is not configured: `502`.
-    MissingCredential,
-    /// A passthrough lane without fallback got no client credential: `401`.
-    NoClientCredential,
-    /// `limits.maxConcurrentRequests` reached: `529`.
-    Overloaded,
-}
-
-impl Outcome {
-    /// The stable machine-readable name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Completed => "completed",
-            Self::ClientClosed => "client_closed",
-            Self::ResponseTooLarge => "response_too_large",
-            Self::IdleTimeout => "idle_timeout",
-            Self::TotalTimeout => "total_timeout",
-            Self::UpstreamReset => "upstream_reset",
-            Self::FirstByteTimeout => "first_byte_timeout",
-            Self::UpstreamConnectFailed => "upstream_connect_failed",
-            Self::UpstreamFailed => "upstream_failed",
-            Self::RequestTooLarge => "request_too_large",
-            Self::RequestTimeout => "request_timeout",
-            Self::UnknownModel => "unknown_model",
-            Self::BadModel => "bad_model",
-            Self::BadRequest => "bad_request",
-            Self::NoLanes => "no_lanes",
-            Self::MissingCredential => "missing_credential",
-            Self::NoClientCredential => "no_client_credential",
-            Self::Overloaded => "overloaded",
-        }
-    }
-
-    /// Whether the request reached the provider and its answer was relayed
-    /// in full.
-    pub fn is_success(self) -> bool {
-        self == Self::Completed
-    }
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::reason::Reason;
 
 /// One routed (or refused) request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -122,8 +41,9 @@ pub struct RouterEvent {
     pub upstream_version: Option<&'static str>,
     /// Status sent to the client (the provider's, or the router's own).
     pub status: Option<u16>,
-    /// How it ended.
-    pub outcome: Outcome,
+    /// How it ended (serialised as `outcome`): `completed`, or why not.
+    #[serde(rename = "outcome")]
+    pub reason: Reason,
     /// Request body bytes forwarded upstream (0 when refused).
     pub bytes_up: u64,
     /// Response body bytes relayed to the client.
@@ -186,9 +106,9 @@ pub fn log_event(event: &RouterEvent) {
     let ttfb_us = event.ttfb.map_or(0, as_micros);
     let duration_us = as_micros(event.duration);
     let version = event.upstream_version.unwrap_or("");
-    if event.outcome.is_success() {
+    if event.reason.is_allow() {
         tracing::info!(
-            outcome = event.outcome.as_str(),
+            outcome = event.reason.as_str(),
             client = %event.client,
             method = %event.method,
             path = %event.path,
@@ -205,7 +125,7 @@ pub fn log_event(event: &RouterEvent) {
         );
     } else {
         tracing::warn!(
-            outcome = event.outcome.as_str(),
+            outcome = event.reason.as_str(),
             client = %event.client,
             method = %event.method,
             path = %event.path,
@@ -252,7 +172,7 @@ mod tests {
             provider_host: Some("api.z.ai".into()),
             upstream_version: Some("HTTP/2"),
             status: Some(200),
-            outcome: Outcome::IdleTimeout,
+            reason: Reason::IdleTimeout,
             bytes_up: 10,
             bytes_down: 20,
             ttfb: Some(Duration::from_micros(1500)),

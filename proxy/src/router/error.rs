@@ -3,7 +3,7 @@
 //!
 //! One enum, [`RouteError`], covers every way the router itself refuses or
 //! fails a request; [`RouteError::status`], [`RouteError::error_type`] and
-//! [`RouteError::outcome`] map it to the HTTP status, Anthropic's error
+//! [`RouteError::reason`] map it to the HTTP status, Anthropic's error
 //! type and the audit outcome in one place. Provider errors never pass
 //! through here: they are relayed unchanged. Router-made responses carry an
 //! `x-enforcer-error` header with the outcome name so they can be told from
@@ -15,10 +15,10 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use super::audit::Outcome;
 use super::credentials::AuthError;
 use super::lane::{LaneError, TargetError};
 use super::model::ModelError;
+use crate::reason::Reason;
 
 /// Header naming the router outcome on router-made error responses.
 pub const ERROR_HEADER: &str = "x-enforcer-error";
@@ -132,22 +132,22 @@ impl RouteError {
         }
     }
 
-    /// The audit outcome for this error.
-    pub fn outcome(&self) -> Outcome {
+    /// The audit reason for this error.
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::RequestTooLarge { .. } => Outcome::RequestTooLarge,
-            Self::RequestBodyTimeout { .. } => Outcome::RequestTimeout,
-            Self::RequestBody { .. } => Outcome::ClientClosed,
-            Self::BadModel(_) => Outcome::BadModel,
-            Self::Lane(LaneError::UnknownModel { .. }) => Outcome::UnknownModel,
-            Self::Lane(LaneError::NoLanes) => Outcome::NoLanes,
-            Self::Target(_) => Outcome::BadRequest,
-            Self::Auth(AuthError::Credential { .. }) => Outcome::MissingCredential,
-            Self::Auth(AuthError::NoClientCredential { .. }) => Outcome::NoClientCredential,
-            Self::Overloaded { .. } => Outcome::Overloaded,
-            Self::UpstreamConnect { .. } => Outcome::UpstreamConnectFailed,
-            Self::UpstreamProtocol { .. } => Outcome::UpstreamFailed,
-            Self::UpstreamTimeout { .. } => Outcome::FirstByteTimeout,
+            Self::RequestTooLarge { .. } => Reason::RequestTooLarge,
+            Self::RequestBodyTimeout { .. } => Reason::RequestTimeout,
+            Self::RequestBody { .. } => Reason::ClientClosed,
+            Self::BadModel(_) => Reason::BadModel,
+            Self::Lane(LaneError::UnknownModel { .. }) => Reason::UnknownModel,
+            Self::Lane(LaneError::NoLanes) => Reason::NoLanes,
+            Self::Target(_) => Reason::BadRequest,
+            Self::Auth(AuthError::Credential { .. }) => Reason::MissingCredential,
+            Self::Auth(AuthError::NoClientCredential { .. }) => Reason::NoClientCredential,
+            Self::Overloaded { .. } => Reason::Overloaded,
+            Self::UpstreamConnect { .. } => Reason::UpstreamConnectFailed,
+            Self::UpstreamProtocol { .. } => Reason::UpstreamFailed,
+            Self::UpstreamTimeout { .. } => Reason::FirstByteTimeout,
         }
     }
 
@@ -167,7 +167,7 @@ impl RouteError {
         );
         h.insert(
             ERROR_HEADER,
-            HeaderValue::from_static(self.outcome().as_str()),
+            HeaderValue::from_static(self.reason().as_str()),
         );
         resp
     }

@@ -64,7 +64,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
-pub use audit::{MemorySink, NullSink, Outcome, RouterAuditSink, RouterEvent};
+pub use audit::{MemorySink, NullSink, RouterAuditSink, RouterEvent};
 pub use credentials::CredentialSource;
 pub use error::RouteError;
 pub use upstream::TrustError;

@@ -24,7 +24,7 @@ use policy::Snapshot;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::audit::{Outcome, Peer, RouterAuditSink, RouterEvent};
+use super::audit::{Peer, RouterAuditSink, RouterEvent};
 use super::body::{BodyHead, BodyLimits, read_body};
 use super::credentials::{CredentialSource, plan_auth};
 use super::error::RouteError;
@@ -34,6 +34,7 @@ use super::model::find_model;
 use super::stream::{Pending, RelayBody, RouterBody, StreamLimits};
 use super::upstream::{UpstreamClient, connect_error, describe};
 use crate::admission::Admission;
+use crate::reason::Reason;
 
 /// What every request handler shares.
 pub struct Shared {
@@ -50,23 +51,23 @@ pub struct Shared {
 }
 
 fn refuse(mut pending: Pending, err: RouteError) -> Response<RouterBody> {
-    let outcome = err.outcome();
+    let reason = err.reason();
     let resp = err.response();
     pending.event.status = Some(resp.status().as_u16());
-    match outcome {
-        Outcome::ClientClosed => tracing::debug!(error = %err, "client went away"),
+    match reason {
+        Reason::ClientClosed => tracing::debug!(error = %err, "client went away"),
         // Problems only the operator can fix (configuration, provider
         // reachability): say what is wrong at warn level.
-        Outcome::MissingCredential
-        | Outcome::NoLanes
-        | Outcome::UpstreamConnectFailed
-        | Outcome::UpstreamFailed
-        | Outcome::FirstByteTimeout => {
-            tracing::warn!(outcome = outcome.as_str(), error = %err, "request failed")
+        Reason::MissingCredential
+        | Reason::NoLanes
+        | Reason::UpstreamConnectFailed
+        | Reason::UpstreamFailed
+        | Reason::FirstByteTimeout => {
+            tracing::warn!(outcome = reason.as_str(), error = %err, "request failed")
         }
-        _ => tracing::debug!(outcome = outcome.as_str(), error = %err, "request refused"),
+        _ => tracing::debug!(outcome = reason.as_str(), error = %err, "request refused"),
     }
-    pending.finish(outcome);
+    pending.finish(reason);
     resp.map(|b| RouterBody::Full(Some(b)))
 }
 
@@ -110,7 +111,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: Peer) -> Resp
             provider_host: None,
             upstream_version: None,
             status: None,
-            outcome: Outcome::ClientClosed,
+            reason: Reason::ClientClosed,
             bytes_up: 0,
             bytes_down: 0,
             ttfb: None,

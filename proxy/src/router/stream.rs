@@ -31,13 +31,14 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::audit::{Outcome, RouterAuditSink, RouterEvent, log_event};
+use super::audit::{RouterAuditSink, RouterEvent, log_event};
 use crate::admission::Slot;
+use crate::reason::Reason;
 
 // === impl Pending ===
 
 /// A request's audit record while it is in flight. Emits its event exactly
-/// once: on [`Pending::finish`], or on drop (as [`Outcome::ClientClosed`]:
+/// once: on [`Pending::finish`], or on drop (as [`Reason::ClientClosed`]:
 /// the only way a request is dropped unfinished is its client going away).
 pub struct Pending {
     /// The event being filled in.
@@ -70,13 +71,13 @@ impl Pending {
         self.start
     }
 
-    /// Emits the event with `outcome` (once; later calls do nothing).
-    pub fn finish(&mut self, outcome: Outcome) {
+    /// Emits the event with `reason` (once; later calls do nothing).
+    pub fn finish(&mut self, reason: Reason) {
         if self.done {
             return;
         }
         self.done = true;
-        self.event.outcome = outcome;
+        self.event.reason = reason;
         self.event.duration = self.start.elapsed();
         log_event(&self.event);
         self.sink.record(self.event.clone());
@@ -86,7 +87,7 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.finish(Outcome::ClientClosed);
+        self.finish(Reason::ClientClosed);
     }
 }
 
@@ -94,10 +95,10 @@ impl Drop for Pending {
 
 /// Why a relayed stream was cut.
 #[derive(Debug, thiserror::Error)]
-#[error("response stream cut: {}", outcome.as_str())]
+#[error("response stream cut: {}", reason.as_str())]
 pub struct RelayError {
     /// What cut it.
-    pub outcome: Outcome,
+    pub reason: Reason,
 }
 
 /// Response limits for one request.
@@ -123,7 +124,7 @@ pub struct RelayBody {
 }
 
 impl RelayBody {
-    /// Wraps `inner`; `pending` gets the byte count and the outcome.
+    /// Wraps `inner`; `pending` gets the byte count and the reason.
     pub fn new(inner: Incoming, limits: StreamLimits, pending: Pending) -> Self {
         let now = Instant::now();
         Self {
@@ -137,10 +138,10 @@ impl RelayBody {
         }
     }
 
-    fn cut(&mut self, outcome: Outcome) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+    fn cut(&mut self, reason: Reason) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         self.ended = true;
-        self.pending.finish(outcome);
-        Poll::Ready(Some(Err(RelayError { outcome })))
+        self.pending.finish(reason);
+        Poll::Ready(Some(Err(RelayError { reason })))
     }
 
     /// Whether the idle limit has passed; re-arms the timer lazily (once
@@ -172,14 +173,14 @@ impl Body for RelayBody {
             return Poll::Ready(None);
         }
         if this.total.as_mut().poll(cx).is_ready() {
-            return this.cut(Outcome::TotalTimeout);
+            return this.cut(Reason::TotalTimeout);
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let next = this.pending.event.bytes_down + data.len() as u64;
                     if next > this.limits.max_bytes {
-                        return this.cut(Outcome::ResponseTooLarge);
+                        return this.cut(Reason::ResponseTooLarge);
                     }
                     this.pending.event.bytes_down = next;
                 }
@@ -192,16 +193,16 @@ impl Body for RelayBody {
                     error = %e,
                     "upstream body failed"
                 );
-                this.cut(Outcome::UpstreamReset)
+                this.cut(Reason::UpstreamReset)
             }
             Poll::Ready(None) => {
                 this.ended = true;
-                this.pending.finish(Outcome::Completed);
+                this.pending.finish(Reason::Completed);
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 if this.idle_expired(cx) {
-                    this.cut(Outcome::IdleTimeout)
+                    this.cut(Reason::IdleTimeout)
                 } else {
                     Poll::Pending
                 }
@@ -223,7 +224,7 @@ impl Drop for RelayBody {
         // hyper may stop polling once a body with a known length is
         // complete; that is a completed response, not a client abort.
         if !self.ended && self.inner.is_end_stream() {
-            self.pending.finish(Outcome::Completed);
+            self.pending.finish(Reason::Completed);
         }
     }
 }
