@@ -7,4 +7,5 @@
 pub mod audit;
 pub mod daemon;
 pub mod kernel;
+pub mod policy_source;
 pub mod sandbox;

@@ -1,5 +1,6 @@
 //! enforcer's policy packs: the model, Ed25519 signing, the TTL allowlist
-//! and the hot-swapped active policy.
+//! and the hot-swapped active policy. Pure: no sockets, no HTTP, no TLS
+//! (fetching packs is the daemon's, over `proxy::net`).
 //!
 //! Data flows one way: pack bytes -> signature check ([`signing`]) ->
 //! [`parse_raw`] (serde, unknown fields refused with their JSON path) ->
@@ -9,8 +10,10 @@
 //! Consumers:
 //! * the proxy: [`Snapshot::decide`] / [`Snapshot::decide_plain_http`] (the
 //!   one allowlist decision), [`normalize_host`] (CONNECT host and SNI),
-//!   [`ip_literal`], [`Fronting`] flags, [`Limits`], [`addr::classify`] and
+//!   [`ip_literal`], [`Fronting`] flags, [`Limits`] and
 //!   [`Fronting::private_address_allowed`];
+//! * the daemon's pack loader (`enforcer::policy_source`): [`signing`],
+//!   [`parse_pack`], [`PolicyStore`], [`tools::write_atomic`];
 //! * the lane router: [`Policy::route`], [`Provider`], [`Auth`],
 //!   [`Routing::strip_headers`], [`Limits`];
 //! * the map writer: [`Snapshot::direct_rules`] with expiry instants and
@@ -23,10 +26,8 @@ pub mod addr;
 pub mod allowlist;
 pub mod duration;
 pub mod fallback;
-pub mod fetch;
 pub mod grants;
 pub mod host;
-pub mod loader;
 pub mod model;
 pub mod raw;
 pub mod signing;
@@ -36,19 +37,17 @@ pub mod timestamp;
 pub mod tools;
 pub mod version;
 
-pub use addr::{AddressClass, Cidr, classify};
+pub use addr::Cidr;
 pub use allowlist::{
     AllowRule, Allowlist, AllowlistMatch, DirectRule, Grant, GrantScope, RuleSource,
 };
 pub use duration::{format_duration, parse_duration};
 pub use enforcer_ebpf::Reason;
 pub use fallback::{FALLBACK_JSON, fallback_policy};
-pub use fetch::{FetchConfig, ResolveOverrides};
 pub use host::{
     DEFAULT_PORT, DomainName, Host, HostError, HostPattern, HostPort, HostPortPattern, IpLiteral,
     ip_literal, normalize_host,
 };
-pub use loader::{Loader, LoaderConfig, LoaderError, PackSource, RefreshOutcome, StartReport};
 pub use model::{
     AllowEntry, Auth, AuthMode, BwrapNet, CredentialName, DirectEntry, DnsMode, Egress, EgressMode,
     Fronting, HttpsUrl, Limits, LoggingMode, LoopbackMode, Matcher, ModelPattern, PackError,

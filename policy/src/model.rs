@@ -534,7 +534,7 @@ pub struct Fronting {
 }
 
 impl Fronting {
-    /// Whether the pack opens the private address `ip` (see [`crate::addr::classify`]).
+    /// Whether the pack opens the private address `ip` (the proxy's address-class check asks this).
     pub fn private_address_allowed(&self, ip: std::net::IpAddr) -> bool {
         self.allow_private_ranges.iter().any(|c| c.contains(ip))
     }

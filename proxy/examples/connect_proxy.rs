@@ -15,9 +15,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use policy::{Origin, ResolveOverrides, Snapshot, ValidationMode, parse_pack};
+use policy::{Origin, Snapshot, ValidationMode, parse_pack};
 use proxy::audit::LogSink;
-use proxy::resolve::{DnsClient, Resolver, Upstream};
+use proxy::net::resolve::ResolveOverrides;
+use proxy::net::resolve::{DnsClient, Resolver, Upstream};
 use proxy::server::{ConnectProxy, ProxyConfig};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};

@@ -16,10 +16,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
-use crate::addr_class::AddressClass;
+use crate::net::addr_class::AddressClass;
+use crate::net::resolve::AddrSource;
 use crate::reason::{Decision, Verdict};
 use crate::relay::TunnelEnd;
-use crate::resolve::AddrSource;
 
 /// Who connected to the proxy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

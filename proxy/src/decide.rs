@@ -6,22 +6,20 @@
 //!    for that host?
 //! 2. [`decide_client_hello`] (after `200`): missing SNI → several names →
 //!    ECH unless `fronting.allowECH` → SNI ≠ CONNECT host after normalisation.
-//! 3. [`select_addresses`] (after resolving): drop every DNS answer in a
-//!    refused class; pinned (`--resolve`) addresses pass as they are.
+//! 3. after resolving, [`crate::net::addr_class::select_addresses`] drops
+//!    every DNS answer in a refused class; pinned (`--resolve`) addresses
+//!    pass as they are (the dial in [`crate::net::dial`] applies it).
 //!
 //! Malformed requests and non-TLS bytes are refused by the parsers before
 //! these run. Sockets, clocks and resolvers stay in `server`.
 
-use std::net::IpAddr;
 use std::time::SystemTime;
 
 use policy::{Fronting, Host, Snapshot, normalize_host};
 
-use crate::addr_class::{self, AddressClass, LocalAddrs};
 use crate::client_hello::ClientHelloInfo;
 use crate::reason::{Reason, Verdict};
 use crate::request::Target;
-use crate::resolve::{AddrSource, Resolved};
 
 /// The outcome of [`decide_request`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,53 +108,12 @@ pub fn decide_client_hello(
     }
 }
 
-/// A resolution none of whose addresses may be dialled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Refused {
-    /// The first refused address.
-    pub addr: IpAddr,
-    /// Its (worst) class.
-    pub class: AddressClass,
-}
-
-/// Step 3: the addresses to dial, in order. DNS answers in a refused class
-/// are dropped (dialling only what passed); if none is left, the first
-/// refused one is reported. Pinned addresses are the operator's decision
-/// and pass unchecked.
-pub fn select_addresses(
-    resolved: &Resolved,
-    fronting: &Fronting,
-    local: &LocalAddrs,
-) -> Result<Vec<IpAddr>, Refused> {
-    if resolved.source == AddrSource::Pinned {
-        return Ok(resolved.addrs.clone());
-    }
-    let mut first_refused = None;
-    let mut allowed = Vec::new();
-    for &addr in &resolved.addrs {
-        match addr_class::check(addr, |ip| fronting.private_address_allowed(ip), local) {
-            Ok(()) => allowed.push(addr),
-            Err(class) => {
-                first_refused.get_or_insert(Refused { addr, class });
-            }
-        }
-    }
-    match (allowed.is_empty(), first_refused) {
-        (false, _) => Ok(allowed),
-        (true, Some(refused)) => Err(refused),
-        // No addresses at all is a resolver failure, reported as such upstream;
-        // refusing here keeps the function total.
-        (true, None) => Err(Refused {
-            addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            class: AddressClass::Unspecified,
-        }),
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::net::addr_class::{AddressClass, LocalAddrs, Refused, select_addresses};
+    use crate::net::resolve::{AddrSource, Resolved};
     use crate::request::{HeadScanner, RequestLimits, parse_head};
     use policy::{Origin, ValidationMode, parse_pack};
     use std::sync::Arc;
@@ -402,6 +359,8 @@ mod tests {
             Verdict::deny(Reason::MultipleSni)
         );
     }
+
+    // select_addresses (net::addr_class) as the CONNECT path uses it: step 3.
 
     fn resolved(addrs: &[&str], source: AddrSource) -> Resolved {
         Resolved {

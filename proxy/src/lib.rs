@@ -9,8 +9,8 @@
 //! - [`decide`]: the decisions, pure functions of (request facts, policy snapshot, now);
 //! - [`request`]: strict CONNECT / absolute-form request parsing (pure);
 //! - [`client_hello`]: incremental, bounded ClientHello reader (pure);
-//! - [`addr_class`]: which resolved addresses may be dialled (pure);
-//! - [`resolve`]: operator pins, system resolver, upstream DNS client;
+//! - [`net`]: outbound networking: resolve (pins, system, `--dns-upstream`),
+//!   address classes, the one dial loop, TLS client trust;
 //! - [`relay`]: the splice(2) data path with half-close and timeouts;
 //! - [`admission`]: the concurrent-tunnel limit;
 //! - [`forward`]: rewriting allowed plain-HTTP requests for the origin;
@@ -22,16 +22,15 @@
 //! The lane router (DESIGN.md §5) lives in [`router`].
 #![deny(missing_docs)]
 
-pub mod addr_class;
 pub mod admission;
 pub mod audit;
 pub mod client_hello;
 pub mod decide;
 pub mod forward;
+pub mod net;
 pub mod reason;
 pub mod relay;
 pub mod request;
-pub mod resolve;
 pub mod response;
 pub mod router;
 pub mod server;

@@ -36,6 +36,9 @@ pub enum TunnelEnd {
     TotalTimeout,
     /// A socket error (reset, broken pipe, …) on either side.
     Error,
+    /// The connection's task ended before the relay did (daemon shutdown
+    /// past its drain deadline, a cancelled task): bytes moved are unknown.
+    Aborted,
 }
 
 impl TunnelEnd {
@@ -46,6 +49,7 @@ impl TunnelEnd {
             Self::IdleTimeout => "idle_timeout",
             Self::TotalTimeout => "total_timeout",
             Self::Error => "error",
+            Self::Aborted => "aborted",
         }
     }
 }

@@ -8,12 +8,17 @@
 //!    a denial answers `403` with the reason;
 //! 4. `200`, then the ClientHello, bounded in bytes and by its timeout;
 //! 5. [`decide_client_hello`]: SNI checks; a denial closes the tunnel;
-//! 6. resolve once, [`select_addresses`], dial exactly what passed;
+//! 6. resolve once, keep the addresses that pass the class check, dial
+//!    exactly those ([`crate::net::dial`]);
 //! 7. forward the buffered ClientHello, then [`relay`] both ways.
 //!
-//! Every connection ends in exactly one [`AuditEvent`] handed to the
-//! [`AuditSink`] (which logs and stores it), whichever phase ended it. A connection uses the
-//! policy snapshot current when it was accepted, to its end.
+//! The phases are functions over one per-connection context (`Conn`) that
+//! return `Result<_, Refusal>`; one function (`refuse`) turns a refusal
+//! into the answer and the audit verdict. Every connection ends in exactly
+//! one [`AuditEvent`] handed to the [`AuditSink`] (which logs and stores
+//! it), whichever phase ended it, and also when its task is aborted (the
+//! context emits on drop). A connection uses the policy snapshot current
+//! when it was accepted, to its end.
 
 use std::future::Future;
 use std::io;
@@ -22,23 +27,26 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use policy::{Host, Snapshot};
+use policy::{Host, Limits, Snapshot};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::addr_class::{AddressClass, LocalAddrs};
 use crate::admission::{Admission, Slot};
 use crate::audit::{AuditEvent, AuditSink, Peer, RequestKind};
 use crate::client_hello::{ClientHelloReader, HelloError, HelloProgress};
-use crate::decide::{RequestDecision, decide_client_hello, decide_request, select_addresses};
+use crate::decide::{RequestDecision, decide_client_hello, decide_request};
 use crate::forward::origin_head;
+use crate::net::addr_class::LocalAddrs;
+use crate::net::dial::{AddressCheck, DialError, dial};
+use crate::net::resolve::Resolver;
 use crate::reason::{Reason, Verdict};
-use crate::relay::{RelayLimits, SpliceStream, relay};
-use crate::request::{HeadScanner, Request, RequestError, RequestLimits, Target, parse_head};
-use crate::resolve::Resolver;
-use crate::response::{CONNECT_ESTABLISHED, refusal};
+use crate::relay::{RelayLimits, SpliceStream, TunnelEnd, relay};
+use crate::request::{
+    Authority, HeadScanner, Request, RequestError, RequestLimits, Target, parse_head,
+};
+use crate::response::{CONNECT_ESTABLISHED, refusal as refusal_response};
 
 /// Settings of the proxy itself (the policy's `limits` give the rest).
 #[derive(Clone, Debug)]
@@ -119,10 +127,12 @@ pub type PolicyWatch = watch::Receiver<Arc<Snapshot>>;
 /// The CONNECT proxy. Cheap to clone; clones share limits and state.
 #[derive(Clone)]
 pub struct ConnectProxy {
-    shared: Arc<Shared>,
+    shared: Arc<ProxyState>,
 }
 
-struct Shared {
+/// What every connection of one proxy shares: settings, policy, resolver,
+/// audit sink, limits and the interface-address cache.
+struct ProxyState {
     config: ProxyConfig,
     policy: PolicyWatch,
     resolver: Resolver,
@@ -143,7 +153,7 @@ impl ConnectProxy {
         audit: Arc<dyn AuditSink>,
     ) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(ProxyState {
                 config,
                 policy,
                 resolver,
@@ -163,7 +173,7 @@ impl ConnectProxy {
                 shared.cgroup = Some(lookup);
                 shared
             }
-            Err(shared) => Shared {
+            Err(shared) => ProxyState {
                 config: shared.config.clone(),
                 policy: shared.policy.clone(),
                 resolver: shared.resolver.clone(),
@@ -246,7 +256,7 @@ async fn accept_backoff(error: io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-impl Shared {
+impl ProxyState {
     /// This host's interface addresses, refreshed at most every `local_addrs_ttl`.
     fn local_addrs(&self) -> Arc<LocalAddrs> {
         let mut cached = match self.local_addrs.lock() {
@@ -270,6 +280,15 @@ impl Shared {
         *cached = Some((Instant::now(), addrs.clone()));
         addrs
     }
+
+    /// The request-head bounds: the proxy's own and the policy's.
+    fn request_limits(&self, limits: Limits) -> RequestLimits {
+        RequestLimits {
+            max_line_bytes: self.config.max_line_bytes,
+            max_head_bytes: usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX),
+            max_headers: self.config.max_headers,
+        }
+    }
 }
 
 // === the per-connection phases ===
@@ -292,156 +311,395 @@ impl Client for UnixStream {
     }
 }
 
-/// Facts gathered along the phases, turned into the audit event at the end.
-struct Attempt {
-    time: SystemTime,
+/// One connection's context, carried through every phase (pingora's
+/// `CTX`): the client, the policy snapshot it was accepted under, and the
+/// facts its audit event will carry. Exactly one event leaves it: from
+/// [`Conn::finish`], or from `Drop` if the task dies first (an aborted
+/// task is audited with what was known, as [`TunnelEnd::Aborted`] once the
+/// tunnel was open).
+struct Conn<C: Client> {
+    client: C,
+    snapshot: Arc<Snapshot>,
     start: Instant,
+    /// The requested `host:port`, once the request head parsed (for answers).
+    target: Option<Authority>,
     event: AuditEvent,
+    audit: Arc<dyn AuditSink>,
+    emitted: bool,
 }
 
-impl Attempt {
-    fn new(peer: Peer, cgroup_id: Option<u64>, policy_version: String) -> Self {
+/// Why a phase ended the connection early; [`refuse`] turns it into the
+/// answer (if any) and the audit verdict, in one place.
+enum Refusal {
+    /// Before `200`: answer with the reason's status and a short body, then close.
+    Answer {
+        /// Why.
+        reason: Reason,
+        /// One more line for the body (a parse error, a refused address class).
+        detail: Option<String>,
+    },
+    /// Close without an answer (after `200`, or the client is gone).
+    Close(Reason),
+    /// Over the tunnel limit: `503`, bounded by `max_rejecting`.
+    Overloaded,
+}
+
+impl<C: Client> Conn<C> {
+    fn accept(state: &ProxyState, client: C, peer: Peer, local: Option<SocketAddr>) -> Self {
+        let snapshot = state.policy.borrow().clone();
+        let cgroup_id = state
+            .cgroup
+            .as_ref()
+            .and_then(|lookup| lookup.cgroup_id(&peer, local));
         let time = SystemTime::now();
-        Self {
+        let event = AuditEvent {
             time,
+            client: peer,
+            cgroup_id,
+            kind: RequestKind::Unknown,
+            host: None,
+            port: None,
+            sni: Vec::new(),
+            ech: false,
+            // What the event says if the task dies before any decision.
+            verdict: Verdict::deny(Reason::ClientError),
+            address_class: None,
+            upstream: None,
+            upstream_source: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            handshake: Duration::ZERO,
+            total: Duration::ZERO,
+            end: None,
+            policy_version: Some(snapshot.policy().version.to_string()),
+        };
+        Self {
+            client,
+            snapshot,
             start: Instant::now(),
-            event: AuditEvent {
-                time,
-                client: peer,
-                cgroup_id,
-                kind: RequestKind::Unknown,
-                host: None,
-                port: None,
-                sni: Vec::new(),
-                ech: false,
-                verdict: Verdict::deny(Reason::ClientError),
-                address_class: None,
-                upstream: None,
-                upstream_source: None,
-                bytes_up: 0,
-                bytes_down: 0,
-                handshake: Duration::ZERO,
-                total: Duration::ZERO,
-                end: None,
-                policy_version: Some(policy_version),
-            },
+            target: None,
+            event,
+            audit: state.audit.clone(),
+            emitted: false,
         }
+    }
+
+    fn limits(&self) -> Limits {
+        self.snapshot.policy().limits
+    }
+
+    /// Notes the parsed request in the event.
+    fn note_request(&mut self, request: &Request) {
+        let authority = request.target.authority().clone();
+        self.event.host = Some(authority.host_for_display());
+        self.event.port = Some(authority.port);
+        self.event.kind = match request.target {
+            Target::Connect(_) => RequestKind::Connect,
+            Target::AbsoluteHttp { .. } => RequestKind::PlainHttp,
+        };
+        self.target = Some(authority);
+    }
+
+    /// Notes a failed dial's facts (refused class, address tried, source).
+    fn note_dial_error(&mut self, error: &DialError) {
+        self.event.upstream_source = error.source().or(self.event.upstream_source);
+        self.event.address_class = error.refused_class();
+        self.event.upstream = error.upstream().or(self.event.upstream);
     }
 
     fn mark_handshake(&mut self) {
         self.event.handshake = self.start.elapsed();
     }
 
-    fn finish(mut self, shared: &Shared, verdict: Verdict) {
+    /// Emits the one audit event with `verdict`.
+    fn finish(mut self, verdict: Verdict) {
+        self.event.verdict = verdict;
+        self.emit();
+    }
+
+    fn emit(&mut self) {
+        if self.emitted {
+            return;
+        }
+        self.emitted = true;
         if self.event.handshake.is_zero() {
             self.event.handshake = self.start.elapsed();
         }
         self.event.total = self.start.elapsed();
-        self.event.verdict = verdict;
-        self.event.time = self.time;
-        shared.audit.record(self.event);
+        let event = std::mem::replace(&mut self.event, placeholder_event());
+        self.audit.record(event);
     }
 }
 
+impl<C: Client> Drop for Conn<C> {
+    fn drop(&mut self) {
+        if !self.emitted && self.event.verdict.is_allow() && self.event.end.is_none() {
+            self.event.end = Some(TunnelEnd::Aborted);
+        }
+        self.emit();
+    }
+}
+
+/// What is left in a [`Conn`] after its event went out.
+fn placeholder_event() -> AuditEvent {
+    AuditEvent {
+        time: SystemTime::UNIX_EPOCH,
+        client: Peer::Unix {
+            pid: None,
+            uid: None,
+        },
+        cgroup_id: None,
+        kind: RequestKind::Unknown,
+        host: None,
+        port: None,
+        sni: Vec::new(),
+        ech: false,
+        verdict: Verdict::deny(Reason::ClientError),
+        address_class: None,
+        upstream: None,
+        upstream_source: None,
+        bytes_up: 0,
+        bytes_down: 0,
+        handshake: Duration::ZERO,
+        total: Duration::ZERO,
+        end: None,
+        policy_version: None,
+    }
+}
+
+/// One connection, top to bottom: admission → request head → allowlist →
+/// (tunnel: ClientHello → SNI → dial → relay | plain HTTP: dial → relay);
+/// every early end goes through [`refuse`], and the event always leaves.
 async fn handle<C: Client>(
-    shared: Arc<Shared>,
-    mut client: C,
+    state: Arc<ProxyState>,
+    client: C,
     peer: Peer,
     local: Option<SocketAddr>,
 ) {
-    let snapshot = shared.policy.borrow().clone();
-    let cgroup_id = shared
-        .cgroup
-        .as_ref()
-        .and_then(|lookup| lookup.cgroup_id(&peer, local));
-    let mut attempt = Attempt::new(peer, cgroup_id, snapshot.policy().version.to_string());
-    let limits = snapshot.policy().limits;
+    let mut conn = Conn::accept(&state, client, peer, local);
+    match serve(&state, &mut conn).await {
+        Ok(verdict) => conn.finish(verdict),
+        Err(refusal) => refuse(&state, conn, refusal).await,
+    }
+}
 
+async fn serve<C: Client>(state: &ProxyState, conn: &mut Conn<C>) -> Result<Verdict, Refusal> {
     // Phase 1: admission.
-    let max_tunnels = usize::try_from(limits.max_concurrent_tunnels).unwrap_or(usize::MAX);
-    let Some(slot) = shared.tunnels.try_admit(max_tunnels) else {
-        overloaded(&shared, client, attempt, &snapshot).await;
-        return;
-    };
-
+    let slot = admit(state, conn)?;
     // Phase 2: the request head.
-    let request_limits = RequestLimits {
-        max_line_bytes: shared.config.max_line_bytes,
-        max_head_bytes: usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX),
-        max_headers: shared.config.max_headers,
-    };
-    let head_deadline = attempt.start + limits.header_read_timeout;
-    let (request, leftover) = match read_head(&mut client, request_limits, head_deadline).await {
-        Ok(head) => head,
-        Err(failure) => {
-            refuse_head(&shared, client, attempt, failure).await;
-            return;
-        }
-    };
-    let authority = request.target.authority().clone();
-    attempt.event.host = Some(authority.host_for_display());
-    attempt.event.port = Some(authority.port);
-    attempt.event.kind = match request.target {
-        Target::Connect(_) => RequestKind::Connect,
-        Target::AbsoluteHttp { .. } => RequestKind::PlainHttp,
-    };
-
+    let (request, leftover) = read_request(state, conn).await?;
+    conn.note_request(&request);
     // Phase 3: the request against the allowlist.
-    match decide_request(&request.target, &snapshot, SystemTime::now()) {
-        RequestDecision::Deny(reason) => {
-            let response = refusal(reason, Some(&authority), None);
-            answer_and_close(&shared, &mut client, &response).await;
-            attempt.finish(&shared, Verdict::deny(reason));
-        }
+    match decide_request(&request.target, &conn.snapshot, SystemTime::now()) {
+        RequestDecision::Deny(reason) => Err(Refusal::Answer {
+            reason,
+            detail: None,
+        }),
         RequestDecision::Tunnel { host, port, reason } => {
-            tunnel(
-                &shared, client, attempt, &snapshot, host, port, reason, leftover, slot,
-            )
-            .await;
+            let upstream = open_tunnel(state, conn, &host, port, reason, leftover).await?;
+            relay_tunnel(state, conn, upstream, slot).await
         }
         RequestDecision::PlainHttp { host, port } => {
-            plain_http(
-                &shared, client, attempt, &snapshot, &request, host, port, leftover, slot,
-            )
-            .await;
+            let upstream = open_plain_http(state, conn, &request, &host, port, leftover).await?;
+            relay_tunnel(state, conn, upstream, slot).await
         }
     }
 }
 
+/// Phase 1: a tunnel slot, else [`Refusal::Overloaded`].
+fn admit<C: Client>(state: &ProxyState, conn: &Conn<C>) -> Result<Slot, Refusal> {
+    let max_tunnels = usize::try_from(conn.limits().max_concurrent_tunnels).unwrap_or(usize::MAX);
+    state
+        .tunnels
+        .try_admit(max_tunnels)
+        .ok_or(Refusal::Overloaded)
+}
+
+/// Phase 2: the request head, bounded in bytes and by the header-read timeout.
+async fn read_request<C: Client>(
+    state: &ProxyState,
+    conn: &mut Conn<C>,
+) -> Result<(Request, Vec<u8>), Refusal> {
+    let deadline = conn.start + conn.limits().header_read_timeout;
+    let limits = state.request_limits(conn.limits());
+    read_head(&mut conn.client, limits, deadline)
+        .await
+        .map_err(HeadFailure::into_refusal)
+}
+
+/// An upstream connection and the bytes to send it before relaying.
+struct Upstream {
+    stream: TcpStream,
+    first_bytes: Vec<u8>,
+    verdict: Verdict,
+}
+
+/// Phases 4–6 for an allowed CONNECT: `200`, the ClientHello, its SNI
+/// against the CONNECT host, then the dial.
+async fn open_tunnel<C: Client>(
+    state: &ProxyState,
+    conn: &mut Conn<C>,
+    host: &Host,
+    port: u16,
+    allow_reason: Reason,
+    leftover: Vec<u8>,
+) -> Result<Upstream, Refusal> {
+    if conn.client.write_all(CONNECT_ESTABLISHED).await.is_err() {
+        return Err(Refusal::Close(Reason::ClientClosed));
+    }
+    // Phase 4: the ClientHello.
+    let limits = conn.limits();
+    let max_hello = usize::try_from(limits.max_client_hello_bytes).unwrap_or(usize::MAX);
+    let deadline = Instant::now() + limits.client_hello_timeout;
+    let (hello, raw) = read_client_hello(&mut conn.client, leftover, max_hello, deadline)
+        .await
+        .map_err(Refusal::Close)?;
+    conn.event.sni = hello.server_names.clone();
+    conn.event.ech = hello.ech;
+    // Phase 5: the ClientHello against the CONNECT host.
+    let fronting = &conn.snapshot.policy().fronting;
+    let verdict = decide_client_hello(host, &hello, fronting, allow_reason);
+    if !verdict.is_allow() {
+        return Err(Refusal::Close(verdict.reason));
+    }
+    // Phase 6: resolve, check, dial.
+    let stream = dial_upstream(state, conn, host, port)
+        .await
+        .map_err(|error| Refusal::Close(error.reason()))?;
+    Ok(Upstream {
+        stream,
+        first_bytes: raw,
+        verdict,
+    })
+}
+
+/// An allowed plain-HTTP request: the rewritten head, then the dial (a
+/// failure is answered with a status).
+async fn open_plain_http<C: Client>(
+    state: &ProxyState,
+    conn: &mut Conn<C>,
+    request: &Request,
+    host: &Host,
+    port: u16,
+    leftover: Vec<u8>,
+) -> Result<Upstream, Refusal> {
+    let Some(mut head) = origin_head(request) else {
+        return Err(Refusal::Close(Reason::MalformedRequest));
+    };
+    let stream = dial_upstream(state, conn, host, port)
+        .await
+        .map_err(|error| Refusal::Answer {
+            reason: error.reason(),
+            detail: error
+                .refused_class()
+                .map(|class| format!("refused address class: {class}")),
+        })?;
+    head.extend_from_slice(&leftover);
+    Ok(Upstream {
+        stream,
+        first_bytes: head,
+        verdict: Verdict::allow(Reason::PlainHttpAllowed),
+    })
+}
+
+/// Resolves `host` once and dials only addresses that pass the class check.
+async fn dial_upstream<C: Client>(
+    state: &ProxyState,
+    conn: &mut Conn<C>,
+    host: &Host,
+    port: u16,
+) -> Result<TcpStream, DialError> {
+    let local = state.local_addrs();
+    let check = AddressCheck::Classes {
+        fronting: &conn.snapshot.policy().fronting,
+        local: &local,
+    };
+    let connect_timeout = conn.limits().connect_timeout;
+    match dial(&state.resolver, host, port, check, connect_timeout).await {
+        Ok(dialed) => {
+            conn.event.upstream_source = Some(dialed.source);
+            conn.event.upstream = Some(dialed.peer);
+            Ok(dialed.stream)
+        }
+        Err(error) => {
+            tracing::debug!(error = %error, "upstream dial failed");
+            conn.note_dial_error(&error);
+            Err(error)
+        }
+    }
+}
+
+/// Phase 7: the buffered first bytes, then both ways until either side
+/// closes or a limit ends it.
+async fn relay_tunnel<C: Client>(
+    state: &ProxyState,
+    conn: &mut Conn<C>,
+    mut upstream: Upstream,
+    slot: Slot,
+) -> Result<Verdict, Refusal> {
+    let first_bytes = std::mem::take(&mut upstream.first_bytes);
+    if !first_bytes.is_empty() && upstream.stream.write_all(&first_bytes).await.is_err() {
+        return Err(Refusal::Close(Reason::ConnectFailed));
+    }
+    conn.mark_handshake();
+    // From here the tunnel is open: an aborted task is audited as such.
+    conn.event.verdict = upstream.verdict;
+    tracing::debug!(
+        decision = upstream.verdict.decision.as_str(),
+        reason = upstream.verdict.reason.as_str(),
+        host = conn.event.host.as_deref().unwrap_or(""),
+        upstream = %conn.event.upstream.map(|a| a.to_string()).unwrap_or_default(),
+        "tunnel open"
+    );
+    let limits = conn.limits();
+    let relay_limits = RelayLimits {
+        idle_timeout: limits.idle_timeout,
+        deadline: conn.start + limits.total_timeout,
+        pipe_size: state.config.pipe_size,
+    };
+    let outcome = relay(&conn.client, &upstream.stream, relay_limits).await;
+    drop(slot);
+    conn.event.bytes_up = outcome.bytes_up + first_bytes.len() as u64;
+    conn.event.bytes_down = outcome.bytes_down;
+    conn.event.end = Some(outcome.end);
+    Ok(upstream.verdict)
+}
+
+/// The one place an early end becomes an answer and an audit verdict.
+async fn refuse<C: Client>(state: &ProxyState, mut conn: Conn<C>, refusal: Refusal) {
+    let reason = match refusal {
+        Refusal::Answer { reason, detail } => {
+            let response = refusal_response(reason, conn.target.as_ref(), detail.as_deref());
+            answer_and_close(state, &mut conn.client, &response).await;
+            reason
+        }
+        Refusal::Close(reason) => reason,
+        Refusal::Overloaded => {
+            answer_overloaded(state, &mut conn).await;
+            Reason::Overloaded
+        }
+    };
+    conn.finish(Verdict::deny(reason));
+}
+
 /// Over the tunnel limit: read the head (so the client reads our answer
-/// rather than a reset), answer `503`, close. Bounded by `max_rejecting`.
-async fn overloaded<C: Client>(
-    shared: &Shared,
-    mut client: C,
-    mut attempt: Attempt,
-    snapshot: &Snapshot,
-) {
-    let Some(_rejecting) = shared.rejecting.try_admit(shared.config.max_rejecting) else {
-        // Too many being answered already: one non-blocking attempt at the
-        // answer, then close, so an overload never grows memory.
-        let _ = client.try_write_once(&refusal(Reason::Overloaded, None, None));
-        attempt.finish(shared, Verdict::deny(Reason::Overloaded));
+/// rather than a reset), answer `503`, close. Bounded by `max_rejecting`:
+/// past it, one non-blocking write attempt and close, so an overload never
+/// grows memory.
+async fn answer_overloaded<C: Client>(state: &ProxyState, conn: &mut Conn<C>) {
+    let Some(_rejecting) = state.rejecting.try_admit(state.config.max_rejecting) else {
+        let _ = conn
+            .client
+            .try_write_once(&refusal_response(Reason::Overloaded, None, None));
         return;
     };
-    let limits = snapshot.policy().limits;
-    let request_limits = RequestLimits {
-        max_line_bytes: shared.config.max_line_bytes,
-        max_head_bytes: usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX),
-        max_headers: shared.config.max_headers,
-    };
-    let deadline = attempt.start + limits.header_read_timeout;
-    let target = match read_head(&mut client, request_limits, deadline).await {
-        Ok((request, _)) => {
-            let authority = request.target.authority().clone();
-            attempt.event.host = Some(authority.host_for_display());
-            attempt.event.port = Some(authority.port);
-            Some(authority)
-        }
-        Err(_) => None,
-    };
-    let response = refusal(Reason::Overloaded, target.as_ref(), None);
-    answer_and_close(shared, &mut client, &response).await;
-    attempt.finish(shared, Verdict::deny(Reason::Overloaded));
+    let deadline = conn.start + conn.limits().header_read_timeout;
+    let limits = state.request_limits(conn.limits());
+    if let Ok((request, _)) = read_head(&mut conn.client, limits, deadline).await {
+        conn.note_request(&request);
+    }
+    let response = refusal_response(Reason::Overloaded, conn.target.as_ref(), None);
+    answer_and_close(state, &mut conn.client, &response).await;
 }
 
 /// Why the request head could not be had.
@@ -454,6 +712,27 @@ enum HeadFailure {
     Timeout,
     /// The head broke the grammar or a bound.
     Bad(RequestError),
+}
+
+impl HeadFailure {
+    /// A timeout or a bad head is answered; a client that is gone is not.
+    fn into_refusal(self) -> Refusal {
+        match self {
+            Self::Closed => Refusal::Close(Reason::ClientClosed),
+            Self::Io => Refusal::Close(Reason::ClientError),
+            Self::Timeout => Refusal::Answer {
+                reason: Reason::RequestTimeout,
+                detail: None,
+            },
+            Self::Bad(error) => {
+                tracing::debug!(error = %error, "malformed proxy request");
+                Refusal::Answer {
+                    reason: error.reason(),
+                    detail: Some(error.to_string()),
+                }
+            }
+        }
+    }
 }
 
 async fn read_head<C: Client>(
@@ -485,32 +764,10 @@ async fn read_head<C: Client>(
     }
 }
 
-async fn refuse_head<C: Client>(
-    shared: &Shared,
-    mut client: C,
-    attempt: Attempt,
-    failure: HeadFailure,
-) {
-    let (reason, detail) = match &failure {
-        HeadFailure::Closed => (Reason::ClientClosed, None),
-        HeadFailure::Io => (Reason::ClientError, None),
-        HeadFailure::Timeout => (Reason::RequestTimeout, None),
-        HeadFailure::Bad(error) => (error.reason(), Some(error.to_string())),
-    };
-    if matches!(failure, HeadFailure::Timeout | HeadFailure::Bad(_)) {
-        let response = refusal(reason, None, detail.as_deref());
-        answer_and_close(shared, &mut client, &response).await;
-    }
-    if let HeadFailure::Bad(error) = &failure {
-        tracing::debug!(error = %error, "malformed proxy request");
-    }
-    attempt.finish(shared, Verdict::deny(reason));
-}
-
 /// Writes `response`, shuts the write side, and drains what the client
 /// still sends for a moment so it reads the answer instead of a reset.
-async fn answer_and_close<C: Client>(shared: &Shared, client: &mut C, response: &[u8]) {
-    let linger = shared.config.linger;
+async fn answer_and_close<C: Client>(state: &ProxyState, client: &mut C, response: &[u8]) {
+    let linger = state.config.linger;
     let _ = tokio::time::timeout(linger, async {
         if client.write_all(response).await.is_err() {
             return;
@@ -525,62 +782,6 @@ async fn answer_and_close<C: Client>(shared: &Shared, client: &mut C, response: 
             }
         }
     })
-    .await;
-}
-
-/// Phases 4-7 for an allowed CONNECT.
-#[allow(clippy::too_many_arguments)]
-async fn tunnel<C: Client>(
-    shared: &Shared,
-    mut client: C,
-    mut attempt: Attempt,
-    snapshot: &Snapshot,
-    host: Host,
-    port: u16,
-    allow_reason: Reason,
-    leftover: Vec<u8>,
-    slot: Slot,
-) {
-    let limits = snapshot.policy().limits;
-    if client.write_all(CONNECT_ESTABLISHED).await.is_err() {
-        attempt.finish(shared, Verdict::deny(Reason::ClientClosed));
-        return;
-    }
-
-    // Phase 4: the ClientHello.
-    let max_hello = usize::try_from(limits.max_client_hello_bytes).unwrap_or(usize::MAX);
-    let hello_deadline = Instant::now() + limits.client_hello_timeout;
-    let (hello, raw) =
-        match read_client_hello(&mut client, leftover, max_hello, hello_deadline).await {
-            Ok(done) => done,
-            Err(reason) => {
-                attempt.finish(shared, Verdict::deny(reason));
-                return;
-            }
-        };
-    attempt.event.sni = hello.server_names.clone();
-    attempt.event.ech = hello.ech;
-
-    // Phase 5: the ClientHello against the CONNECT host.
-    let verdict = decide_client_hello(&host, &hello, &snapshot.policy().fronting, allow_reason);
-    if !verdict.is_allow() {
-        attempt.finish(shared, verdict);
-        return;
-    }
-
-    // Phase 6: resolve, check, dial.
-    let upstream = match resolve_and_dial(shared, &mut attempt, snapshot, &host, port).await {
-        Ok(upstream) => upstream,
-        Err(reason) => {
-            attempt.finish(shared, Verdict::deny(reason));
-            return;
-        }
-    };
-
-    // Phase 7: the buffered ClientHello, then the relay.
-    run_relay(
-        shared, client, upstream, attempt, snapshot, &raw, verdict, slot,
-    )
     .await;
 }
 
@@ -615,140 +816,6 @@ async fn read_client_hello<C: Client>(
 fn hello_reason(error: &HelloError) -> Reason {
     tracing::debug!(error = %error, "ClientHello refused");
     error.reason()
-}
-
-/// Resolves `host` once, keeps the addresses that may be dialled, dials
-/// them in order within the connect timeout.
-async fn resolve_and_dial(
-    shared: &Shared,
-    attempt: &mut Attempt,
-    snapshot: &Snapshot,
-    host: &Host,
-    port: u16,
-) -> Result<TcpStream, Reason> {
-    let limits = snapshot.policy().limits;
-    let resolved = match shared.resolver.resolve(host, port).await {
-        Ok(resolved) => resolved,
-        Err(error) => {
-            tracing::debug!(error = %error, "resolve failed");
-            return Err(Reason::ResolveFailed);
-        }
-    };
-    attempt.event.upstream_source = Some(resolved.source);
-    let addrs = match select_addresses(
-        &resolved,
-        &snapshot.policy().fronting,
-        &shared.local_addrs(),
-    ) {
-        Ok(addrs) => addrs,
-        Err(refused) => {
-            attempt.event.address_class = Some(refused.class);
-            attempt.event.upstream = Some(SocketAddr::new(refused.addr, port));
-            return Err(Reason::ForbiddenAddress);
-        }
-    };
-    let deadline = Instant::now() + limits.connect_timeout;
-    let mut last = Reason::ConnectFailed;
-    for addr in addrs {
-        let target = SocketAddr::new(addr, port);
-        attempt.event.upstream = Some(target);
-        match tokio::time::timeout_at(deadline, TcpStream::connect(target)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                return Ok(stream);
-            }
-            Ok(Err(error)) => {
-                tracing::debug!(error = %error, upstream = %target, "upstream connect failed");
-                last = Reason::ConnectFailed;
-            }
-            Err(_) => return Err(Reason::ConnectTimeout),
-        }
-    }
-    Err(last)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_relay<C: Client>(
-    shared: &Shared,
-    client: C,
-    mut upstream: TcpStream,
-    mut attempt: Attempt,
-    snapshot: &Snapshot,
-    first_bytes: &[u8],
-    verdict: Verdict,
-    slot: Slot,
-) {
-    let limits = snapshot.policy().limits;
-    if !first_bytes.is_empty() && upstream.write_all(first_bytes).await.is_err() {
-        attempt.finish(shared, Verdict::deny(Reason::ConnectFailed));
-        return;
-    }
-    attempt.mark_handshake();
-    tracing::debug!(
-        decision = verdict.decision.as_str(),
-        reason = verdict.reason.as_str(),
-        host = attempt.event.host.as_deref().unwrap_or(""),
-        upstream = %upstream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
-        "tunnel open"
-    );
-    let relay_limits = RelayLimits {
-        idle_timeout: limits.idle_timeout,
-        deadline: attempt.start + limits.total_timeout,
-        pipe_size: shared.config.pipe_size,
-    };
-    let outcome = relay(&client, &upstream, relay_limits).await;
-    drop(slot);
-    attempt.event.bytes_up = outcome.bytes_up + first_bytes.len() as u64;
-    attempt.event.bytes_down = outcome.bytes_down;
-    attempt.event.end = Some(outcome.end);
-    attempt.finish(shared, verdict);
-}
-
-/// An allowed plain-HTTP request: resolve and dial as for a tunnel (a
-/// failure is answered with a status), send the rewritten head and any
-/// body bytes already read, then relay.
-#[allow(clippy::too_many_arguments)]
-async fn plain_http<C: Client>(
-    shared: &Shared,
-    mut client: C,
-    mut attempt: Attempt,
-    snapshot: &Snapshot,
-    request: &Request,
-    host: Host,
-    port: u16,
-    leftover: Vec<u8>,
-    slot: Slot,
-) {
-    let authority = request.target.authority().clone();
-    let Some(mut head) = origin_head(request) else {
-        attempt.finish(shared, Verdict::deny(Reason::MalformedRequest));
-        return;
-    };
-    let upstream = match resolve_and_dial(shared, &mut attempt, snapshot, &host, port).await {
-        Ok(upstream) => upstream,
-        Err(reason) => {
-            let detail = attempt
-                .event
-                .address_class
-                .map(|class: AddressClass| format!("refused address class: {class}"));
-            let response = refusal(reason, Some(&authority), detail.as_deref());
-            answer_and_close(shared, &mut client, &response).await;
-            attempt.finish(shared, Verdict::deny(reason));
-            return;
-        }
-    };
-    head.extend_from_slice(&leftover);
-    run_relay(
-        shared,
-        client,
-        upstream,
-        attempt,
-        snapshot,
-        &head,
-        Verdict::allow(Reason::PlainHttpAllowed),
-        slot,
-    )
-    .await;
 }
 
 #[cfg(test)]

@@ -17,10 +17,10 @@ use common::upstream::{
     PlainUpstream, RawUpstream, TestPki, TlsUpstream, closed_by_peer, raw_connect, read_head,
 };
 use common::{Harness, allowlist, pack_json, run, stderr, stdout};
-use proxy::addr_class::AddressClass;
+use proxy::net::addr_class::AddressClass;
+use proxy::net::resolve::AddrSource;
 use proxy::reason::{Decision, Reason};
 use proxy::relay::TunnelEnd;
-use proxy::resolve::AddrSource;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -648,7 +648,7 @@ async fn unix_socket_clients_get_the_same_proxy() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.sock");
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let mut pins = policy::ResolveOverrides::new();
+    let mut pins = proxy::net::resolve::ResolveOverrides::new();
     pins.add_entry(&format!("{ALLOWED}:{port}:127.0.0.1"))
         .unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(common::snapshot(&pack_json(
@@ -659,9 +659,9 @@ async fn unix_socket_clients_get_the_same_proxy() {
     let proxy = proxy::server::ConnectProxy::new(
         proxy::server::ProxyConfig::default(),
         rx,
-        proxy::resolve::Resolver::new(
+        proxy::net::resolve::Resolver::new(
             pins,
-            proxy::resolve::Upstream::System {
+            proxy::net::resolve::Upstream::System {
                 timeout: Duration::from_secs(5),
             },
         ),

@@ -4,12 +4,14 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
+use enforcer::policy_source::{FetchConfig, LoaderConfig, PackSource};
 use enforcer::{
     daemon::{DEFAULT_STATE_DIR, DaemonOptions},
     kernel::{CgroupMount, CgroupPath, maps::parse_socket_addr},
 };
-use policy::{FetchConfig, LoaderConfig, PackSource, ResolveOverrides, signing::read_public_key};
-use proxy::resolve::{DnsClient, Resolver, Upstream};
+use policy::signing::read_public_key;
+use proxy::net::resolve::ResolveOverrides;
+use proxy::net::resolve::{DnsClient, Resolver, Upstream};
 
 use super::LogFormat;
 
@@ -79,8 +81,17 @@ impl DaemonFlags {
             pins.add_entry(entry)
                 .with_context(|| format!("--resolve {entry}"))?;
         }
+        let upstream = match self.dns_upstream {
+            Some(server) => Upstream::Dns(DnsClient::new(server)),
+            None => Upstream::System {
+                timeout: Duration::from_secs(5),
+            },
+        };
+        // One resolver for every resolution the daemon makes: proxy, router,
+        // policy fetch, map writer.
+        let resolver = Resolver::new(pins, upstream);
         let mut fetch = FetchConfig::new();
-        fetch.resolve = pins.clone();
+        fetch.resolver = resolver.clone();
         if let Some(ca) = &self.extra_ca {
             fetch
                 .add_extra_ca_file(ca)
@@ -104,12 +115,6 @@ impl DaemonFlags {
                 "--policy needs at least one --policy-pubkey to verify the pack's signature"
             );
         }
-        let upstream = match self.dns_upstream {
-            Some(server) => Upstream::Dns(DnsClient::new(server)),
-            None => Upstream::System {
-                timeout: Duration::from_secs(5),
-            },
-        };
         if self.dns_listen.is_some() {
             tracing::warn!(
                 "--dns-listen: no DNS filter is served yet; DNS from the cgroup stays denied"
@@ -133,7 +138,7 @@ impl DaemonFlags {
             control_socket,
             metrics_listen: self.metrics_listen,
             state_dir: self.state_dir.clone(),
-            resolver: Resolver::new(pins, upstream),
+            resolver,
             extra_ca: self.extra_ca.clone(),
             drain: self.drain,
             debug_bpf: self.debug_bpf,

@@ -4,7 +4,7 @@
 //! Names are resolved by the daemon's resolver (`--resolve` pins first);
 //! addresses the operator wrote (IP literals, pins) are taken as given;
 //! addresses that came from DNS pass the same address-class check as the
-//! proxy's dials (`proxy::addr_class::check`), so a rebinding answer cannot
+//! proxy's dials (`proxy::net::addr_class::check`), so a rebinding answer cannot
 //! open loopback, metadata or this host's own addresses. Each entry's expiry is written as the same instant the proxy
 //! uses, converted to the kernel's `CLOCK_BOOTTIME`, so an entry stops
 //! allowing in the kernel and in the proxy at the same moment, with or
@@ -19,8 +19,8 @@ use std::{
 use enforcer_ebpf::NEVER_EXPIRES;
 use policy::Snapshot;
 use proxy::{
-    addr_class::{LocalAddrs, check},
-    resolve::{AddrSource, Resolver},
+    net::addr_class::{LocalAddrs, check},
+    net::resolve::{AddrSource, Resolver},
 };
 
 use crate::kernel::{KernelError, PinnedMaps, events::boot_now_ns, maps::Transport};

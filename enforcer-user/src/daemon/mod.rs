@@ -22,11 +22,11 @@ use std::{
 };
 
 use policy::{
-    Grant, GrantScope, Loader, LoaderConfig, Origin, PolicyStore, Snapshot,
+    Grant, GrantScope, Origin, PolicyStore, Snapshot,
     grants::{GRANTS_FILE, live_grants, load_grants, save_grants},
 };
 use proxy::{
-    resolve::Resolver,
+    net::resolve::Resolver,
     server::{ConnectProxy, ProcPidCgroup, ProxyConfig},
 };
 use tokio::{
@@ -46,6 +46,7 @@ use crate::{
         self, AttachOptions, CgroupMount, CgroupPath, DenyRecord, EndpointSpec, FamilyEnforcement,
         PinnedMaps, events::EventReader,
     },
+    policy_source::{Loader, LoaderConfig, RefreshOutcome},
 };
 
 /// Default state directory (audit database, policy cache, grants).
@@ -631,16 +632,16 @@ impl Daemon {
 
     async fn reload(&self) -> Response {
         match self.loader.refresh(SystemTime::now()).await {
-            policy::RefreshOutcome::Applied(snapshot) => Response::ok(serde_json::json!({
+            RefreshOutcome::Applied(snapshot) => Response::ok(serde_json::json!({
                 "outcome": "applied", "version": snapshot.policy().version.to_string(),
             })),
-            policy::RefreshOutcome::Unchanged => {
+            RefreshOutcome::Unchanged => {
                 Response::ok(serde_json::json!({ "outcome": "unchanged" }))
             }
-            policy::RefreshOutcome::NoSource => Response::ok(serde_json::json!({
+            RefreshOutcome::NoSource => Response::ok(serde_json::json!({
                 "outcome": "no_source", "note": "no --policy was given; the active policy stays",
             })),
-            policy::RefreshOutcome::Refused(refusal) => {
+            RefreshOutcome::Refused(refusal) => {
                 self.bridge.control(
                     Reason::PolicyRefused,
                     None,

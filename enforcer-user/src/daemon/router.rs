@@ -5,7 +5,7 @@ use std::{future::Future, path::PathBuf, sync::Arc};
 
 use policy::PolicyStore;
 use proxy::{
-    resolve::Resolver,
+    net::resolve::Resolver,
     router::{CredentialSource, Router, RouterAuditSink, RouterConfig, audit::RouterEvent},
 };
 use tokio::net::TcpListener;

@@ -143,6 +143,25 @@ impl CredentialSource {
         Ok(secret)
     }
 
+    /// [`CredentialSource::lookup`] for the async data path: a cached value
+    /// at once; a first read of `$CREDENTIALS_DIRECTORY/NAME` on the
+    /// blocking pool, never on a runtime worker.
+    pub async fn lookup_async(&self, name: &CredentialName) -> Result<Secret, CredentialError> {
+        if let Ok(cache) = self.cache.read()
+            && let Some(s) = cache.get(name.as_str())
+        {
+            return Ok(s.clone());
+        }
+        let source = self.clone();
+        let owned = name.clone();
+        match tokio::task::spawn_blocking(move || source.lookup(&owned)).await {
+            Ok(result) => result,
+            // The blocking task panicked or was cancelled: read inline rather
+            // than serve the request without its credential.
+            Err(_) => self.lookup(name),
+        }
+    }
+
     fn read(&self, name: &str) -> Result<Secret, CredentialError> {
         if let Some(dir) = &self.dir {
             let path = dir.join(name);
@@ -320,18 +339,21 @@ fn client_credential(mode: AuthMode, client: &HeaderMap) -> Option<(HeaderName, 
 }
 
 /// Decides the credential header for a request to `lane` (reads credential
-/// values through `creds`; otherwise pure).
-pub fn plan_auth(
+/// values through `creds`, off the runtime's workers; otherwise pure).
+pub async fn plan_auth(
     lane: &str,
     auth: &Auth,
     client: &HeaderMap,
     creds: &CredentialSource,
 ) -> Result<AuthHeader, AuthError> {
-    let lookup = |name: &CredentialName| {
-        creds.lookup(name).map_err(|source| AuthError::Credential {
-            lane: lane.to_owned(),
-            source,
-        })
+    let lookup = async |name: &CredentialName| {
+        creds
+            .lookup_async(name)
+            .await
+            .map_err(|source| AuthError::Credential {
+                lane: lane.to_owned(),
+                source,
+            })
     };
     match auth {
         Auth::None => Ok(AuthHeader {
@@ -339,7 +361,7 @@ pub fn plan_auth(
             source: AuthSource::None,
         }),
         Auth::Inject { header, credential } => {
-            let secret = lookup(credential)?;
+            let secret = lookup(credential).await?;
             Ok(AuthHeader {
                 header: injected(*header, &secret),
                 source: AuthSource::Injected,
@@ -354,7 +376,7 @@ pub fn plan_auth(
             }
             match fallback {
                 Some(name) => {
-                    let secret = lookup(name)?;
+                    let secret = lookup(name).await?;
                     Ok(AuthHeader {
                         header: injected(*header, &secret),
                         source: AuthSource::Fallback,
@@ -445,8 +467,8 @@ mod tests {
         h
     }
 
-    #[test]
-    fn inject_uses_the_lane_credential_never_the_clients() {
+    #[tokio::test]
+    async fn inject_uses_the_lane_credential_never_the_clients() {
         let creds = source(&[("A", "lane-a-key"), ("B", "lane-b-key")], None);
         let c = client(&[
             ("authorization", "Bearer client"),
@@ -461,6 +483,7 @@ mod tests {
             &c,
             &creds,
         )
+        .await
         .unwrap();
         let (n, v) = a.header.unwrap();
         assert_eq!(n, "x-api-key");
@@ -476,14 +499,15 @@ mod tests {
             &c,
             &creds,
         )
+        .await
         .unwrap();
         let (n, v) = b.header.unwrap();
         assert_eq!(n, "authorization");
         assert_eq!(v, "Bearer lane-b-key");
     }
 
-    #[test]
-    fn missing_lane_credential_is_an_error_not_an_unauthenticated_request() {
+    #[tokio::test]
+    async fn missing_lane_credential_is_an_error_not_an_unauthenticated_request() {
         let creds = source(&[], None);
         let err = plan_auth(
             "zai",
@@ -494,14 +518,15 @@ mod tests {
             &HeaderMap::new(),
             &creds,
         )
+        .await
         .unwrap_err()
         .to_string();
         assert!(err.contains("lane `zai`"), "{err}");
         assert!(err.contains("ZAI_API_KEY"), "{err}");
     }
 
-    #[test]
-    fn passthrough_forwards_the_clients_bearer_else_the_fallback() {
+    #[tokio::test]
+    async fn passthrough_forwards_the_clients_bearer_else_the_fallback() {
         let creds = source(&[("FB", "fallback-token")], None);
         let auth = Auth::Passthrough {
             header: AuthMode::Bearer,
@@ -513,11 +538,14 @@ mod tests {
             &client(&[("authorization", "Bearer mine")]),
             &creds,
         )
+        .await
         .unwrap();
         assert_eq!(got.source, AuthSource::Client);
         assert_eq!(got.header.unwrap().1, "Bearer mine");
         // A client that sent only an x-api-key has it forwarded as is.
-        let got = plan_auth("p", &auth, &client(&[("x-api-key", "k")]), &creds).unwrap();
+        let got = plan_auth("p", &auth, &client(&[("x-api-key", "k")]), &creds)
+            .await
+            .unwrap();
         assert_eq!(got.source, AuthSource::Client);
         assert_eq!(
             got.header.unwrap(),
@@ -533,10 +561,13 @@ mod tests {
             &client(&[("x-api-key", "k"), ("authorization", "Bearer mine")]),
             &creds,
         )
+        .await
         .unwrap();
         assert_eq!(got.header.unwrap().1, "Bearer mine");
         // No credential: the fallback. Basic auth is not a credential here.
-        let got = plan_auth("p", &auth, &HeaderMap::new(), &creds).unwrap();
+        let got = plan_auth("p", &auth, &HeaderMap::new(), &creds)
+            .await
+            .unwrap();
         assert_eq!(got.source, AuthSource::Fallback);
         assert_eq!(got.header.unwrap().1, "Bearer fallback-token");
         let got = plan_auth(
@@ -545,6 +576,7 @@ mod tests {
             &client(&[("authorization", "Basic eA==")]),
             &creds,
         )
+        .await
         .unwrap();
         assert_eq!(got.source, AuthSource::Fallback);
         let no_fallback = Auth::Passthrough {
@@ -552,14 +584,16 @@ mod tests {
             fallback: None,
         };
         assert!(matches!(
-            plan_auth("p", &no_fallback, &HeaderMap::new(), &creds),
+            plan_auth("p", &no_fallback, &HeaderMap::new(), &creds).await,
             Err(AuthError::NoClientCredential { .. })
         ));
         let x = Auth::Passthrough {
             header: AuthMode::XApiKey,
             fallback: None,
         };
-        let got = plan_auth("p", &x, &client(&[("x-api-key", "mine")]), &creds).unwrap();
+        let got = plan_auth("p", &x, &client(&[("x-api-key", "mine")]), &creds)
+            .await
+            .unwrap();
         assert_eq!(
             got.header.unwrap(),
             (
@@ -569,14 +603,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn mode_none_sends_nothing() {
+    #[tokio::test]
+    async fn mode_none_sends_nothing() {
         let got = plan_auth(
             "n",
             &Auth::None,
             &client(&[("authorization", "Bearer x")]),
             &source(&[], None),
         )
+        .await
         .unwrap();
         assert!(got.header.is_none());
     }

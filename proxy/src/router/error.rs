@@ -93,9 +93,42 @@ pub enum RouteError {
         host: String,
         /// Seconds waited.
         secs: u64,
-        /// Which limit: `limits.firstByteTimeoutSeconds` or `limits.totalTimeoutSeconds`.
-        limit: &'static str,
+        /// Which limit ran out.
+        limit: TimeoutLimit,
     },
+}
+
+/// Which limit bounded the wait for a response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutLimit {
+    /// `limits.firstByteTimeoutSeconds`.
+    FirstByte,
+    /// `limits.totalTimeoutSeconds` (it ended before the first-byte limit).
+    Total,
+}
+
+impl TimeoutLimit {
+    /// The policy field, as the error message names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FirstByte => "limits.firstByteTimeoutSeconds",
+            Self::Total => "limits.totalTimeoutSeconds",
+        }
+    }
+
+    /// The limit's value in seconds.
+    pub fn seconds(self, limits: &policy::Limits) -> u64 {
+        match self {
+            Self::FirstByte => limits.first_byte_timeout.as_secs(),
+            Self::Total => limits.total_timeout.as_secs(),
+        }
+    }
+}
+
+impl std::fmt::Display for TimeoutLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl RouteError {
@@ -220,7 +253,7 @@ mod tests {
                     lane: "a".into(),
                     host: "h".into(),
                     secs: 1,
-                    limit: "limits.firstByteTimeoutSeconds",
+                    limit: TimeoutLimit::FirstByte,
                 },
                 504,
                 "timeout_error",

@@ -31,7 +31,7 @@
 //! #     sink: std::sync::Arc<dyn proxy::router::RouterAuditSink>,
 //! #     shutdown: impl std::future::Future<Output = ()>,
 //! # ) -> Result<(), Box<dyn std::error::Error>> {
-//! use proxy::resolve::Resolver;
+//! use proxy::net::resolve::Resolver;
 //! use proxy::router::{CredentialSource, Router, RouterConfig};
 //!
 //! let mut config = RouterConfig::new(Resolver::system(), CredentialSource::from_process());
@@ -64,14 +64,14 @@ use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
+pub use crate::net::tls::TrustError;
 pub use audit::{MemorySink, NullSink, RouterAuditSink, RouterEvent};
 pub use credentials::CredentialSource;
 pub use error::RouteError;
-pub use upstream::TrustError;
 
 use crate::admission::Admission;
-use crate::resolve::Resolver;
-use pipeline::Shared;
+use crate::net::resolve::Resolver;
+use pipeline::RouterState;
 
 /// The default TCP listen address (`--router-listen`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -100,7 +100,7 @@ impl RouterConfig {
 
     /// Trusts the PEM CA certificates in `path` too; returns how many.
     pub fn add_extra_ca_file(&mut self, path: &Path) -> Result<usize, TrustError> {
-        let certs = upstream::read_ca_file(path)?;
+        let certs = crate::net::tls::read_ca_file(path)?;
         let n = certs.len();
         self.extra_ca.extend(certs);
         Ok(n)
@@ -110,7 +110,7 @@ impl RouterConfig {
 /// The lane router. Cheap to clone; clones share the upstream pool.
 #[derive(Clone)]
 pub struct Router {
-    shared: Arc<Shared>,
+    shared: Arc<RouterState>,
 }
 
 impl Router {
@@ -122,10 +122,11 @@ impl Router {
         policy: watch::Receiver<Arc<Snapshot>>,
         sink: Arc<dyn RouterAuditSink>,
     ) -> Result<Self, TrustError> {
-        let tls = upstream::tls_config(&config.extra_ca)?;
+        let tls =
+            crate::net::tls::client_config(&config.extra_ca, crate::net::tls::ALPN_H2_HTTP11)?;
         let connector = upstream::Connector::new(Arc::new(config.resolver), tls, policy.clone());
         Ok(Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(RouterState {
                 policy,
                 client: upstream::client(connector),
                 credentials: config.credentials,

@@ -9,25 +9,29 @@
 //! 7. send upstream and wait for the response head (first-byte limit);
 //! 8. relay the response ([`super::stream`]).
 //!
-//! Every refusal goes through [`refuse`], so every request ends in one
-//! Anthropic-shaped error or one relayed response, and in one audit event.
+//! [`handle`] reads as that list: each phase is a function that returns
+//! `Result<_, RouteError>`, and every refusal goes through [`refuse`], so
+//! every request ends in one Anthropic-shaped error or one relayed response,
+//! and in one audit event ([`Pending`] emits on drop if the task dies).
 //! The policy snapshot is taken once at arrival: a reload never changes a
 //! request in flight.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{HeaderMap, Request, Response, Version, header};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, Request, Response, Uri, Version, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use policy::Snapshot;
+use policy::{Limits, Policy, Provider, Snapshot};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::audit::{Peer, RouterAuditSink, RouterEvent};
 use super::body::{BodyHead, BodyLimits, read_body};
 use super::credentials::{CredentialSource, plan_auth};
-use super::error::RouteError;
+use super::error::{RouteError, TimeoutLimit};
 use super::headers::{clean_response_headers, upstream_request_headers};
 use super::lane::{LaneReason, choose_lane, target_uri};
 use super::model::find_model;
@@ -37,7 +41,7 @@ use crate::admission::Admission;
 use crate::reason::Reason;
 
 /// What every request handler shares.
-pub struct Shared {
+pub struct RouterState {
     /// The active policy.
     pub policy: watch::Receiver<Arc<Snapshot>>,
     /// The pooled upstream client.
@@ -93,78 +97,132 @@ fn version_name(v: Version) -> &'static str {
     }
 }
 
-/// Handles one request from `peer`.
-pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: Peer) -> Response<RouterBody> {
+/// Handles one request from `peer`: the phases of the module docs, top to
+/// bottom.
+pub async fn handle(
+    state: &RouterState,
+    req: Request<Incoming>,
+    peer: Peer,
+) -> Response<RouterBody> {
     let start = Instant::now();
-    let snapshot = shared.policy.borrow().clone();
+    let snapshot = state.policy.borrow().clone();
     let policy = snapshot.policy();
     let limits = policy.limits;
+    let deadline = start + limits.total_timeout;
     let (parts, mut body) = req.into_parts();
     let mut pending = Pending::new(
-        RouterEvent {
-            time: SystemTime::now(),
-            client: peer,
-            method: parts.method.as_str().to_owned(),
-            path: parts.uri.path().chars().take(512).collect(),
-            model: None,
-            lane: None,
-            provider_host: None,
-            upstream_version: None,
-            status: None,
-            reason: Reason::ClientClosed,
-            bytes_up: 0,
-            bytes_down: 0,
-            ttfb: None,
-            duration: Default::default(),
-            policy_version: policy.version.to_string(),
-        },
+        arrival_event(&parts, peer, policy),
         start,
-        shared.sink.clone(),
+        state.sink.clone(),
     );
 
     // 1. admit
-    let limit = usize::try_from(limits.max_concurrent_requests).unwrap_or(usize::MAX);
-    match shared.admission.try_admit(limit) {
-        Some(slot) => pending.hold(slot),
-        None => {
-            return refuse(
-                pending,
-                RouteError::Overloaded {
-                    limit: limits.max_concurrent_requests,
-                },
-            );
-        }
+    if let Err(err) = admit(state, &mut pending, &limits) {
+        return refuse(pending, err);
     }
-    let deadline = start + limits.total_timeout;
-
     // 2. body
+    let bytes = match read_request_body(&parts.headers, &mut body, &limits, deadline).await {
+        Ok(bytes) => bytes,
+        Err(err) => return refuse(pending, err),
+    };
+    drop(body);
+    // 3.-4. model, lane and target
+    let route = match route(policy, &bytes, &parts.uri, &mut pending) {
+        Ok(route) => route,
+        Err(err) => return refuse(pending, err),
+    };
+    // 5.-6. credential and headers
+    let upstream = match upstream_request(state, policy, parts, bytes, &route, &mut pending).await {
+        Ok(upstream) => upstream,
+        Err(err) => return refuse(pending, err),
+    };
+    // 7. send, wait for the response head
+    let response = match send(state, upstream, &route, &limits, deadline).await {
+        Ok(response) => response,
+        Err(err) => return refuse(pending, err),
+    };
+    pending.event.ttfb = Some(pending.start().elapsed());
+    // 8. relay
+    relay_response(response, &limits, deadline, pending)
+}
+
+/// The audit event as known on arrival (the reason if nothing else happens:
+/// the client went away).
+fn arrival_event(parts: &Parts, peer: Peer, policy: &Policy) -> RouterEvent {
+    RouterEvent {
+        time: SystemTime::now(),
+        client: peer,
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().chars().take(512).collect(),
+        model: None,
+        lane: None,
+        provider_host: None,
+        upstream_version: None,
+        status: None,
+        reason: Reason::ClientClosed,
+        bytes_up: 0,
+        bytes_down: 0,
+        ttfb: None,
+        duration: Default::default(),
+        policy_version: policy.version.to_string(),
+    }
+}
+
+/// Phase 1: a request slot (`limits.maxConcurrentRequests`), held by the
+/// pending event until the response ends.
+fn admit(state: &RouterState, pending: &mut Pending, limits: &Limits) -> Result<(), RouteError> {
+    let limit = usize::try_from(limits.max_concurrent_requests).unwrap_or(usize::MAX);
+    let slot = state
+        .admission
+        .try_admit(limit)
+        .ok_or(RouteError::Overloaded {
+            limit: limits.max_concurrent_requests,
+        })?;
+    pending.hold(slot);
+    Ok(())
+}
+
+/// Phase 2: the whole body, bounded by `limits.maxRequestBytes`, the idle
+/// and the total timeout.
+async fn read_request_body(
+    headers: &HeaderMap,
+    body: &mut Incoming,
+    limits: &Limits,
+    deadline: Instant,
+) -> Result<Bytes, RouteError> {
     let head = BodyHead {
-        declared: declared_length(&parts.headers),
-        expect_continue: expect_continue(&parts.headers),
+        declared: declared_length(headers),
+        expect_continue: expect_continue(headers),
     };
     let body_limits = BodyLimits {
         max: limits.max_request_bytes,
         idle: limits.idle_timeout,
         deadline,
     };
-    let bytes = match read_body(&mut body, head, body_limits).await {
-        Ok(b) => b,
-        Err(e) => return refuse(pending, e),
-    };
-    drop(body);
+    read_body(body, head, body_limits).await
+}
 
-    // 3. model
-    let model = match find_model(&bytes) {
-        Ok(m) => m.map(|m| m.into_owned()),
-        Err(e) => return refuse(pending, e.into()),
-    };
+/// Where one request goes.
+struct Route<'p> {
+    provider: &'p Provider,
+    /// `host[:port]` of the provider, for events and errors.
+    provider_host: String,
+    uri: Uri,
+    model: Option<String>,
+    default_lane: bool,
+}
+
+/// Phases 3-4: the top-level `model` (read without re-serialising), the
+/// first matching lane, and the upstream URI.
+fn route<'p>(
+    policy: &'p Policy,
+    bytes: &[u8],
+    uri: &Uri,
+    pending: &mut Pending,
+) -> Result<Route<'p>, RouteError> {
+    let model = find_model(bytes)?.map(|m| m.into_owned());
     pending.event.model.clone_from(&model);
-
-    // 4. lane and target
-    let choice = match choose_lane(policy, model.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return refuse(pending, e.into()),
-    };
+    let choice = choose_lane(policy, model.as_deref())?;
     let provider = choice.provider;
     let base = &provider.base_url;
     let provider_host = if base.port() == 443 {
@@ -174,24 +232,36 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: Peer) -> Resp
     };
     pending.event.lane = Some(provider.name.clone());
     pending.event.provider_host = Some(provider_host.clone());
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = match target_uri(base, target) {
-        Ok(u) => u,
-        Err(e) => return refuse(pending, e.into()),
-    };
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = target_uri(base, target)?;
+    Ok(Route {
+        provider,
+        provider_host,
+        uri,
+        model,
+        default_lane: choice.reason == LaneReason::Default,
+    })
+}
 
-    // 5. credential
-    let auth = match plan_auth(
+/// Phases 5-6: the lane's credential (the client's only for a passthrough
+/// lane), then the headers: client credentials stripped, the lane's
+/// injected, hop-by-hop dropped. The body is the original bytes.
+async fn upstream_request(
+    state: &RouterState,
+    policy: &Policy,
+    parts: Parts,
+    bytes: Bytes,
+    route: &Route<'_>,
+    pending: &mut Pending,
+) -> Result<Request<Full<Bytes>>, RouteError> {
+    let provider = route.provider;
+    let auth = plan_auth(
         &provider.name,
         &provider.auth,
         &parts.headers,
-        &shared.credentials,
-    ) {
-        Ok(a) => a,
-        Err(e) => return refuse(pending, e.into()),
-    };
-
-    // 6. headers
+        &state.credentials,
+    )
+    .await?;
     let content_length = (!bytes.is_empty() || parts.headers.contains_key(header::CONTENT_LENGTH))
         .then_some(bytes.len());
     let (headers, stripped) = upstream_request_headers(
@@ -203,9 +273,9 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: Peer) -> Resp
     let stripped_names: Vec<&str> = stripped.credentials.iter().map(|n| n.as_str()).collect();
     tracing::debug!(
         lane = %provider.name,
-        model = model.as_deref().unwrap_or(""),
-        default_lane = choice.reason == LaneReason::Default,
-        host = %provider_host,
+        model = route.model.as_deref().unwrap_or(""),
+        default_lane = route.default_lane,
+        host = %route.provider_host,
         method = %parts.method,
         path = %parts.uri.path(),
         auth = auth.source.as_str(),
@@ -216,54 +286,59 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>, peer: Peer) -> Resp
     pending.event.bytes_up = bytes.len() as u64;
     let mut up = Request::new(Full::new(bytes));
     *up.method_mut() = parts.method;
-    *up.uri_mut() = uri;
+    *up.uri_mut() = route.uri.clone();
     *up.headers_mut() = headers;
+    Ok(up)
+}
 
-    // 7. send, wait for the response head
-    let first_byte_due = (Instant::now() + limits.first_byte_timeout).min(deadline);
-    let which = if first_byte_due == deadline {
-        "limits.totalTimeoutSeconds"
+/// Phase 7: send upstream and wait for the response head, within the
+/// first-byte timeout (or the total timeout, if that ends first).
+async fn send(
+    state: &RouterState,
+    up: Request<Full<Bytes>>,
+    route: &Route<'_>,
+    limits: &Limits,
+    deadline: Instant,
+) -> Result<Response<Incoming>, RouteError> {
+    let first_byte_due = Instant::now() + limits.first_byte_timeout;
+    let (due, limit) = if first_byte_due < deadline {
+        (first_byte_due, TimeoutLimit::FirstByte)
     } else {
-        "limits.firstByteTimeoutSeconds"
+        (deadline, TimeoutLimit::Total)
     };
-    let resp = match tokio::time::timeout_at(first_byte_due, shared.client.request(up)).await {
-        Err(_) => {
-            let secs = if which == "limits.totalTimeoutSeconds" {
-                limits.total_timeout.as_secs()
-            } else {
-                limits.first_byte_timeout.as_secs()
-            };
-            return refuse(
-                pending,
-                RouteError::UpstreamTimeout {
-                    lane: provider.name.clone(),
-                    host: provider_host,
-                    secs,
-                    limit: which,
-                },
-            );
-        }
-        Ok(Err(e)) => {
-            let err = match connect_error(&e) {
-                Some(c) => RouteError::UpstreamConnect {
-                    lane: provider.name.clone(),
-                    host: provider_host,
-                    detail: c.to_string(),
-                },
-                None => RouteError::UpstreamProtocol {
-                    lane: provider.name.clone(),
-                    host: provider_host,
-                    detail: describe(&e),
-                },
-            };
-            return refuse(pending, err);
-        }
-        Ok(Ok(r)) => r,
-    };
-    pending.event.ttfb = Some(pending.start().elapsed());
+    let lane = || route.provider.name.clone();
+    match tokio::time::timeout_at(due, state.client.request(up)).await {
+        Err(_) => Err(RouteError::UpstreamTimeout {
+            lane: lane(),
+            host: route.provider_host.clone(),
+            secs: limit.seconds(limits),
+            limit,
+        }),
+        Ok(Err(e)) => Err(match connect_error(&e) {
+            Some(c) => RouteError::UpstreamConnect {
+                lane: lane(),
+                host: route.provider_host.clone(),
+                detail: c.to_string(),
+            },
+            None => RouteError::UpstreamProtocol {
+                lane: lane(),
+                host: route.provider_host.clone(),
+                detail: describe(&e),
+            },
+        }),
+        Ok(Ok(response)) => Ok(response),
+    }
+}
 
-    // 8. relay
-    let (mut head, incoming) = resp.into_parts();
+/// Phase 8: the provider's status and headers (hop-by-hop dropped), and its
+/// body streamed as it arrives, within the response limits.
+fn relay_response(
+    response: Response<Incoming>,
+    limits: &Limits,
+    deadline: Instant,
+    mut pending: Pending,
+) -> Response<RouterBody> {
+    let (mut head, incoming) = response.into_parts();
     pending.event.status = Some(head.status.as_u16());
     pending.event.upstream_version = Some(version_name(head.version));
     head.version = Version::default();

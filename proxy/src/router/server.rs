@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 
 use super::audit::Peer;
-use super::pipeline::{Shared, handle};
+use super::pipeline::{RouterState, handle};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before
 /// trying again, so the loop does not spin.
@@ -32,7 +32,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves one accepted connection until it closes or shutdown is signalled.
 async fn serve_connection<IO>(
-    shared: Arc<Shared>,
+    shared: Arc<RouterState>,
     io: IO,
     peer: Peer,
     watcher: hyper_util::server::graceful::Watcher,
@@ -87,7 +87,7 @@ impl Accept for UnixListener {
 }
 
 async fn serve<L: Accept>(
-    shared: Arc<Shared>,
+    shared: Arc<RouterState>,
     listener: L,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
@@ -122,7 +122,7 @@ async fn serve<L: Accept>(
 
 /// Serves on a TCP listener until `shutdown` resolves, then drains.
 pub async fn serve_tcp(
-    shared: Arc<Shared>,
+    shared: Arc<RouterState>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
@@ -131,7 +131,7 @@ pub async fn serve_tcp(
 
 /// Serves on a unix-socket listener until `shutdown` resolves, then drains.
 pub async fn serve_unix(
-    shared: Arc<Shared>,
+    shared: Arc<RouterState>,
     listener: UnixListener,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {

@@ -4,8 +4,10 @@
 //!   first, then `--dns-upstream` or the system resolver. Provider URLs come
 //!   from the signed policy, so their addresses are not class-checked (the
 //!   TLS certificate check is what authenticates the provider).
-//! - TLS is rustls with the webpki roots plus the operator's `--extra-ca`
-//!   certificates; ALPN offers `h2` and `http/1.1`, and the pool uses
+//! - Names resolve and connect through [`crate::net::dial`] (one loop for
+//!   the whole daemon); TLS trust is [`crate::net::tls`]: the webpki roots
+//!   plus the operator's `--extra-ca` certificates; ALPN offers `h2` and
+//!   `http/1.1`, and the pool uses
 //!   HTTP/2 (multiplexed) or HTTP/1.1 (one request per connection at a
 //!   time) by what the provider picks.
 //! - Connections are kept alive and reused per `scheme://host:port`
@@ -15,8 +17,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,16 +29,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use policy::{Host, Snapshot, normalize_host};
-use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::resolve::{ResolveError, Resolver};
+use crate::net::dial::{AddressCheck, DialError, dial};
+use crate::net::resolve::Resolver;
 
 /// How long an idle pooled upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -48,61 +47,6 @@ pub type UpstreamBody = Full<Bytes>;
 
 /// The pooled client.
 pub type UpstreamClient = Client<Connector, UpstreamBody>;
-
-/// Why the TLS trust could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TrustError {
-    /// The extra CA file could not be read or holds no certificate.
-    #[error("--extra-ca {path}: {detail}")]
-    ExtraCa {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        detail: String,
-    },
-    /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
-    Tls(String),
-}
-
-/// Reads every PEM certificate in `path` (`--extra-ca`).
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustError> {
-    let err = |detail: String| TrustError::ExtraCa {
-        path: path.display().to_string(),
-        detail,
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no PEM certificates found".into()));
-    }
-    Ok(certs)
-}
-
-/// The rustls client configuration: webpki roots + `extra_ca`, ALPN h2 and
-/// http/1.1.
-pub fn tls_config(
-    extra_ca: &[CertificateDer<'static>],
-) -> Result<Arc<rustls::ClientConfig>, TrustError> {
-    let mut roots = RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    for (i, c) in extra_ca.iter().enumerate() {
-        roots
-            .add(c.clone())
-            .map_err(|e| TrustError::Tls(format!("extra CA certificate #{}: {e}", i + 1)))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TrustError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
 
 /// Builds the pooled client.
 pub fn client(connector: Connector) -> UpstreamClient {
@@ -126,17 +70,9 @@ pub enum ConnectError {
         /// The host as written.
         host: String,
     },
-    /// The name did not resolve.
+    /// Resolving or connecting failed.
     #[error("{0}")]
-    Resolve(#[from] ResolveError),
-    /// No address accepted a TCP connection.
-    #[error("connecting to {addrs} failed: {detail}")]
-    Connect {
-        /// The addresses tried.
-        addrs: String,
-        /// The last error.
-        detail: String,
-    },
+    Dial(#[from] DialError),
     /// The TLS handshake failed (certificate not trusted, name mismatch…).
     #[error("TLS handshake with {host} failed: {detail}")]
     Tls {
@@ -194,35 +130,11 @@ impl Connector {
             host: raw_host.to_owned(),
         })?;
         let port = uri.port_u16().unwrap_or(443);
-        let resolved = self.resolver.resolve(&host, port).await?;
-        let mut last: Option<io::Error> = None;
-        let mut stream = None;
-        for ip in &resolved.addrs {
-            match TcpStream::connect(SocketAddr::new(*ip, port)).await {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let Some(tcp) = stream else {
-            let addrs: Vec<String> = resolved
-                .addrs
-                .iter()
-                .map(|a| SocketAddr::new(*a, port).to_string())
-                .collect();
-            return Err(ConnectError::Connect {
-                addrs: if addrs.is_empty() {
-                    format!("{host}:{port} (no addresses)")
-                } else {
-                    addrs.join(", ")
-                },
-                detail: last.map_or_else(|| "no addresses".to_owned(), |e| e.to_string()),
-            });
-        };
-        // Without Nagle, small writes (request heads, SSE frames) leave at once.
-        let _ = tcp.set_nodelay(true);
+        // Provider URLs come from the signed policy: every address passes.
+        let timeout = self.policy.borrow().policy().limits.connect_timeout;
+        let tcp = dial(&self.resolver, &host, port, AddressCheck::Trusted, timeout)
+            .await?
+            .stream;
         let server_name = match &host {
             Host::Domain(d) => {
                 ServerName::try_from(d.as_str().to_owned()).map_err(|_| ConnectError::BadHost {
@@ -356,36 +268,4 @@ pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
         cur = e.source();
     }
     s
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn extra_ca_file_errors_name_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let empty = dir.path().join("empty.pem");
-        std::fs::write(&empty, "not a certificate\n").unwrap();
-        let err = read_ca_file(&empty).unwrap_err().to_string();
-        assert!(err.contains("empty.pem"), "{err}");
-        assert!(err.contains("no PEM certificates"), "{err}");
-        let missing = dir.path().join("missing.pem");
-        assert!(
-            read_ca_file(&missing)
-                .unwrap_err()
-                .to_string()
-                .contains("missing.pem")
-        );
-    }
-
-    #[test]
-    fn tls_config_offers_h2_and_http11() {
-        let cfg = tls_config(&[]).unwrap();
-        assert_eq!(
-            cfg.alpn_protocols,
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-        );
-    }
 }

@@ -12,9 +12,10 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use policy::{Origin, ResolveOverrides, Snapshot, ValidationMode, format_timestamp, parse_pack};
+use policy::{Origin, Snapshot, ValidationMode, format_timestamp, parse_pack};
 use proxy::audit::{AuditEvent, MemorySink};
-use proxy::resolve::{DnsClient, Resolver, Upstream};
+use proxy::net::resolve::ResolveOverrides;
+use proxy::net::resolve::{DnsClient, Resolver, Upstream};
 use proxy::server::{ConnectProxy, ProxyConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};

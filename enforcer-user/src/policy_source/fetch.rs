@@ -1,12 +1,10 @@
-//! Fetching packs over HTTPS: hyper 1 over rustls (webpki roots plus an
-//! optional extra CA), `If-None-Match`/`ETag`, bounded size and time, and
-//! the `--resolve HOST:PORT:ADDR` override map honoured for every
-//! connection (names in the map never reach a resolver).
+//! Fetching packs over HTTPS: hyper 1 over the daemon's one dial and TLS
+//! trust ([`proxy::net`]: `--resolve` pins, `--dns-upstream` or the system
+//! resolver, webpki roots plus `--extra-ca`), `If-None-Match`/`ETag`,
+//! bounded size and time. The policy URL is the operator's choice, so its
+//! addresses are not class-checked; the TLS certificate authenticates it.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{ETAG, HOST, IF_NONE_MATCH, LOCATION, USER_AGENT};
@@ -14,13 +12,13 @@ use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use rustls::RootCertStore;
+use policy::host::split_host_port;
+use policy::model::MAX_PACK_BYTES;
+use policy::{Host, normalize_host};
+use proxy::net::dial::{AddressCheck, DialError, dial};
+use proxy::net::resolve::Resolver;
+use proxy::net::tls::{ALPN_HTTP11, TrustError, client_config, read_ca_file};
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls_pki_types::pem::PemObject;
-use tokio::net::TcpStream;
-
-use crate::host::{Host, HostError, normalize_host, parse_port, split_host_port};
-use crate::model::MAX_PACK_BYTES;
 
 /// Default limit for one whole fetch (connect, TLS, request, body).
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,25 +36,16 @@ pub enum FetchError {
         /// What is wrong.
         why: String,
     },
-    /// Name resolution failed.
-    #[error("cannot resolve {host}:{port}: {detail}")]
-    Resolve {
+    /// Resolving or connecting failed.
+    #[error("cannot connect to {host}:{port}: {source}")]
+    Dial {
         /// Host.
         host: String,
         /// Port.
         port: u16,
-        /// Detail.
-        detail: String,
-    },
-    /// TCP connect failed on every address.
-    #[error("cannot connect to {host}:{port} ({detail})")]
-    Connect {
-        /// Host.
-        host: String,
-        /// Port.
-        port: u16,
-        /// Last error, per address.
-        detail: String,
+        /// What failed.
+        #[source]
+        source: DialError,
     },
     /// TLS handshake failed (certificate not trusted, wrong name, ...).
     #[error("TLS with {host} failed: {detail}")]
@@ -104,107 +93,19 @@ pub enum FetchError {
         /// The URL.
         url: String,
     },
-    /// The extra CA file could not be used.
-    #[error("extra CA {path}: {detail}")]
-    Ca {
-        /// The file.
-        path: String,
-        /// Detail.
-        detail: String,
-    },
-}
-
-// === impl ResolveOverrides ===
-
-/// Why a `--resolve` entry was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ResolveError {
-    /// Not `HOST:PORT:ADDR`.
-    #[error(
-        "`{input}` is not HOST:PORT:ADDR (e.g. `policy.example.com:443:127.0.0.1` or `h:443:[::1]`)"
-    )]
-    Syntax {
-        /// The entry as given.
-        input: String,
-    },
-    /// The host part is invalid.
-    #[error("`{input}`: {source}")]
-    Host {
-        /// The entry as given.
-        input: String,
-        /// What is wrong with the host.
-        source: HostError,
-    },
-}
-
-/// The `--resolve HOST:PORT:ADDR` map (like curl's): pins a name and port
-/// to addresses for every connection made through it. Hosts are stored
-/// normalised, so `Example.COM.` and `example.com` are one key.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResolveOverrides {
-    map: HashMap<(Host, u16), Vec<IpAddr>>,
-}
-
-impl ResolveOverrides {
-    /// An empty map.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Add one `HOST:PORT:ADDR` entry (ADDR may be bracketed IPv6); repeated
-    /// entries for one HOST:PORT add addresses in order.
-    pub fn add_entry(&mut self, entry: &str) -> Result<(), ResolveError> {
-        let syntax = || ResolveError::Syntax {
-            input: entry.to_owned(),
-        };
-        let (host, rest) = if entry.starts_with('[') {
-            let close = entry.find(']').ok_or_else(syntax)?;
-            (
-                &entry[..=close],
-                entry[close + 1..].strip_prefix(':').ok_or_else(syntax)?,
-            )
-        } else {
-            entry.split_once(':').ok_or_else(syntax)?
-        };
-        let (port, addr) = rest.split_once(':').ok_or_else(syntax)?;
-        let port = parse_port(port).ok_or_else(syntax)?;
-        let addr = addr
-            .strip_prefix('[')
-            .and_then(|a| a.strip_suffix(']'))
-            .unwrap_or(addr);
-        let addr: IpAddr = addr.parse().map_err(|_| syntax())?;
-        let host = normalize_host(host).map_err(|source| ResolveError::Host {
-            input: entry.to_owned(),
-            source,
-        })?;
-        self.insert(host, port, addr);
-        Ok(())
-    }
-
-    /// Pin `host:port` to `addr` (appended to earlier addresses).
-    pub fn insert(&mut self, host: Host, port: u16, addr: IpAddr) {
-        self.map.entry((host, port)).or_default().push(addr);
-    }
-
-    /// The pinned addresses for a normalised host and port, if any.
-    pub fn lookup(&self, host: &Host, port: u16) -> Option<&[IpAddr]> {
-        self.map.get(&(host.clone(), port)).map(Vec::as_slice)
-    }
-
-    /// Whether the map is empty.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
+    /// The TLS trust could not be built (an unusable `--extra-ca`).
+    #[error(transparent)]
+    Trust(#[from] TrustError),
 }
 
 // === impl FetchConfig ===
 
-/// TLS trust, resolver overrides and limits for pack fetches.
+/// Resolver, TLS trust and limits for pack fetches.
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
-    roots: Arc<RootCertStore>,
-    /// `--resolve` entries.
-    pub resolve: ResolveOverrides,
+    /// The daemon's resolver (`--resolve` pins, `--dns-upstream`).
+    pub resolver: Resolver,
+    extra_ca: Vec<CertificateDer<'static>>,
     /// Limit for one whole fetch.
     pub timeout: Duration,
 }
@@ -212,17 +113,15 @@ pub struct FetchConfig {
 impl Default for FetchConfig {
     fn default() -> Self {
         FetchConfig {
-            roots: Arc::new(RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            }),
-            resolve: ResolveOverrides::default(),
+            resolver: Resolver::system(),
+            extra_ca: Vec::new(),
             timeout: DEFAULT_FETCH_TIMEOUT,
         }
     }
 }
 
 impl FetchConfig {
-    /// Public web PKI roots (webpki-roots), no overrides, 30 s timeout.
+    /// The system resolver, public web PKI roots (webpki-roots), 30 s timeout.
     pub fn new() -> Self {
         Self::default()
     }
@@ -230,38 +129,15 @@ impl FetchConfig {
     /// Trust the CA certificates in a PEM file too (`--extra-ca`). Returns
     /// how many were added.
     pub fn add_extra_ca_file(&mut self, path: &Path) -> Result<usize, FetchError> {
-        let err = |detail: String| FetchError::Ca {
-            path: path.display().to_string(),
-            detail,
-        };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| err(e.to_string()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| err(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(err("no PEM certificates found".into()));
-        }
-        for c in &certs {
-            self.add_extra_ca_der(c.clone())
-                .map_err(|e| err(e.to_string()))?;
-        }
-        Ok(certs.len())
+        let certs = read_ca_file(path)?;
+        let count = certs.len();
+        self.extra_ca.extend(certs);
+        Ok(count)
     }
 
     /// Trust one more CA certificate (DER).
-    pub fn add_extra_ca_der(&mut self, cert: CertificateDer<'static>) -> Result<(), rustls::Error> {
-        Arc::make_mut(&mut self.roots).add(cert)
-    }
-
-    fn tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(self.roots.clone())
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(cfg))
+    pub fn add_extra_ca_der(&mut self, cert: CertificateDer<'static>) {
+        self.extra_ca.push(cert);
     }
 }
 
@@ -312,56 +188,26 @@ fn parse_target(url: &str) -> Result<Target, FetchError> {
     })
 }
 
-async fn resolve(t: &Target, cfg: &FetchConfig) -> Result<Vec<SocketAddr>, FetchError> {
-    if let Some(addrs) = cfg.resolve.lookup(&t.host, t.port) {
-        return Ok(addrs.iter().map(|a| SocketAddr::new(*a, t.port)).collect());
-    }
-    if let Some(ip) = t.host.ip() {
-        return Ok(vec![SocketAddr::new(ip, t.port)]);
-    }
-    let name = t.host.to_string();
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), t.port))
-        .await
-        .map_err(|e| FetchError::Resolve {
-            host: name.clone(),
-            port: t.port,
-            detail: e.to_string(),
-        })?
-        .collect();
-    if addrs.is_empty() {
-        return Err(FetchError::Resolve {
-            host: name,
-            port: t.port,
-            detail: "no addresses".into(),
-        });
-    }
-    Ok(addrs)
-}
-
 async fn get_once(
     url: &str,
     if_none_match: Option<&str>,
     cfg: &FetchConfig,
 ) -> Result<Result<FetchResponse, String>, FetchError> {
     let t = parse_target(url)?;
-    let addrs = resolve(&t, cfg).await?;
-    let mut last = String::new();
-    let mut tcp = None;
-    for a in &addrs {
-        match TcpStream::connect(a).await {
-            Ok(s) => {
-                tcp = Some(s);
-                break;
-            }
-            Err(e) => last = format!("{a}: {e}"),
-        }
-    }
-    let tcp = tcp.ok_or_else(|| FetchError::Connect {
+    let tcp = dial(
+        &cfg.resolver,
+        &t.host,
+        t.port,
+        AddressCheck::Trusted,
+        cfg.timeout,
+    )
+    .await
+    .map_err(|source| FetchError::Dial {
         host: t.host.to_string(),
         port: t.port,
-        detail: last,
-    })?;
-    let _ = tcp.set_nodelay(true);
+        source,
+    })?
+    .stream;
     let tls_err = |detail: String| FetchError::Tls {
         host: t.host.to_string(),
         detail,
@@ -372,7 +218,7 @@ async fn get_once(
             ServerName::try_from(d.as_str().to_owned()).map_err(|e| tls_err(e.to_string()))?
         }
     };
-    let connector = tokio_rustls::TlsConnector::from(cfg.tls().map_err(tls_err)?);
+    let connector = tokio_rustls::TlsConnector::from(client_config(&cfg.extra_ca, ALPN_HTTP11)?);
     let tls = connector
         .connect(server_name, tcp)
         .await
@@ -505,32 +351,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resolve_entries() {
-        let mut r = ResolveOverrides::new();
-        r.add_entry("Policy.Example.com.:443:127.0.0.1").unwrap();
-        r.add_entry("policy.example.com:443:[::1]").unwrap();
-        r.add_entry("[::1]:8443:127.0.0.2").unwrap();
-        let h = normalize_host("policy.example.com").unwrap();
-        assert_eq!(
-            r.lookup(&h, 443).unwrap(),
-            &[
-                "127.0.0.1".parse::<IpAddr>().unwrap(),
-                "::1".parse().unwrap()
-            ]
-        );
-        assert!(r.lookup(&h, 80).is_none());
-        for bad in [
-            "a:443",
-            "a:x:127.0.0.1",
-            "a:443:nothost",
-            "a b:443:127.0.0.1",
-            "a:0:127.0.0.1",
-        ] {
-            assert!(r.add_entry(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn urls() {
         assert_eq!(signature_url("https://h/p.json"), "https://h/p.json.sig");
         assert_eq!(
@@ -565,6 +385,15 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(matches!(e, FetchError::Connect { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                FetchError::Dial {
+                    source: DialError::Connect { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -12,13 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::allowlist::Grant;
-use crate::fetch::{FetchConfig, FetchResponse, fetch, signature_url};
-use crate::model::{PackError, ValidationMode, parse_pack};
-use crate::signing::{VerifyingKey, sha256_hex, signature_path, verify_bytes};
-use crate::snapshot::{Origin, Snapshot};
-use crate::store::{Candidate, Offered, PolicyStore, Refusal};
-use crate::tools::write_atomic;
+use policy::signing::{VerifyingKey, sha256_hex, signature_path, verify_bytes};
+use policy::store::{Candidate, Offered, PolicyStore, Refusal};
+use policy::tools::write_atomic;
+use policy::{Grant, Origin, PackError, Snapshot, ValidationMode, parse_pack};
+
+use super::fetch::{FetchConfig, FetchResponse, fetch, signature_url};
 
 /// File name of the cached pack inside the state directory.
 pub const CACHE_PACK: &str = "policy.pack.json";

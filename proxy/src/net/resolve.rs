@@ -1,7 +1,7 @@
-//! Name resolution for upstream dials: operator pins (`--resolve`, the
-//! policy crate's [`ResolveOverrides`], shared with every other resolution
-//! the daemon makes), the system resolver, or a plain DNS client to
-//! `--dns-upstream`.
+//! Name resolution for every dial the daemon makes (CONNECT upstreams, lane
+//! providers, policy fetches, direct entries): operator pins
+//! ([`ResolveOverrides`], `--resolve`), the system resolver, or a plain DNS
+//! client to `--dns-upstream`.
 //!
 //! The proxy resolves an allowed name once and dials exactly the addresses
 //! it checked. [`Resolved::source`] says where the addresses came from:
@@ -14,16 +14,103 @@
 //! id and the question, follows CNAMEs inside the answer, retries once on
 //! timeout, and repeats a truncated query over TCP.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use policy::{Host, ResolveOverrides};
+use policy::host::parse_port;
+use policy::{Host, HostError, normalize_host};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+
+// === impl ResolveOverrides ===
+
+/// Why a `--resolve` entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PinError {
+    /// Not `HOST:PORT:ADDR`.
+    #[error(
+        "`{input}` is not HOST:PORT:ADDR (e.g. `policy.example.com:443:127.0.0.1` or `h:443:[::1]`)"
+    )]
+    Syntax {
+        /// The entry as given.
+        input: String,
+    },
+    /// The host part is invalid.
+    #[error("`{input}`: {source}")]
+    Host {
+        /// The entry as given.
+        input: String,
+        /// What is wrong with the host.
+        source: HostError,
+    },
+}
+
+/// The `--resolve HOST:PORT:ADDR` map (like curl's): pins a name and port
+/// to addresses for every connection made through it. Hosts are stored
+/// normalised, so `Example.COM.` and `example.com` are one key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolveOverrides {
+    map: HashMap<(Host, u16), Vec<IpAddr>>,
+}
+
+impl ResolveOverrides {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add one `HOST:PORT:ADDR` entry (ADDR may be bracketed IPv6); repeated
+    /// entries for one HOST:PORT add addresses in order.
+    pub fn add_entry(&mut self, entry: &str) -> Result<(), PinError> {
+        let syntax = || PinError::Syntax {
+            input: entry.to_owned(),
+        };
+        let (host, rest) = if entry.starts_with('[') {
+            let close = entry.find(']').ok_or_else(syntax)?;
+            (
+                &entry[..=close],
+                entry[close + 1..].strip_prefix(':').ok_or_else(syntax)?,
+            )
+        } else {
+            entry.split_once(':').ok_or_else(syntax)?
+        };
+        let (port, addr) = rest.split_once(':').ok_or_else(syntax)?;
+        let port = parse_port(port).ok_or_else(syntax)?;
+        let addr = addr
+            .strip_prefix('[')
+            .and_then(|a| a.strip_suffix(']'))
+            .unwrap_or(addr);
+        let addr: IpAddr = addr.parse().map_err(|_| syntax())?;
+        let host = normalize_host(host).map_err(|source| PinError::Host {
+            input: entry.to_owned(),
+            source,
+        })?;
+        self.insert(host, port, addr);
+        Ok(())
+    }
+
+    /// Pin `host:port` to `addr` (appended to earlier addresses).
+    pub fn insert(&mut self, host: Host, port: u16, addr: IpAddr) {
+        self.map.entry((host, port)).or_default().push(addr);
+    }
+
+    /// The pinned addresses for a normalised host and port, if any.
+    pub fn lookup(&self, host: &Host, port: u16) -> Option<&[IpAddr]> {
+        self.map.get(&(host.clone(), port)).map(Vec::as_slice)
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+// === impl Resolver ===
 
 /// Where resolved addresses came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -494,7 +581,7 @@ fn random_id() -> u16 {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-#[path = "../tests/common/mock_dns.rs"]
+#[path = "../../tests/common/mock_dns.rs"]
 mod mock_dns;
 
 #[cfg(test)]
@@ -502,6 +589,32 @@ mod mock_dns;
 mod tests {
     use super::mock_dns::MockDns;
     use super::*;
+
+    #[test]
+    fn resolve_entries() {
+        let mut r = ResolveOverrides::new();
+        r.add_entry("Policy.Example.com.:443:127.0.0.1").unwrap();
+        r.add_entry("policy.example.com:443:[::1]").unwrap();
+        r.add_entry("[::1]:8443:127.0.0.2").unwrap();
+        let h = normalize_host("policy.example.com").unwrap();
+        assert_eq!(
+            r.lookup(&h, 443).unwrap(),
+            &[
+                "127.0.0.1".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert!(r.lookup(&h, 80).is_none());
+        for bad in [
+            "a:443",
+            "a:x:127.0.0.1",
+            "a:443:nothost",
+            "a b:443:127.0.0.1",
+            "a:0:127.0.0.1",
+        ] {
+            assert!(r.add_entry(bad).is_err(), "{bad}");
+        }
+    }
 
     fn host(name: &str) -> Host {
         policy::normalize_host(name).unwrap()

@@ -1,4 +1,4 @@
-//! Loading, verification, refusal, caching, fallback, HTTPS refresh and hot
+//! The daemon's pack loader (`enforcer::policy_source`): loading, verification, refusal, caching, fallback, HTTPS refresh and hot
 //! swap, over real files and a real HTTPS server on 127.0.0.1.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,13 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use policy::loader::{CACHE_PACK, CACHE_SIG};
+use enforcer::policy_source::loader::{CACHE_PACK, CACHE_SIG};
+use enforcer::policy_source::{Loader, LoaderConfig, PackSource, RefreshOutcome};
 use policy::signing::{KeyId, sha256_hex};
 use policy::store::Candidate;
-use policy::{
-    Loader, LoaderConfig, Origin, PackSource, PolicyStore, RefreshOutcome, Refusal, Snapshot,
-    ValidationMode, parse_pack,
-};
+use policy::{Origin, PolicyStore, Refusal, Snapshot, ValidationMode, parse_pack};
 
 fn file_config(
     path: &std::path::Path,
@@ -256,7 +254,7 @@ async fn a_pinned_sha256_must_match() {
 async fn the_seed_example_lints_but_is_refused_as_expired() {
     let seed = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/packs/examples/seed.json"
+        "/../policy/packs/examples/seed.json"
     ))
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -364,11 +362,7 @@ async fn an_untrusted_server_certificate_is_refused() {
     let site = Site::start(&pki).await;
     let k = key();
     site.publish("/p.json", &pack("1", now(), 3600, "x"), &k);
-    let mut fetch = policy::FetchConfig::new();
-    fetch
-        .resolve
-        .add_entry(&format!("policy.test:{}:127.0.0.1", site.addr.port()))
-        .unwrap();
+    let fetch = site.pinned_config();
     let cfg = LoaderConfig {
         source: Some(PackSource::parse(&site.url("/p.json")).unwrap()),
         trusted_keys: vec![k.verifying_key()],

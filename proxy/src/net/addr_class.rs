@@ -6,7 +6,7 @@
 //! metadata endpoints (credentials), this host's other addresses, private
 //! networks. DNS answers are checked here (DNS rebinding: an allowed name
 //! answering `127.0.0.1` or `169.254.169.254`); addresses the operator pinned
-//! with `--resolve` are not (see `resolve`).
+//! with `--resolve` are not (see [`select_addresses`]).
 //!
 //! IPv6 forms that carry an IPv4 address are judged by that address too:
 //! v4-mapped (`::ffff:a.b.c.d`), v4-compatible (`::a.b.c.d`), NAT64
@@ -18,7 +18,10 @@ use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use policy::Fronting;
 use serde::Serialize;
+
+use super::resolve::{AddrSource, Resolved};
 
 /// The class of an address, most specific first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -213,6 +216,51 @@ pub fn check(
         }
     }
     worst.map_or(Ok(()), Err)
+}
+
+// === selection ===
+
+/// A resolution none of whose addresses may be dialled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The first refused address.
+    pub addr: IpAddr,
+    /// Its (worst) class.
+    pub class: AddressClass,
+}
+
+/// The addresses to dial, in order. DNS answers in a refused class
+/// are dropped (dialling only what passed); if none is left, the first
+/// refused one is reported. Pinned addresses are the operator's decision
+/// and pass unchecked.
+pub fn select_addresses(
+    resolved: &Resolved,
+    fronting: &Fronting,
+    local: &LocalAddrs,
+) -> Result<Vec<IpAddr>, Refused> {
+    if resolved.source == AddrSource::Pinned {
+        return Ok(resolved.addrs.clone());
+    }
+    let mut first_refused = None;
+    let mut allowed = Vec::new();
+    for &addr in &resolved.addrs {
+        match check(addr, |ip| fronting.private_address_allowed(ip), local) {
+            Ok(()) => allowed.push(addr),
+            Err(class) => {
+                first_refused.get_or_insert(Refused { addr, class });
+            }
+        }
+    }
+    match (allowed.is_empty(), first_refused) {
+        (false, _) => Ok(allowed),
+        (true, Some(refused)) => Err(refused),
+        // No addresses at all is a resolver failure, reported as such upstream;
+        // refusing here keeps the function total.
+        (true, None) => Err(Refused {
+            addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            class: AddressClass::Unspecified,
+        }),
+    }
 }
 
 fn classify_one(ip: IpAddr, local: &LocalAddrs) -> AddressClass {
