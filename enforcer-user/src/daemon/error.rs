@@ -58,7 +58,8 @@ impl fmt::Display for KernelStep {
     }
 }
 
-/// Why [`super::run`] failed.
+/// Why [`super::run`] failed. Foreign causes are boxed: the kernel's and
+/// the store's errors are large, and this is returned on every step.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// The audit database could not be opened or its writer not started.
@@ -68,14 +69,14 @@ pub enum DaemonError {
         path: PathBuf,
         /// The cause.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// The policy loader could not be set up.
     #[error("loading the policy")]
     Policy {
         /// The cause.
         #[source]
-        source: policy::LoaderError,
+        source: Box<policy::LoaderError>,
     },
     /// A TCP listener could not be bound.
     #[error("binding the {listener} to {addr} (choose another address with {})", listener.flag())]
@@ -104,7 +105,7 @@ pub enum DaemonError {
         cgroup: PathBuf,
         /// The cause.
         #[source]
-        source: KernelError,
+        source: Box<KernelError>,
     },
     /// A kernel step after attaching failed.
     #[error("{step} of cgroup {}", cgroup.display())]
@@ -115,7 +116,7 @@ pub enum DaemonError {
         cgroup: PathBuf,
         /// The cause.
         #[source]
-        source: KernelError,
+        source: Box<KernelError>,
     },
     /// The control socket could not be bound.
     #[error("binding the control socket {} (choose another path with --control-socket)", path.display())]

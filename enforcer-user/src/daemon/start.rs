@@ -56,7 +56,7 @@ pub async fn run(
         AuditWriter::start(&audit_path, Retention::default()).map_err(|source| {
             DaemonError::AuditLog {
                 path: audit_path,
-                source,
+                source: Box::new(source),
             }
         })?;
     let bridge = AuditBridge::new(writer, Arc::new(Metrics::default()));
@@ -190,9 +190,12 @@ async fn load_policy(
         state_dir: Some(options.state_dir.clone()),
         ..loader_config
     };
-    let (loader, report) = Loader::start(loader_config, now)
-        .await
-        .map_err(|source| DaemonError::Policy { source })?;
+    let (loader, report) =
+        Loader::start(loader_config, now)
+            .await
+            .map_err(|source| DaemonError::Policy {
+                source: Box::new(source),
+            })?;
     for refusal in &report.refusals {
         tracing::warn!(decision = "deny", reason = %refusal, "policy pack refused");
         bridge.control(
@@ -277,7 +280,7 @@ fn start_kernel(
         move |source| DaemonError::Kernel {
             step,
             cgroup: cgroup(),
-            source,
+            source: Box::new(source),
         }
     };
     // (a) Load, attach and pin (re-using a previous run's pins), endpoints written.
@@ -293,7 +296,7 @@ fn start_kernel(
     )
     .map_err(|source| DaemonError::Attach {
         cgroup: cgroup(),
-        source,
+        source: Box::new(source),
     })?;
     match &attachment.families {
         FamilyEnforcement::Enforced => tracing::info!("{}", attachment.families.describe()),
