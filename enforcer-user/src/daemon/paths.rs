@@ -6,7 +6,8 @@
 //! /var/lib/enforcer/                 state directory, --state-dir
 //! /var/lib/enforcer/audit.db         SQLite audit log (WAL: audit.db-wal, audit.db-shm)
 //! /var/lib/enforcer/grants.json      runtime grants (`enforcer allow`), reloaded at start-up
-//! /var/lib/enforcer/...              last good policy pack (written by policy::Loader)
+//! /var/lib/enforcer/policy.pack.json(.sig)  last good pack, written and read by the
+//!                                    policy loader (its CACHE_PACK / CACHE_SIG)
 //! ```
 
 use std::path::{Path, PathBuf};
