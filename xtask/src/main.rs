@@ -2,7 +2,7 @@
 //!
 //! Builds on stable. `setup` installs everything else the build and the
 //! tests need on a fresh Debian machine (idempotent: a second run changes
-//! nothing); every other command runs it first.
+//! nothing); every other command but `lint` runs it first.
 
 mod demo;
 mod setup;
@@ -31,9 +31,13 @@ enum Task {
     Setup,
     /// Set up, then build every binary.
     Build,
-    /// Set up, then run every test: unit, integration, (as root) the
-    /// native kernel tests, and the kernel tests in a QEMU VM.
+    /// Set up, check formatting and clippy (workspace and eBPF target),
+    /// then run every test: unit, integration, (as root) the native kernel
+    /// tests, and the kernel tests in a QEMU VM.
     Test,
+    /// Check formatting and clippy: the gates `test` runs first. Does not
+    /// run `setup` (it needs it once: nightly rust-src for the eBPF lint).
+    Lint,
     /// Set up, then run the kernel tests inside a QEMU VM (no root needed).
     TestVm(vm::VmArgs),
     /// Set up, build, and show the kernel enforcing a transient cgroup.
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Build => setup::run().and_then(|()| build()),
         Task::Test => setup::run().and_then(|()| test()),
+        Task::Lint => lint(),
         Task::TestVm(args) => setup::run().and_then(|()| vm::run(&args)),
         Task::Demo => setup::run()
             .and_then(|()| build())
@@ -103,10 +108,103 @@ fn build() -> anyhow::Result<()> {
     run_command(cargo().args(["build", "--bins"]))
 }
 
-/// Every test. Kernel tests need root: as root they run natively; without
-/// root they are left out with a notice, except under CI=true where that
-/// is an error (they must fail, never skip).
+/// One hygiene check `test` runs before any test.
+struct Gate {
+    /// What it checks, for the failure message.
+    name: &'static str,
+    /// Program and arguments (`cargo` is the rustup proxy, which understands `+nightly`).
+    args: &'static [&'static str],
+    /// How to fix a failure.
+    fix: &'static str,
+}
+
+/// The gates, in order. The eBPF crate is linted on its own target: built
+/// for the host its `#![no_std]` binary does not link, which is why the
+/// workspace clippy leaves it out.
+const GATES: [Gate; 3] = [
+    Gate {
+        name: "formatting",
+        args: &["fmt", "--all", "--check"],
+        fix: "run `cargo fmt --all`",
+    },
+    Gate {
+        name: "clippy (workspace, host)",
+        args: &[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "enforcer-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        fix: "fix the warnings above",
+    },
+    Gate {
+        name: "clippy (enforcer-ebpf, bpfel-unknown-none)",
+        args: EBPF_CLIPPY,
+        fix: "fix the warnings above; every `unsafe` block needs a `// SAFETY:` comment",
+    },
+];
+
+/// Clippy for the eBPF crate (library and programs) on the BPF target, with
+/// nightly (`build-std` needs it, and nightly's rust-src from `setup`).
+const EBPF_CLIPPY: &[&str] = &[
+    "+nightly",
+    "clippy",
+    "-p",
+    "enforcer-ebpf",
+    "--target",
+    "bpfel-unknown-none",
+    "-Z",
+    "build-std=core",
+    "--",
+    "-D",
+    "warnings",
+    "-D",
+    "clippy::undocumented_unsafe_blocks",
+];
+
+/// Runs every gate (all of them, so one run shows every problem) and
+/// returns the failed ones, each with its fix.
+fn hygiene() -> Vec<String> {
+    let root = workspace_root();
+    let mut failed = Vec::new();
+    for gate in &GATES {
+        // The rustup proxy `cargo`, not $CARGO: only the proxy reads `+nightly`.
+        let mut command = Command::new("cargo");
+        command.args(gate.args);
+        if let Err(error) = run_command_in(&mut command, &root) {
+            eprintln!("xtask: gate {} failed: {error:#}", gate.name);
+            failed.push(format!("gate {}: {}", gate.name, gate.fix));
+        }
+    }
+    failed
+}
+
+/// `cargo xtask lint`: the gates alone.
+fn lint() -> anyhow::Result<()> {
+    let failed = hygiene();
+    if !failed.is_empty() {
+        bail!("{} gate(s) failed: {}", failed.len(), failed.join("; "));
+    }
+    Ok(())
+}
+
+/// The hygiene gates, then every test. Kernel tests need root: as root
+/// they run natively; without root they are left out with a notice, except
+/// under CI=true where that is an error (they must fail, never skip).
 fn test() -> anyhow::Result<()> {
+    // A failed gate fails `test` at the end; the tests still run, so one
+    // run reports every layer.
+    let gate_failures = hygiene();
+    if !gate_failures.is_empty() {
+        eprintln!(
+            "xtask: {} hygiene gate(s) failed; running the tests anyway, `test` will fail",
+            gate_failures.len()
+        );
+    }
     build()?;
     let root = workspace_root();
     let target = root.join("target/debug");
@@ -135,6 +233,8 @@ fn test() -> anyhow::Result<()> {
     if totals.failed > 0 {
         failures.push(format!("cargo test: {} failed", totals.failed));
     }
+    totals.failed += u64::try_from(gate_failures.len()).unwrap_or(u64::MAX);
+    failures.extend(gate_failures);
     for target in FUZZ_TARGETS {
         match fuzz(target) {
             Ok(()) => totals.passed += 1,

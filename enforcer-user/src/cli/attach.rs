@@ -4,7 +4,10 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use enforcer::{daemon, daemon::control::DEFAULT_SOCKET, kernel::maps::parse_socket_addr};
+use enforcer::{
+    daemon::{self, paths::DEFAULT_CONTROL_SOCKET},
+    kernel::maps::parse_socket_addr,
+};
 
 use super::{daemon_flags::DaemonFlags, init_logging, resolve_cgroup};
 
@@ -26,7 +29,7 @@ pub struct AttachArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787", value_parser = parse_socket_addr)]
     router_listen: SocketAddr,
     /// The control socket (mode 0600).
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
     control_socket: PathBuf,
     #[command(flatten)]
     flags: DaemonFlags,

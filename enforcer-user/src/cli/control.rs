@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use enforcer::{
     audit::{AuditRecord, AuditStore, Decision, EventFilter},
     daemon::{
-        DEFAULT_STATE_DIR,
-        control::{ControlClient, DEFAULT_SOCKET, Request, matches},
+        control::{ControlClient, Request, matches},
+        paths::{self, DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR},
+        protocol::{AllowResponse, ReloadResponse, RevokeResponse},
     },
 };
 
@@ -22,7 +23,7 @@ use super::daemon_flags::parse_duration_flag;
 #[derive(Debug, Clone, clap::Args)]
 pub struct SocketFlag {
     /// The daemon's control socket.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
     control_socket: PathBuf,
 }
 
@@ -117,52 +118,49 @@ pub struct EventsArgs {
 
 /// Runs `enforcer allow`.
 pub fn allow(args: AllowArgs) -> anyhow::Result<ExitCode> {
-    let result = ControlClient::new(&args.socket.control_socket).call(&Request::Allow {
-        target: args.target.clone(),
-        ttl_seconds: args.ttl.as_secs().max(1),
-        reason: args.reason,
-        direct: args.direct,
-    })?;
+    let grant: AllowResponse =
+        ControlClient::new(&args.socket.control_socket).call_as(&Request::Allow {
+            target: args.target,
+            ttl_seconds: args.ttl.as_secs().max(1),
+            reason: args.reason,
+            direct: args.direct,
+        })?;
     println!(
         "allowed {} ({}) until {}",
-        result["target"].as_str().unwrap_or(&args.target),
-        result["scope"].as_str().unwrap_or("proxy"),
-        result["expires_at"].as_str().unwrap_or("?")
+        grant.target, grant.scope, grant.expires_at
     );
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `enforcer revoke`.
 pub fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
-    let result = ControlClient::new(&args.socket.control_socket).call(&Request::Revoke {
-        target: args.target.clone(),
-    })?;
-    println!(
-        "revoked {} ({} grant(s))",
-        result["target"].as_str().unwrap_or(&args.target),
-        result["removed"]
-    );
+    let revoked: RevokeResponse =
+        ControlClient::new(&args.socket.control_socket).call_as(&Request::Revoke {
+            target: args.target,
+        })?;
+    println!("revoked {} ({} grant(s))", revoked.target, revoked.removed);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `enforcer reload`.
 pub fn reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
-    let result = ControlClient::new(&args.socket.control_socket).call(&Request::Reload)?;
-    match result["outcome"].as_str() {
-        Some("applied") => println!(
-            "applied policy version {}",
-            result["version"].as_str().unwrap_or("?")
-        ),
-        Some("unchanged") => println!("the policy source holds the active pack; nothing changed"),
-        Some("no_source") => println!("no --policy source configured; the active policy stays"),
-        _ => println!("{result}"),
+    let outcome: ReloadResponse =
+        ControlClient::new(&args.socket.control_socket).call_as(&Request::Reload {})?;
+    match outcome {
+        ReloadResponse::Applied { version } => println!("applied policy version {version}"),
+        ReloadResponse::Unchanged => {
+            println!("the policy source holds the active pack; nothing changed")
+        }
+        ReloadResponse::NoSource { .. } => {
+            println!("no --policy source configured; the active policy stays")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `enforcer events`.
 pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
-    let path = args.state_dir.join("audit.db");
+    let path = paths::audit_db(&args.state_dir);
     let print = |record: &AuditRecord| {
         if args.json {
             println!("{}", serde_json::to_string(record).unwrap_or_default());

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use enforcer::policy_source::{FetchConfig, LoaderConfig, PackSource};
 use enforcer::{
-    daemon::{DEFAULT_STATE_DIR, DaemonOptions},
+    daemon::{DaemonOptions, paths::DEFAULT_STATE_DIR},
     kernel::{CgroupMount, CgroupPath, maps::parse_socket_addr},
 };
 use policy::signing::read_public_key;

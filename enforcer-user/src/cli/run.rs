@@ -21,7 +21,8 @@ use anyhow::{Context as _, bail};
 use enforcer::{
     daemon::{
         self, Listeners, Ready,
-        control::{ControlClient, DEFAULT_SOCKET, Request},
+        control::{ControlClient, Request},
+        paths::DEFAULT_CONTROL_SOCKET,
     },
     kernel::{self, CgroupMount, CgroupPath, maps::parse_socket_addr},
     sandbox::{self, seccomp::CompiledFilter},
@@ -54,7 +55,7 @@ pub struct RunArgs {
     #[arg(long)]
     bwrap: bool,
     /// A daemon's control socket; when one answers, run uses that daemon.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
     control_socket: PathBuf,
     #[command(flatten)]
     flags: DaemonFlags,
@@ -109,7 +110,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let mount = CgroupMount::find()?;
     let daemon_status = ControlClient::new(&args.control_socket)
-        .call(&Request::Status)
+        .call(&Request::Status {})
         .ok();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -177,7 +178,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     Ok(ready) => ready,
                     Err(_) => {
                         return match serving.await {
-                            Ok(Err(error)) => Err(error),
+                            Ok(Err(error)) => Err(error.into()),
                             _ => Err(anyhow::anyhow!(
                                 "the in-process enforcer stopped before it was ready"
                             )),

@@ -1,5 +1,6 @@
 //! The control socket: one JSON request per line, one JSON response per
-//! line (or a stream of event lines for `events --follow`).
+//! line (or a stream of event lines for `events --follow`); the wire
+//! types are in [`super::protocol`].
 //!
 //! The socket is created mode 0600 (root only): whoever can talk to it can
 //! open the allowlist.
@@ -9,82 +10,18 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
 };
 
+pub use super::protocol::{Request, Response};
+use super::protocol::{STREAMING, StreamItem};
 use crate::audit::{AuditRecord, Decision};
-
-/// Default control socket path.
-pub const DEFAULT_SOCKET: &str = "/run/enforcer/control.sock";
 
 /// Longest request line accepted.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
-
-/// A request to the daemon.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    /// What the daemon enforces.
-    Status,
-    /// Open `target` (`HOST[:PORT]`) for `ttl_seconds`.
-    Allow {
-        /// `HOST[:PORT]`, `*.domain[:PORT]` for the proxy scope.
-        target: String,
-        /// Lifetime in seconds from now.
-        ttl_seconds: u64,
-        /// Operator's note.
-        reason: Option<String>,
-        /// A direct kernel entry instead of a proxy allowlist entry.
-        direct: bool,
-    },
-    /// Remove every grant for `target`.
-    Revoke {
-        /// As given to `allow`.
-        target: String,
-    },
-    /// Fetch and verify the policy source again.
-    Reload,
-    /// Stream audit records as they are stored.
-    Events,
-    /// Prometheus text.
-    Metrics,
-}
-
-/// The daemon's answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Response {
-    /// True on success.
-    pub ok: bool,
-    /// What went wrong, for the operator.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The result.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
-}
-
-impl Response {
-    /// A success.
-    pub fn ok(result: serde_json::Value) -> Self {
-        Self {
-            ok: true,
-            error: None,
-            result: Some(result),
-        }
-    }
-
-    /// A failure.
-    pub fn error(message: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            error: Some(message.into()),
-            result: None,
-        }
-    }
-}
 
 /// What serves requests (the daemon).
 pub trait Handler: Send + Sync + 'static {
@@ -162,23 +99,20 @@ async fn client<H: Handler>(stream: UnixStream, handler: std::sync::Arc<H>) -> s
             .await;
         }
     };
-    if request == Request::Events {
+    if request == (Request::Events {}) {
         let mut records = handler.subscribe();
-        send(&mut write, &Response::ok(serde_json::json!("streaming"))).await?;
+        send(&mut write, &Response::ok(&STREAMING)).await?;
         loop {
-            match records.recv().await {
-                Ok(record) => {
-                    let mut text = serde_json::to_string(&record).unwrap_or_default();
-                    text.push('\n');
-                    write.write_all(text.as_bytes()).await?;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                    let mut text = serde_json::json!({ "lagged": missed }).to_string();
-                    text.push('\n');
-                    write.write_all(text.as_bytes()).await?;
+            let item = match records.recv().await {
+                Ok(record) => StreamItem::Record(Box::new(record)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(lagged)) => {
+                    StreamItem::Lagged { lagged }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
-            }
+            };
+            let mut text = serde_json::to_string(&item).unwrap_or_default();
+            text.push('\n');
+            write.write_all(text.as_bytes()).await?;
         }
     }
     let response = handler.handle(request).await;
@@ -278,10 +212,19 @@ impl ControlClient {
         }
     }
 
+    /// Sends one request and reads its result as `T` (the command's result type).
+    pub fn call_as<T: DeserializeOwned>(&self, request: &Request) -> Result<T, ClientError> {
+        let value = self.call(request)?;
+        serde_json::from_value(value).map_err(|e| ClientError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(format!("unreadable answer: {e}")),
+        })
+    }
+
     /// Follows the live event stream, calling `each` per record until it returns false.
     pub fn follow(&self, mut each: impl FnMut(AuditRecord) -> bool) -> Result<(), ClientError> {
         use std::io::BufRead as _;
-        let mut reader = self.connect(&Request::Events)?;
+        let mut reader = self.connect(&Request::Events {})?;
         let mut line = String::new();
         loop {
             line.clear();
@@ -306,27 +249,4 @@ impl ControlClient {
 /// Whether `decision` filters `record`.
 pub fn matches(record: &AuditRecord, decision: Option<Decision>) -> bool {
     decision.is_none_or(|wanted| record.decision == wanted)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_wire_format() {
-        let request = Request::Allow {
-            target: "example.com:443".into(),
-            ttl_seconds: 3600,
-            reason: Some("ticket 42".into()),
-            direct: false,
-        };
-        let text = serde_json::to_string(&request).unwrap_or_default();
-        assert_eq!(
-            text,
-            r#"{"command":"allow","target":"example.com:443","ttl_seconds":3600,"reason":"ticket 42","direct":false}"#
-        );
-        let misspelt =
-            r#"{"command":"allow","targett":"x","ttl_seconds":1,"reason":null,"direct":false}"#;
-        assert!(serde_json::from_str::<Request>(misspelt).is_err());
-    }
 }

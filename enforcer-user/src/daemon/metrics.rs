@@ -1,5 +1,5 @@
 //! Prometheus metrics: counters the data path bumps, rendered as text on
-//! the control socket and optionally on a loopback TCP port.
+//! the control socket and optionally on a loopback TCP port ([`serve_http`]).
 
 #[cfg(test)]
 use crate::audit::Reason;
@@ -8,10 +8,17 @@ use crate::audit::{Decision, Source};
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
+    future::Future,
     sync::{
         Mutex,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
 };
 
 /// Upper bounds (seconds) of the router latency histogram buckets.
@@ -158,6 +165,41 @@ impl Metrics {
     }
 }
 
+/// How long a scraper has to send its request before it gets the text anyway.
+const SCRAPE_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves the text from `render` to every HTTP client on `listener` until
+/// `shutdown` (whatever the request path: a scrape endpoint, not a router).
+pub async fn serve_http<R>(listener: TcpListener, render: R, shutdown: impl Future<Output = ()>)
+where
+    R: Fn() -> String + Clone + Send + 'static,
+{
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => {
+                let Ok((mut stream, _)) = accepted else { continue };
+                let render = render.clone();
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 2048];
+                    let _ = tokio::time::timeout(SCRAPE_READ_TIMEOUT, stream.read(&mut buffer)).await;
+                    let body = render();
+                    let _ = stream.write_all(http_head(body.len()).as_bytes()).await;
+                    let _ = stream.write_all(body.as_bytes()).await;
+                });
+            }
+        }
+    }
+}
+
+/// The response head for a text exposition body of `length` bytes.
+fn http_head(length: usize) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    )
+}
+
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
@@ -186,6 +228,14 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_head_bytes() {
+        assert_eq!(
+            http_head(12),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: 12\r\nConnection: close\r\n\r\n"
+        );
+    }
 
     #[test]
     fn renders_prometheus_text() {

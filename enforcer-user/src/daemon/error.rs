@@ -1,0 +1,130 @@
+//! Why the daemon could not start: each variant names the step, the input
+//! (address, path, cgroup) and, where there is one, the flag that changes it.
+
+use std::{fmt, net::SocketAddr, path::PathBuf};
+
+use crate::{audit::StoreError, kernel::KernelError};
+
+/// One of the daemon's TCP listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The CONNECT proxy.
+    Proxy,
+    /// The lane router.
+    Router,
+    /// The loopback Prometheus listener.
+    Metrics,
+}
+
+impl Listener {
+    /// The flag that sets its address.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Proxy => "--proxy-listen",
+            Self::Router => "--router-listen",
+            Self::Metrics => "--metrics-listen",
+        }
+    }
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Proxy => "proxy",
+            Self::Router => "lane router",
+            Self::Metrics => "metrics listener",
+        })
+    }
+}
+
+/// A kernel step after the programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelStep {
+    /// Opening the pinned maps (for the map writer and for status).
+    OpenMaps,
+    /// Reading the direct entries a previous run left in the maps.
+    AdoptDirectEntries,
+    /// Taking the deny-event ring buffer.
+    TakeEvents,
+}
+
+impl fmt::Display for KernelStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::OpenMaps => "opening the pinned maps",
+            Self::AdoptDirectEntries => "reading the direct entries already in the maps",
+            Self::TakeEvents => "opening the deny-event ring buffer",
+        })
+    }
+}
+
+/// Why [`super::run`] failed. Foreign causes are boxed: the kernel's and
+/// the store's errors are large, and this is returned on every step.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The audit database could not be opened or its writer not started.
+    #[error("starting the audit log at {} (is --state-dir writable?)", path.display())]
+    AuditLog {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// The policy loader could not be set up.
+    #[error("loading the policy")]
+    Policy {
+        /// The cause.
+        #[source]
+        source: Box<crate::policy_source::LoaderError>,
+    },
+    /// A TCP listener could not be bound.
+    #[error("binding the {listener} to {addr} (choose another address with {})", listener.flag())]
+    Bind {
+        /// Which listener.
+        listener: Listener,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bound listener's address could not be read.
+    #[error("reading the address the {listener} listens on")]
+    LocalAddr {
+        /// Which listener.
+        listener: Listener,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel programs could not be loaded, attached or pinned.
+    #[error("attaching to cgroup {}", cgroup.display())]
+    Attach {
+        /// The cgroup's absolute path.
+        cgroup: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<KernelError>,
+    },
+    /// A kernel step after attaching failed.
+    #[error("{step} of cgroup {}", cgroup.display())]
+    Kernel {
+        /// The step.
+        step: KernelStep,
+        /// The cgroup's absolute path.
+        cgroup: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<KernelError>,
+    },
+    /// The control socket could not be bound.
+    #[error("binding the control socket {} (choose another path with --control-socket)", path.display())]
+    ControlSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,335 @@
+//! Start-up wiring: [`run`] brings the daemon up in a fixed order, serves
+//! until shutdown, then drains.
+//!
+//! 1. audit log (so every later decision is recorded);
+//! 2. policy (signed pack, cache or fallback; grants from the state dir);
+//! 3. listeners bound (their addresses go into the kernel's endpoint map);
+//! 4. kernel: attach re-using the pins of a previous run (no gap), open the
+//!    maps, adopt their direct entries, take the event ring buffer;
+//! 5. background tasks and servers;
+//! 6. `ready`, then wait for shutdown, drain with a deadline, and leave the
+//!    programs pinned (fail-closed).
+
+use std::{sync::Arc, time::SystemTime};
+
+use policy::{
+    EgressMode,
+    grants::{live_grants, load_grants},
+};
+use proxy::server::{ConnectProxy, ProcPidCgroup, ProxyConfig};
+use tokio::{
+    net::TcpListener,
+    sync::{Mutex, oneshot, watch},
+};
+
+use super::{
+    DaemonOptions, Listeners, Ready,
+    bridge::AuditBridge,
+    control, credential_names,
+    error::{DaemonError, KernelStep, Listener},
+    mapsync::MapSync,
+    metrics::{self, Metrics},
+    paths, router, shutdown_signal,
+    state::Daemon,
+    tasks,
+};
+use crate::{
+    audit::{AuditWriter, Reason, Retention, writer::WriterThread},
+    kernel::{
+        self, AttachOptions, EndpointSpec, FamilyEnforcement, PinnedMaps, attach::Attachment,
+        events::EventReader,
+    },
+    policy_source::{Loader, LoaderConfig, StartReport},
+};
+
+/// Starts everything and serves until `shutdown`; then drains and returns.
+///
+/// `ready` receives the listeners once the cgroup is enforced and the
+/// servers accept (what `enforcer run` waits for before starting its child).
+pub async fn run(
+    mut options: DaemonOptions,
+    shutdown: watch::Receiver<bool>,
+    ready: Option<oneshot::Sender<Ready>>,
+) -> Result<(), DaemonError> {
+    // 1. Audit log.
+    let audit_path = paths::audit_db(&options.state_dir);
+    let (writer, writer_thread) =
+        AuditWriter::start(&audit_path, Retention::default()).map_err(|source| {
+            DaemonError::AuditLog {
+                path: audit_path,
+                source: Box::new(source),
+            }
+        })?;
+    let bridge = AuditBridge::new(writer, Arc::new(Metrics::default()));
+
+    // 2. Policy.
+    let loader_config = std::mem::take(&mut options.loader);
+    let (loader, report) = load_policy(loader_config, &options, &bridge).await?;
+    let store = loader.store().clone();
+
+    // 3. Listeners.
+    let bound = Bound::bind(&options).await?;
+    let listeners = bound.listeners;
+
+    // 4. Kernel.
+    let kernel = start_kernel(&options, &bound, &report)?;
+
+    let proxy = ConnectProxy::new(
+        ProxyConfig::default(),
+        store.subscribe(),
+        options.resolver.clone(),
+        Arc::new(bridge.clone()),
+    )
+    .with_peer_cgroup(Arc::new(ProcPidCgroup::new(options.mount.path.clone())));
+    let daemon = Arc::new(Daemon {
+        cgroup: options.cgroup.clone(),
+        cgroup_id: kernel.attachment.cgroup_id,
+        families: kernel.attachment.families.clone(),
+        listeners,
+        store: store.clone(),
+        loader: loader.clone(),
+        state_dir: options.state_dir.clone(),
+        bridge: bridge.clone(),
+        maps: kernel.status_maps,
+        mapsync: Mutex::new(kernel.mapsync),
+        proxy: proxy.clone(),
+        grant_lock: Mutex::new(()),
+    });
+
+    // 5. Background tasks and servers.
+    let stop = || shutdown_signal(shutdown.clone());
+    let mut running = tokio::task::JoinSet::new();
+    running.spawn(tasks::kernel_events(kernel.events, bridge.clone(), stop()));
+    running.spawn(tasks::sync_maps(daemon.clone(), stop()));
+    running.spawn(tasks::refresh_policy(loader.clone(), stop()));
+    running.spawn(tasks::log_swaps(store.clone(), bridge.clone(), stop()));
+    let serving = proxy.clone();
+    let proxy_listener = bound.proxy;
+    let proxy_stop = stop();
+    running.spawn(async move { serving.serve_tcp(proxy_listener, proxy_stop).await });
+    running.spawn(router::serve(
+        bound.router,
+        store.clone(),
+        options.resolver.clone(),
+        options.extra_ca.clone(),
+        bridge.clone(),
+        stop(),
+    ));
+    if let Some(path) = &options.control_socket {
+        let listener = control::bind(path).map_err(|source| DaemonError::ControlSocket {
+            path: path.clone(),
+            source,
+        })?;
+        running.spawn(control::serve(listener, daemon.clone(), stop()));
+    }
+    if let Some(addr) = options.metrics_listen {
+        let listener = bind_tcp(Listener::Metrics, addr).await?;
+        let source = daemon.clone();
+        running.spawn(metrics::serve_http(
+            listener,
+            move || source.metrics_text(),
+            stop(),
+        ));
+    }
+
+    // 6. Ready; serve until shutdown; drain.
+    tracing::info!(
+        cgroup = %options.cgroup.relative.display(),
+        cgroup_id = kernel.attachment.cgroup_id,
+        proxy = %listeners.proxy,
+        router = %listeners.router,
+        "enforcing"
+    );
+    if let Some(ready) = ready {
+        let _ = ready.send(Ready {
+            listeners,
+            credential_names: credential_names(&store.current()),
+            sandbox: store.current().policy().sandbox.clone(),
+        });
+    }
+    stop().await;
+    tracing::info!(
+        drain_seconds = options.drain.as_secs(),
+        "stopping: no new connections; draining"
+    );
+    if tokio::time::timeout(options.drain, proxy.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open_tunnels = proxy.active_tunnels(),
+            "drain deadline reached; closing what is left"
+        );
+    }
+    running.abort_all();
+    while running.join_next().await.is_some() {}
+    drop(daemon);
+    drop(proxy);
+    drop(bridge);
+    // The links stay pinned: the cgroup stays enforced after we exit.
+    drop(kernel.attachment);
+    finish_audit(writer_thread).await;
+    Ok(())
+}
+
+/// Loads the policy with the persisted live grants, and logs what is active.
+async fn load_policy(
+    loader_config: LoaderConfig,
+    options: &DaemonOptions,
+    bridge: &AuditBridge,
+) -> Result<(Arc<Loader>, StartReport), DaemonError> {
+    let now = SystemTime::now();
+    let grants = match load_grants(&paths::grants_file(&options.state_dir)) {
+        Ok(grants) => live_grants(&grants, now),
+        Err(error) => {
+            tracing::warn!(error = %error, "ignoring unreadable grants file");
+            Vec::new()
+        }
+    };
+    let loader_config = LoaderConfig {
+        grants,
+        state_dir: Some(options.state_dir.clone()),
+        ..loader_config
+    };
+    let (loader, report) =
+        Loader::start(loader_config, now)
+            .await
+            .map_err(|source| DaemonError::Policy {
+                source: Box::new(source),
+            })?;
+    for refusal in &report.refusals {
+        tracing::warn!(decision = "deny", reason = %refusal, "policy pack refused");
+        bridge.control(
+            Reason::PolicyRefused,
+            None,
+            serde_json::json!({ "why": refusal.to_string() }),
+        );
+    }
+    tasks::log_policy(&report.snapshot, bridge);
+    Ok((Arc::new(loader), report))
+}
+
+/// The bound proxy and router sockets, before anything accepts on them.
+struct Bound {
+    proxy: TcpListener,
+    router: TcpListener,
+    listeners: Listeners,
+}
+
+impl Bound {
+    async fn bind(options: &DaemonOptions) -> Result<Self, DaemonError> {
+        let proxy = bind_tcp(Listener::Proxy, options.proxy_listen).await?;
+        let router = bind_tcp(Listener::Router, options.router_listen).await?;
+        let listeners = Listeners {
+            proxy: local_addr(Listener::Proxy, &proxy)?,
+            router: local_addr(Listener::Router, &router)?,
+        };
+        Ok(Self {
+            proxy,
+            router,
+            listeners,
+        })
+    }
+}
+
+async fn bind_tcp(
+    listener: Listener,
+    addr: std::net::SocketAddr,
+) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            listener,
+            addr,
+            source,
+        })
+}
+
+fn local_addr(
+    listener: Listener,
+    socket: &TcpListener,
+) -> Result<std::net::SocketAddr, DaemonError> {
+    socket
+        .local_addr()
+        .map_err(|source| DaemonError::LocalAddr { listener, source })
+}
+
+/// What the kernel start-up sequence hands to the rest of the daemon.
+struct Kernel {
+    /// Holds the loaded object; dropping it leaves the pins.
+    attachment: Attachment,
+    /// Maps for status and metrics.
+    status_maps: PinnedMaps,
+    /// The direct-map writer (owns its own map handles).
+    mapsync: MapSync,
+    /// The deny-event ring buffer.
+    events: EventReader,
+}
+
+/// The kernel start-up sequence, in order. Every step runs after the
+/// listeners are bound and before any server accepts, so a step added here
+/// (e.g. tagging the listening sockets in a map) sees `bound`'s sockets and
+/// the pinned maps, and is in place before the first connection.
+fn start_kernel(
+    options: &DaemonOptions,
+    bound: &Bound,
+    report: &StartReport,
+) -> Result<Kernel, DaemonError> {
+    let cgroup = || options.cgroup.absolute.clone();
+    let step = |step: KernelStep| {
+        move |source| DaemonError::Kernel {
+            step,
+            cgroup: cgroup(),
+            source: Box::new(source),
+        }
+    };
+    // (a) Load, attach and pin (re-using a previous run's pins), endpoints written.
+    let mut attachment = kernel::attach(
+        &options.cgroup,
+        &AttachOptions {
+            endpoints: vec![
+                EndpointSpec::tcp(bound.listeners.proxy),
+                EndpointSpec::tcp(bound.listeners.router),
+            ],
+            debug_log: options.debug_bpf,
+        },
+    )
+    .map_err(|source| DaemonError::Attach {
+        cgroup: cgroup(),
+        source: Box::new(source),
+    })?;
+    match &attachment.families {
+        FamilyEnforcement::Enforced => tracing::info!("{}", attachment.families.describe()),
+        FamilyEnforcement::NotEnforced { .. } => {
+            tracing::warn!("{}", attachment.families.describe())
+        }
+    }
+    if report.snapshot.policy().egress.mode != EgressMode::ProxyOnly {
+        tracing::warn!(
+            mode = ?report.snapshot.policy().egress.mode,
+            "egress mode `redirect` is not implemented yet: the kernel denies (does not redirect) TCP that bypasses the proxy"
+        );
+    }
+    // (b) Open the pinned maps: one handle for the writer, one for status.
+    let writer_maps = attachment.maps().map_err(step(KernelStep::OpenMaps))?;
+    let status_maps = PinnedMaps::open(&attachment.pins).map_err(step(KernelStep::OpenMaps))?;
+    // (c) Adopt the direct entries a previous run left (replaced on first sync).
+    let mapsync = MapSync::new(writer_maps, options.resolver.clone())
+        .map_err(step(KernelStep::AdoptDirectEntries))?;
+    // (d) Take the deny-event ring buffer.
+    let events = attachment
+        .take_events()
+        .map_err(step(KernelStep::TakeEvents))?;
+    // (e) Further kernel steps go here, before any server accepts.
+    Ok(Kernel {
+        attachment,
+        status_maps,
+        mapsync,
+        events,
+    })
+}
+
+/// Flushes and stops the audit writer thread.
+async fn finish_audit(writer_thread: WriterThread) {
+    let _ = tokio::task::spawn_blocking(move || writer_thread.finish()).await;
+}

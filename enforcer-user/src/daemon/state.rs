@@ -1,0 +1,88 @@
+//! A running daemon's shared state: what the background tasks and the
+//! control handlers both read and change.
+
+use std::{path::PathBuf, sync::Arc, time::SystemTime};
+
+use policy::{Origin, PolicyStore, Snapshot};
+
+use crate::{audit::Reason, policy_source::Loader};
+use proxy::server::ConnectProxy;
+use tokio::sync::Mutex;
+
+use super::{Listeners, bridge::AuditBridge, mapsync::MapSync, metrics::Gauges};
+use crate::kernel::{CgroupPath, FamilyEnforcement, PinnedMaps};
+
+/// A running daemon's shared state (what the control socket serves).
+pub struct Daemon {
+    /// The enforced cgroup.
+    pub(super) cgroup: CgroupPath,
+    /// Its id.
+    pub(super) cgroup_id: u64,
+    /// Whether BPF-LSM enforces socket families.
+    pub(super) families: FamilyEnforcement,
+    /// Where the proxy and the router listen.
+    pub(super) listeners: Listeners,
+    /// The active policy and grants.
+    pub(super) store: Arc<PolicyStore>,
+    /// Fetches and verifies the policy source.
+    pub(super) loader: Arc<Loader>,
+    /// The state directory (grants file).
+    pub(super) state_dir: PathBuf,
+    /// Audit log and metrics.
+    pub(super) bridge: AuditBridge,
+    /// The pinned maps (counters for status and metrics).
+    pub(super) maps: PinnedMaps,
+    /// The direct-map writer; one sync at a time.
+    pub(super) mapsync: Mutex<MapSync>,
+    /// The CONNECT proxy (open tunnels).
+    pub(super) proxy: ConnectProxy,
+    /// Serialises grant changes (read, change, persist, apply).
+    pub(super) grant_lock: Mutex<()>,
+}
+
+impl Daemon {
+    /// Writes `snapshot`'s direct rules to the kernel maps.
+    pub(super) async fn sync_maps(&self, snapshot: &Snapshot, now: SystemTime) {
+        match self.mapsync.lock().await.sync(snapshot, now).await {
+            Ok(report) => {
+                for (target, why) in &report.skipped {
+                    tracing::warn!(decision = Reason::DirectUnresolved.decision().as_str(), reason = Reason::DirectUnresolved.as_str(), host = %target, why = %why, "direct entry not written");
+                    self.bridge.control(
+                        Reason::DirectUnresolved,
+                        Some(target.clone()),
+                        serde_json::json!({ "why": why }),
+                    );
+                }
+                tracing::debug!(
+                    written = report.written.len(),
+                    removed = report.removed,
+                    "direct maps synced"
+                );
+            }
+            Err(error) => tracing::error!(error = %error, "syncing the direct maps"),
+        }
+    }
+
+    /// The Prometheus text: the bridge's counters plus the gauges read now.
+    pub(super) fn metrics_text(&self) -> String {
+        let snapshot = self.store.current();
+        let counters = self.maps.counters().ok();
+        let gauges = Gauges {
+            open_tunnels: self.proxy.active_tunnels() as u64,
+            ring_buffer_lost: counters.map_or(0, |c| c.events_lost),
+            audit_dropped: self
+                .bridge
+                .writer()
+                .stats()
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            policy_version: snapshot.policy().version.to_string(),
+            policy_fallback: matches!(snapshot.origin(), Origin::Fallback { .. }),
+            policy_expiry: snapshot
+                .expires_at()
+                .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs()),
+        };
+        self.bridge.metrics().render(&gauges)
+    }
+}
