@@ -141,6 +141,8 @@ struct ProxyState {
     tunnels: Arc<Admission>,
     rejecting: Arc<Admission>,
     local_addrs: Mutex<Option<(Instant, Arc<LocalAddrs>)>>,
+    /// Set once by [`ConnectProxy::abort_all`]; every connection task watches it.
+    aborted: watch::Sender<bool>,
 }
 
 impl ConnectProxy {
@@ -162,6 +164,7 @@ impl ConnectProxy {
                 tunnels: Admission::new(),
                 rejecting: Admission::new(),
                 local_addrs: Mutex::new(None),
+                aborted: watch::Sender::new(false),
             }),
         }
     }
@@ -182,6 +185,7 @@ impl ConnectProxy {
                 tunnels: shared.tunnels.clone(),
                 rejecting: shared.rejecting.clone(),
                 local_addrs: Mutex::new(None),
+                aborted: shared.aborted.clone(),
             },
         };
         Self {
@@ -201,6 +205,24 @@ impl ConnectProxy {
         self.shared.rejecting.wait_idle().await;
     }
 
+    /// Ends every connection still open (after the drain deadline): each
+    /// connection's task is dropped, and its audit event leaves from the
+    /// context's drop ([`TunnelEnd::Aborted`] for open tunnels).
+    pub fn abort_all(&self) {
+        self.shared.aborted.send_replace(true);
+    }
+
+    /// Runs one connection on its own task, ended early by [`ConnectProxy::abort_all`].
+    fn spawn(&self, connection: impl Future<Output = ()> + Send + 'static) {
+        let mut aborted = self.shared.aborted.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = connection => {}
+                _ = aborted.wait_for(|aborted| *aborted) => {}
+            }
+        });
+    }
+
     /// Accepts TCP clients until `shutdown` resolves. Connections already
     /// accepted carry on; see [`ConnectProxy::wait_idle`].
     pub async fn serve_tcp(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
@@ -213,10 +235,7 @@ impl ConnectProxy {
                         let local = stream.local_addr().ok();
                         // Small writes must not wait for Nagle / delayed ACK.
                         let _ = stream.set_nodelay(true);
-                        let shared = self.shared.clone();
-                        tokio::spawn(async move {
-                            handle(shared, stream, Peer::Tcp { addr }, local).await;
-                        });
+                        self.spawn(handle(self.shared.clone(), stream, Peer::Tcp { addr }, local));
                     }
                     Err(error) => accept_backoff(error).await,
                 }
@@ -237,10 +256,7 @@ impl ConnectProxy {
                             pid: cred.as_ref().and_then(tokio::net::unix::UCred::pid),
                             uid: cred.as_ref().map(tokio::net::unix::UCred::uid),
                         };
-                        let shared = self.shared.clone();
-                        tokio::spawn(async move {
-                            handle(shared, stream, peer, None).await;
-                        });
+                        self.spawn(handle(self.shared.clone(), stream, peer, None));
                     }
                     Err(error) => accept_backoff(error).await,
                 }

@@ -511,6 +511,63 @@ fn reload_applies_a_newly_signed_pack_and_keeps_it_when_the_next_is_bad() {
 }
 
 #[test]
+fn a_tunnel_cut_at_the_drain_deadline_is_stored_exactly_once() {
+    require_root();
+    let cgroup = TestCgroup::new("abort");
+    let state = state_dir("abort");
+    // An upstream that accepts and then says nothing: the tunnel stays open
+    // (curl waits for a ServerHello) until the daemon cuts it.
+    let upstream = TcpListener::bind("127.0.0.5:0").unwrap();
+    let upstream_port = upstream.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for stream in upstream.incoming().flatten() {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    let pin = format!("held.test:{upstream_port}:127.0.0.5");
+    let daemon = Daemon::start(&cgroup, state.path(), &["--resolve", &pin, "--drain", "1s"]);
+    let target = format!("held.test:{upstream_port}");
+    let allowed = daemon.cli(&["allow", &target, "--ttl", "1h"]);
+    assert!(allowed.status.success(), "{allowed:?}");
+    let mut curl = cgroup
+        .command("curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "60", "-x"])
+        .arg(format!("http://{}", daemon.proxy))
+        .arg(format!("https://held.test:{upstream_port}/"))
+        .spawn()
+        .unwrap();
+    // Wait until the proxy has dialled the upstream: the tunnel is open.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the tunnel never reached the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGTERM: the drain deadline passes with the tunnel still open, and the
+    // daemon cuts it.
+    assert!(daemon.stop().success());
+    let _ = curl.kill();
+    let _ = curl.wait();
+    let store =
+        enforcer::audit::AuditStore::open_read_only(&state.path().join("audit.db")).unwrap();
+    let rows: Vec<_> = store
+        .query(&enforcer::audit::EventFilter::default())
+        .unwrap()
+        .into_iter()
+        .filter(|r| {
+            r.source == enforcer::audit::Source::Proxy && r.host.as_deref() == Some("held.test")
+        })
+        .collect();
+    assert_eq!(rows.len(), 1, "one audit row for the cut tunnel: {rows:?}");
+    assert_eq!(rows[0].reason, "granted", "{rows:?}");
+    assert_eq!(rows[0].decision, enforcer::audit::Decision::Allow);
+}
+
+#[test]
 fn events_follow_streams_decisions_live() {
     require_root();
     let cgroup = TestCgroup::new("follow");

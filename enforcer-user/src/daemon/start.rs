@@ -42,6 +42,10 @@ use crate::{
     policy_source::{Loader, LoaderConfig, StartReport},
 };
 
+/// After the drain deadline, how long aborted connections get to hand over
+/// their audit events before the writer is flushed.
+const ABORT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Starts everything and serves until `shutdown`; then drains and returns.
 ///
 /// `ready` receives the listeners once the cgroup is enforced and the
@@ -160,6 +164,9 @@ pub async fn run(
             open_tunnels = proxy.active_tunnels(),
             "drain deadline reached; closing what is left"
         );
+        // Each aborted connection still leaves its one audit event.
+        proxy.abort_all();
+        let _ = tokio::time::timeout(ABORT_GRACE, proxy.wait_idle()).await;
     }
     running.abort_all();
     while running.join_next().await.is_some() {}
