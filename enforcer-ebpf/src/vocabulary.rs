@@ -430,21 +430,41 @@ impl serde::Serialize for Reason {
     }
 }
 
+/// Deserialises a stable name with `parse`; `expecting` says what fits.
+#[cfg(feature = "serde")]
+fn deserialize_name<'de, D, T>(
+    deserializer: D,
+    expecting: &'static str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Name<T> {
+        expecting: &'static str,
+        parse: fn(&str) -> Option<T>,
+    }
+    impl<T> serde::de::Visitor<'_> for Name<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<T, E> {
+            (self.parse)(name)
+                .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(name), &self))
+        }
+    }
+    deserializer.deserialize_str(Name { expecting, parse })
+}
+
 #[cfg(feature = "serde")]
 impl<'de> serde::Deserialize<'de> for Reason {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Name;
-        impl serde::de::Visitor<'_> for Name {
-            type Value = Reason;
-            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                f.write_str("a reason name such as \"not_allowlisted\"")
-            }
-            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Reason, E> {
-                Reason::from_name(name)
-                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(name), &self))
-            }
-        }
-        deserializer.deserialize_str(Name)
+        deserialize_name(
+            deserializer,
+            "a reason name such as \"not_allowlisted\"",
+            Reason::from_name,
+        )
     }
 }
 
@@ -458,17 +478,6 @@ impl serde::Serialize for Decision {
 #[cfg(feature = "serde")]
 impl<'de> serde::Deserialize<'de> for Decision {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Name;
-        impl serde::de::Visitor<'_> for Name {
-            type Value = Decision;
-            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                f.write_str("\"allow\" or \"deny\"")
-            }
-            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Decision, E> {
-                Decision::parse(name)
-                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(name), &self))
-            }
-        }
-        deserializer.deserialize_str(Name)
+        deserialize_name(deserializer, "\"allow\" or \"deny\"", Decision::parse)
     }
 }

@@ -18,7 +18,7 @@ use serde::{Serialize, Serializer};
 
 use crate::net::addr_class::AddressClass;
 use crate::net::resolve::AddrSource;
-use crate::reason::{Decision, Verdict};
+use crate::reason::{Decision, Reason, Verdict};
 use crate::relay::TunnelEnd;
 
 /// Who connected to the proxy.
@@ -108,6 +108,38 @@ pub struct AuditEvent {
     pub end: Option<TunnelEnd>,
     /// The version of the policy snapshot the decision used.
     pub policy_version: Option<String>,
+}
+
+impl AuditEvent {
+    /// The event of a connection just accepted: nothing decided yet (its
+    /// verdict says `client_error` until a phase says otherwise).
+    pub fn accepted(
+        time: SystemTime,
+        client: Peer,
+        cgroup_id: Option<u64>,
+        policy_version: Option<String>,
+    ) -> Self {
+        Self {
+            time,
+            client,
+            cgroup_id,
+            kind: RequestKind::Unknown,
+            host: None,
+            port: None,
+            sni: Vec::new(),
+            ech: false,
+            verdict: Verdict::deny(Reason::ClientError),
+            address_class: None,
+            upstream: None,
+            upstream_source: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            handshake: Duration::ZERO,
+            total: Duration::ZERO,
+            end: None,
+            policy_version,
+        }
+    }
 }
 
 fn unix_millis<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

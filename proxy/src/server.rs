@@ -367,28 +367,12 @@ impl<C: Client> Conn<C> {
             .cgroup
             .as_ref()
             .and_then(|lookup| lookup.cgroup_id(&peer, local));
-        let time = SystemTime::now();
-        let event = AuditEvent {
-            time,
-            client: peer,
+        let event = AuditEvent::accepted(
+            SystemTime::now(),
+            peer,
             cgroup_id,
-            kind: RequestKind::Unknown,
-            host: None,
-            port: None,
-            sni: Vec::new(),
-            ech: false,
-            // What the event says if the task dies before any decision.
-            verdict: Verdict::deny(Reason::ClientError),
-            address_class: None,
-            upstream: None,
-            upstream_source: None,
-            bytes_up: 0,
-            bytes_down: 0,
-            handshake: Duration::ZERO,
-            total: Duration::ZERO,
-            end: None,
-            policy_version: Some(snapshot.policy().version.to_string()),
-        };
+            Some(snapshot.policy().version.to_string()),
+        );
         Self {
             client,
             snapshot,
@@ -458,29 +442,15 @@ impl<C: Client> Drop for Conn<C> {
 
 /// What is left in a [`Conn`] after its event went out.
 fn placeholder_event() -> AuditEvent {
-    AuditEvent {
-        time: SystemTime::UNIX_EPOCH,
-        client: Peer::Unix {
+    AuditEvent::accepted(
+        SystemTime::UNIX_EPOCH,
+        Peer::Unix {
             pid: None,
             uid: None,
         },
-        cgroup_id: None,
-        kind: RequestKind::Unknown,
-        host: None,
-        port: None,
-        sni: Vec::new(),
-        ech: false,
-        verdict: Verdict::deny(Reason::ClientError),
-        address_class: None,
-        upstream: None,
-        upstream_source: None,
-        bytes_up: 0,
-        bytes_down: 0,
-        handshake: Duration::ZERO,
-        total: Duration::ZERO,
-        end: None,
-        policy_version: None,
-    }
+        None,
+        None,
+    )
 }
 
 /// One connection, top to bottom: admission → request head → allowlist →
