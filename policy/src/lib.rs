@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod addr;
+pub mod api_route;
 pub mod allowlist;
 pub mod duration;
 pub mod fallback;
@@ -38,6 +39,7 @@ pub mod tools;
 pub mod version;
 
 pub use addr::Cidr;
+pub use api_route::ApiRoute;
 pub use allowlist::{
     AllowRule, Allowlist, AllowlistMatch, DirectRule, Grant, GrantScope, RuleSource,
 };

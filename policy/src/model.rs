@@ -9,6 +9,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use crate::addr::{Cidr, private_ranges};
+use crate::api_route::ApiRoute;
 use crate::duration::{format_duration, parse_duration};
 use crate::host::{Host, HostPort, HostPortPattern, normalize_host};
 use crate::raw::{self, PackFile, SCHEMA_ID};
@@ -378,6 +379,15 @@ pub struct Provider {
     pub base_url: HttpsUrl,
     /// Credential handling.
     pub auth: Auth,
+    /// The routes forwarded: the defaults, then the pack's `paths`.
+    pub routes: Vec<ApiRoute>,
+}
+
+impl Provider {
+    /// Whether this lane forwards `method` on `path` (no query).
+    pub fn forwards(&self, method: &str, path: &str) -> bool {
+        self.routes.iter().any(|route| route.matches(method, path))
+    }
 }
 
 /// How a lane's credential reaches the upstream.
@@ -761,6 +771,13 @@ impl Validator {
                 }
             };
             let auth = self.auth(&format!("{path}.authHeader"), &p.auth_header);
+            let mut routes = ApiRoute::defaults();
+            for (i, entry) in p.paths.iter().enumerate() {
+                match ApiRoute::parse(entry) {
+                    Ok(route) => routes.push(route),
+                    Err(e) => self.fail(format!("{path}.paths[{i}]"), e.to_string()),
+                }
+            }
             if let (Some(base_url), Some(auth)) = (base_url, auth) {
                 out.insert(
                     name.clone(),
@@ -768,6 +785,7 @@ impl Validator {
                         name: name.clone(),
                         base_url,
                         auth,
+                        routes,
                     },
                 );
             }

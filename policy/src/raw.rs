@@ -125,6 +125,9 @@ pub struct Provider {
     /// How the credential reaches the upstream.
     #[serde(rename = "authHeader")]
     pub auth_header: AuthHeader,
+    /// More API routes this lane forwards beyond the Anthropic API defaults (`POST /v1/messages`, `POST /v1/messages/count_tokens`, `GET /v1/models`, `GET /v1/models/*`): each `METHOD /path`, where a `*` segment matches one path segment (e.g. `GET /v1/files/*`). Every other method and path is refused without reaching the provider.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
 }
 
 /// Which header carries the credential.
