@@ -16,10 +16,10 @@ pub mod map_names {
     pub const ALLOW4: &str = "ALLOW4";
     /// Hash of [`crate::SocketKey`] to [`crate::AllowValue`]: direct IPv6 allow entries.
     pub const ALLOW6: &str = "ALLOW6";
-    /// Hash of [`crate::SocketKey`] to a bind count: loopback ports bound inside the cgroup.
-    pub const LOCAL_PORTS: &str = "LOCAL_PORTS";
-    /// Hash of socket cookie to [`crate::SocketKey`]: which socket bound which local port.
-    pub const BOUND_SOCKETS: &str = "BOUND_SOCKETS";
+    /// BTF socket-storage map of [`crate::SockTag`]: every socket created in
+    /// the cgroup (tagged at `sock_create`) and the daemon's own listeners
+    /// (tagged from userspace by fd).
+    pub const SOCK_TAGS: &str = "SOCK_TAGS";
     /// Ring buffer of [`crate::DenyEvent`].
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of u64 counters, indexed by [`crate::stat`].
@@ -30,12 +30,11 @@ pub mod map_names {
     pub const RECENT_HEAD: &str = "RECENT_HEAD";
 
     /// Every map that is pinned (by name) so enforcement state outlives the loader.
-    pub const PINNED: [&str; 9] = [
+    pub const PINNED: [&str; 8] = [
         CONFIG,
         ALLOW4,
         ALLOW6,
-        LOCAL_PORTS,
-        BOUND_SOCKETS,
+        SOCK_TAGS,
         EVENTS,
         STATS,
         RECENT,
@@ -47,8 +46,6 @@ pub mod map_names {
 pub const MAX_ENDPOINTS: u32 = 16;
 /// Capacity of each direct allow map.
 pub const MAX_ALLOW_ENTRIES: u32 = 131_072;
-/// Capacity of the loopback port maps.
-pub const MAX_LOCAL_PORTS: u32 = 16_384;
 /// Slots in the `RECENT` array of last denies.
 pub const RECENT_DENIES: u32 = 32;
 /// Size of the `EVENTS` ring buffer in bytes (a power of two, page aligned).
@@ -120,7 +117,7 @@ pub struct Allow4Key {
     pub pad: u8,
 }
 
-/// Key of `ALLOW6` and `LOCAL_PORTS`: an address (IPv4 mapped), port and protocol.
+/// Key of `ALLOW6`: an address (IPv4 mapped), port and protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SocketKey {
@@ -132,6 +129,29 @@ pub struct SocketKey {
     pub protocol: u8,
     /// Always zero.
     pub pad: u8,
+}
+
+/// Who a socket in `SOCK_TAGS` belongs to ([`SockTag::owner`]).
+pub mod owner {
+    /// Created by a process of the enforced cgroup (tagged at `sock_create`).
+    pub const CGROUP: u8 = 1;
+    /// One of the enforcer daemon's own listeners (tagged by the daemon, by fd).
+    pub const DAEMON: u8 = 2;
+}
+
+/// Value of the `SOCK_TAGS` socket-storage map: whose socket this is.
+///
+/// The storage is cloned onto sockets a tagged listener accepts
+/// (`BPF_F_CLONE`), so an accepted connection carries its listener's tag.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockTag {
+    /// [`owner::CGROUP`] or [`owner::DAEMON`].
+    pub owner: u8,
+    /// Always zero.
+    pub pad: [u8; 7],
+    /// cgroup v2 id of the creating process ([`owner::CGROUP`]), else 0.
+    pub cgroup_id: u64,
 }
 
 /// Value of the direct allow maps.
@@ -200,7 +220,8 @@ pub enum Reason {
     // === kernel ===
     /// The destination is not an enforcer endpoint nor a live direct entry.
     Destination = 1,
-    /// A loopback port not bound by a process of the enforced cgroup.
+    /// A loopback destination whose receiving socket (the one the kernel
+    /// would deliver to) is not a socket of the enforced cgroup.
     LoopbackPort = 2,
     /// A direct entry matched but its TTL has run out.
     DirectExpired = 3,
@@ -394,7 +415,7 @@ impl Reason {
                 "the destination is not an enforcer endpoint nor a live direct entry"
             }
             Self::LoopbackPort => {
-                "the loopback port is not bound by a process of the enforced cgroup"
+                "the loopback socket that would receive this is not one of the enforced cgroup's"
             }
             Self::DirectExpired => "the direct allow entry for this destination has expired",
             Self::Dns => "DNS goes only to the enforcer, not to other resolvers",
@@ -518,5 +539,6 @@ mod pod {
     unsafe impl aya::Pod for super::Allow4Key {}
     unsafe impl aya::Pod for super::SocketKey {}
     unsafe impl aya::Pod for super::AllowValue {}
+    unsafe impl aya::Pod for super::SockTag {}
     unsafe impl aya::Pod for super::DenyEvent {}
 }

@@ -2,29 +2,39 @@
 //!
 //! Every `connect()`, unconnected `sendmsg()` and `socket()` of a process in
 //! the enforced cgroup passes through here. Allowed: the enforcer's own
-//! endpoints (`CONFIG`), loopback ports bound by a process of the same cgroup
-//! (`LOCAL_PORTS`, kept by `post_bind*` and `sock_release`) and live direct
-//! entries (`ALLOW4`/`ALLOW6`, expiry checked here). Everything else is
-//! denied with EPERM, counted in `STATS`, remembered in `RECENT` and sent to
-//! userspace through `EVENTS`.
+//! endpoints (`CONFIG`), loopback destinations whose receiving socket — the
+//! one `bpf_sk_lookup_tcp/udp` finds, i.e. the one the kernel would deliver
+//! to — carries the cgroup's tag in `SOCK_TAGS` (set at `sock_create`), and
+//! live direct entries (`ALLOW4`/`ALLOW6`, expiry checked here). Everything
+//! else is denied with EPERM, counted in `STATS`, remembered in `RECENT` and
+//! sent to userspace through `EVENTS`.
 #![no_std]
 #![no_main]
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     EbpfContext,
-    bindings::{bpf_sock, bpf_sock_addr},
+    bindings::{
+        BPF_F_CLONE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type, bpf_sock,
+        bpf_sock_addr, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_sk_lookup_tcp, bpf_sk_lookup_udp,
+            bpf_sk_release, bpf_sk_storage_get,
+        },
     },
-    macros::{cgroup_sock, cgroup_sock_addr, lsm_cgroup, map},
+    macros::{btf_map, cgroup_sock, cgroup_sock_addr, lsm_cgroup, map},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{LsmContext, SockAddrContext, SockContext},
 };
 use aya_log_ebpf::debug;
 use enforcer_ebpf::{
     Allow4Key, AllowValue, DenyEvent, EVENTS_BYTES, Endpoint, Hook, MAX_ALLOW_ENTRIES,
-    MAX_ENDPOINTS, MAX_LOCAL_PORTS, RECENT_DENIES, Reason, SocketKey, family, protocol, stat,
+    MAX_ENDPOINTS, RECENT_DENIES, Reason, SockTag, SocketKey, family, owner, protocol, stat,
     v4_mapped,
 };
 
@@ -40,10 +50,8 @@ static CONFIG: Array<Endpoint> = Array::pinned(MAX_ENDPOINTS, 0);
 static ALLOW4: HashMap<Allow4Key, AllowValue> = HashMap::pinned(MAX_ALLOW_ENTRIES, 0);
 #[map]
 static ALLOW6: HashMap<SocketKey, AllowValue> = HashMap::pinned(MAX_ALLOW_ENTRIES, 0);
-#[map]
-static LOCAL_PORTS: HashMap<SocketKey, u32> = HashMap::pinned(MAX_LOCAL_PORTS, 0);
-#[map]
-static BOUND_SOCKETS: HashMap<u64, SocketKey> = HashMap::pinned(MAX_LOCAL_PORTS, 0);
+#[btf_map]
+static SOCK_TAGS: SockTagMap = SockTagMap::new();
 #[map]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 #[map]
@@ -52,6 +60,65 @@ static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::LEN, 0);
 static RECENT: Array<DenyEvent> = Array::pinned(RECENT_DENIES, 0);
 #[map]
 static RECENT_HEAD: Array<u64> = Array::pinned(1, 0);
+
+// === SOCK_TAGS: a BTF socket-storage map, pinned by name ===
+
+/// `LIBBPF_PIN_BY_NAME`: the loader pins the map under its pin directory
+/// and re-uses the pinned one on the next load, so tags survive a re-attach.
+const PIN_BY_NAME: usize = 1;
+const SOCK_TAG_FLAGS: usize = (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize;
+
+/// BTF definition of `SOCK_TAGS` (`BPF_MAP_TYPE_SK_STORAGE`, key `int` = a
+/// socket fd from userspace, value [`SockTag`]). Written out by hand because
+/// aya-ebpf 0.2.1's `btf_maps::SkStorage` has no `pinning` field and its
+/// accessors only take a `SockAddrContext`; the loader reads the fields'
+/// array lengths from BTF, nothing here is ever dereferenced.
+#[repr(C)]
+struct SockTagMap {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const SockTag,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; SOCK_TAG_FLAGS],
+    pinning: *const [i32; PIN_BY_NAME],
+}
+
+// SAFETY: the fields are null placeholders that only describe the map in
+// BTF; no code reads or writes through them, so sharing is sound.
+unsafe impl Sync for SockTagMap {}
+
+impl SockTagMap {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+            pinning: core::ptr::null(),
+        }
+    }
+
+    /// The map as the helpers want it (the loader relocates this address).
+    #[inline(always)]
+    fn as_ptr(&'static self) -> *mut c_void {
+        core::ptr::from_ref(self).cast_mut().cast()
+    }
+
+    /// The tag of `sk`, if it has one. `sk` must be a socket pointer the
+    /// verifier knows (a context socket or a looked-up one).
+    #[inline(always)]
+    fn owner_of(&'static self, sk: *mut c_void) -> u8 {
+        // SAFETY: flags 0 never creates; a null value pointer is allowed.
+        let tag = unsafe { bpf_sk_storage_get(self.as_ptr(), sk, core::ptr::null_mut(), 0) }
+            .cast::<SockTag>();
+        if tag.is_null() {
+            return 0;
+        }
+        // SAFETY: a non-null result points at this socket's SockTag.
+        unsafe { (*tag).owner }
+    }
+}
 
 // === connect / sendmsg ===
 
@@ -88,6 +155,7 @@ struct Destination {
 fn judge_sock_addr4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let sa = ctx.sock_addr;
     // Exact-width volatile loads: the verifier rejects widened context reads.
+    // SAFETY: sa is the program's context and these fields are readable.
     let (ip, port, proto, stype) = unsafe {
         (
             core::ptr::read_volatile(&raw const (*sa).user_ip4),
@@ -96,19 +164,35 @@ fn judge_sock_addr4(ctx: &SockAddrContext, hook: Hook) -> i32 {
             core::ptr::read_volatile(&raw const (*sa).type_),
         )
     };
-    let destination = Destination {
+    let mut destination = Destination {
         addr: v4_mapped(ip.to_ne_bytes()),
         port: u16::from_be(port as u16),
         protocol: proto as u8,
         family: family::INET,
         socket_type: stype as u16,
     };
-    finish(ctx, hook, &destination, decide(&destination))
+    let unspecified = ip == 0;
+    if unspecified {
+        // The kernel sends to 0.0.0.0 on loopback; judge (and, below, make)
+        // it 127.0.0.1 so what is judged is where it goes.
+        destination.addr = v4_mapped(LOOPBACK4);
+    }
+    let verdict = decide(ctx, &destination);
+    if verdict.is_ok() && unspecified {
+        // SAFETY: user_ip4 is writable in connect4/sendmsg4 contexts.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*sa).user_ip4, u32::from_ne_bytes(LOOPBACK4));
+        }
+    }
+    finish(ctx, hook, &destination, verdict)
 }
+
+const LOOPBACK4: [u8; 4] = [127, 0, 0, 1];
 
 fn judge_sock_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     let mut addr = [0u8; 16];
+    // SAFETY: sa is the program's context; exact-width reads of readable fields.
     let (port, proto, stype) = unsafe {
         for i in 0..4 {
             let word = core::ptr::read_volatile(&raw const (*sa).user_ip6[i]);
@@ -124,14 +208,33 @@ fn judge_sock_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
             core::ptr::read_volatile(&raw const (*sa).type_),
         )
     };
-    let destination = Destination {
+    let mut destination = Destination {
         addr,
         port: u16::from_be(port as u16),
         protocol: proto as u8,
         family: family::INET6,
         socket_type: stype as u16,
     };
-    finish(ctx, hook, &destination, decide(&destination))
+    // `::` and `::ffff:0.0.0.0` go to loopback: judge (and make) them ::1 /
+    // ::ffff:127.0.0.1.
+    let mapped = is_v4_mapped(&addr);
+    let unspecified = if mapped {
+        addr[12..16] == [0u8; 4]
+    } else {
+        addr == [0u8; 16]
+    };
+    let last_word = if mapped { LOOPBACK4 } else { [0, 0, 0, 1] };
+    if unspecified {
+        destination.addr[12..16].copy_from_slice(&last_word);
+    }
+    let verdict = decide(ctx, &destination);
+    if verdict.is_ok() && unspecified {
+        // SAFETY: user_ip6 is writable in connect6/sendmsg6 contexts.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*sa).user_ip6[3], u32::from_ne_bytes(last_word));
+        }
+    }
+    finish(ctx, hook, &destination, verdict)
 }
 
 fn finish<C: EbpfContext>(
@@ -161,19 +264,21 @@ fn finish<C: EbpfContext>(
     }
 }
 
-/// The connect/sendmsg decision, in order: enforcer endpoint, loopback port
-/// owned by the cgroup, live direct entry; otherwise the most specific reason.
-fn decide(destination: &Destination) -> Result<(), Reason> {
+/// The connect/sendmsg decision, in order: enforcer endpoint, loopback
+/// destination whose receiving socket is the cgroup's, live direct entry;
+/// otherwise the most specific reason.
+fn decide(ctx: &SockAddrContext, destination: &Destination) -> Result<(), Reason> {
     let addr = &destination.addr;
     if is_endpoint(destination) {
         return Ok(());
     }
-    let loopback = is_loopback_or_unspecified(addr);
-    if loopback && is_local_port(destination) {
+    let loopback = is_loopback(addr);
+    if loopback && receiver_owner(ctx, destination) == owner::CGROUP {
         return Ok(());
     }
     match direct_entry(destination) {
         Some(expires_at) => {
+            // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
             if unsafe { bpf_ktime_get_boot_ns() } < expires_at {
                 return Ok(());
             }
@@ -204,34 +309,88 @@ fn is_v4_mapped(addr: &[u8; 16]) -> bool {
     addr[..10] == [0u8; 10] && addr[10] == 0xff && addr[11] == 0xff
 }
 
-fn is_loopback_or_unspecified(addr: &[u8; 16]) -> bool {
+/// `127.0.0.0/8` (as IPv4-mapped) or `::1`; unspecified addresses were
+/// turned into these before.
+fn is_loopback(addr: &[u8; 16]) -> bool {
     if is_v4_mapped(addr) {
-        return addr[12] == 127 || addr[12..16] == [0u8; 4];
+        return addr[12] == 127;
     }
-    addr[..15] == [0u8; 15] && (addr[15] == 1 || addr[15] == 0)
+    addr[..15] == [0u8; 15] && addr[15] == 1
 }
 
-/// True when a socket of the cgroup is bound to the destination's port on
-/// this address or on the wildcard address (either family's, since an IPv6
-/// wildcard socket also accepts IPv4).
-fn is_local_port(destination: &Destination) -> bool {
-    let mut key = SocketKey {
-        addr: destination.addr,
-        port: destination.port,
-        protocol: destination.protocol,
-        pad: 0,
+/// The owner tag of the socket the kernel would deliver `destination` to:
+/// `bpf_sk_lookup_tcp/udp` with the same tables and scoring the receive
+/// path uses (a TCP listener, a bound or connected UDP socket; an
+/// `IPV6_V6ONLY` socket never answers an IPv4 lookup; a bound socket that
+/// does not listen is not a TCP receiver). 0 when nothing listens there or
+/// the receiver is untagged (a process outside the cgroup).
+fn receiver_owner(ctx: &SockAddrContext, destination: &Destination) -> u8 {
+    let sa = ctx.sock_addr;
+    // SAFETY: ctx.sk is the (non-null) socket being connected or sent on;
+    // src_ip4/src_port are readable fields of bpf_sock.
+    let (src_ip4, src_port) = unsafe {
+        let sk = (*sa).__bindgen_anon_1.sk;
+        (
+            core::ptr::read_volatile(&raw const (*sk).src_ip4),
+            core::ptr::read_volatile(&raw const (*sk).src_port),
+        )
     };
-    if unsafe { LOCAL_PORTS.get(&key) }.is_some() {
-        return true;
-    }
-    if is_v4_mapped(&destination.addr) {
-        key.addr = v4_mapped([0; 4]);
-        if unsafe { LOCAL_PORTS.get(&key) }.is_some() {
-            return true;
+    let addr = &destination.addr;
+    let sport = (src_port as u16).to_be();
+    let dport = destination.port.to_be();
+    // SAFETY: bpf_sock_tuple is plain integers; all-zero is valid.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if is_v4_mapped(addr) {
+        tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+            // The source the kernel picks for a loopback destination.
+            saddr: if src_ip4 != 0 {
+                src_ip4
+            } else {
+                u32::from_ne_bytes(LOOPBACK4)
+            },
+            daddr: u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
+            sport,
+            dport,
+        };
+        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+    } else {
+        let mut daddr = [0u32; 4];
+        for (i, word) in daddr.iter_mut().enumerate() {
+            *word = u32::from_ne_bytes([
+                addr[i * 4],
+                addr[i * 4 + 1],
+                addr[i * 4 + 2],
+                addr[i * 4 + 3],
+            ]);
         }
+        tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+            saddr: [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])],
+            daddr,
+            sport,
+            dport,
+        };
+        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+    };
+    // BPF_F_CURRENT_NETNS: the netns of the socket being connected.
+    let netns = u64::MAX;
+    // SAFETY: tuple is initialised for `size` bytes; a found socket is
+    // released below on every path.
+    let found = unsafe {
+        if destination.protocol == protocol::TCP {
+            bpf_sk_lookup_tcp(ctx.as_ptr(), &raw mut tuple, size as u32, netns, 0)
+        } else if destination.protocol == protocol::UDP {
+            bpf_sk_lookup_udp(ctx.as_ptr(), &raw mut tuple, size as u32, netns, 0)
+        } else {
+            core::ptr::null_mut()
+        }
+    };
+    if found.is_null() {
+        return 0;
     }
-    key.addr = [0; 16];
-    unsafe { LOCAL_PORTS.get(&key) }.is_some()
+    let tag = SOCK_TAGS.owner_of(found.cast());
+    // SAFETY: found came from bpf_sk_lookup_* and is released exactly once.
+    unsafe { bpf_sk_release(found.cast()) };
+    tag
 }
 
 /// Expiry of the direct entry for this destination, if one exists.
@@ -244,6 +403,7 @@ fn direct_entry(destination: &Destination) -> Option<u64> {
             protocol: destination.protocol,
             pad: 0,
         };
+        // SAFETY: the value is copied out at once, before any map update.
         unsafe { ALLOW4.get(&key) }.map(|value| value.expires_at_boot_ns)
     } else {
         let key = SocketKey {
@@ -252,6 +412,7 @@ fn direct_entry(destination: &Destination) -> Option<u64> {
             protocol: destination.protocol,
             pad: 0,
         };
+        // SAFETY: the value is copied out at once, before any map update.
         unsafe { ALLOW6.get(&key) }.map(|value| value.expires_at_boot_ns)
     }
 }
@@ -261,6 +422,7 @@ fn direct_entry(destination: &Destination) -> Option<u64> {
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     let sk: *mut bpf_sock = ctx.sock;
+    // SAFETY: sk is the program's context; exact-width reads of readable fields.
     let (fam, stype, proto) = unsafe {
         (
             core::ptr::read_volatile(&raw const (*sk).family),
@@ -271,6 +433,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     let reason = if stype == SOCK_RAW {
         Reason::RawSocket
     } else if proto == u32::from(protocol::TCP) || proto == u32::from(protocol::UDP) {
+        tag_socket(&ctx);
         return ALLOW;
     } else {
         Reason::Protocol
@@ -318,92 +481,33 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
     DENY
 }
 
-// === loopback ports owned by the cgroup ===
-
-#[cgroup_sock(post_bind4)]
-pub fn post_bind4(ctx: SockContext) -> i32 {
-    let sk: *mut bpf_sock = ctx.sock;
-    let (ip, port, proto) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const (*sk).src_ip4),
-            core::ptr::read_volatile(&raw const (*sk).src_port),
-            core::ptr::read_volatile(&raw const (*sk).protocol),
-        )
+/// Marks a new socket of the cgroup as the cgroup's in `SOCK_TAGS`. If
+/// the storage cannot be allocated the socket stays untagged: its servers
+/// are then unreachable from the cgroup (fail closed), nothing more.
+fn tag_socket(ctx: &SockContext) {
+    let mut tag = SockTag {
+        owner: owner::CGROUP,
+        pad: [0; 7],
+        // SAFETY: bpf_get_current_cgroup_id has no preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
     };
-    let addr = v4_mapped(ip.to_ne_bytes());
-    remember_bound(&ctx, addr, port as u16, proto as u8);
-    ALLOW
-}
-
-#[cgroup_sock(post_bind6)]
-pub fn post_bind6(ctx: SockContext) -> i32 {
-    let sk: *mut bpf_sock = ctx.sock;
-    let mut addr = [0u8; 16];
-    let (port, proto) = unsafe {
-        for i in 0..4 {
-            let bytes = core::ptr::read_volatile(&raw const (*sk).src_ip6[i]).to_ne_bytes();
-            addr[i * 4] = bytes[0];
-            addr[i * 4 + 1] = bytes[1];
-            addr[i * 4 + 2] = bytes[2];
-            addr[i * 4 + 3] = bytes[3];
-        }
-        (
-            core::ptr::read_volatile(&raw const (*sk).src_port),
-            core::ptr::read_volatile(&raw const (*sk).protocol),
-        )
-    };
-    remember_bound(&ctx, addr, port as u16, proto as u8);
-    ALLOW
-}
-
-fn remember_bound(ctx: &SockContext, addr: [u8; 16], port: u16, proto: u8) {
-    if port == 0 || !is_loopback_or_unspecified(&addr) {
-        return;
+    // SAFETY: the context of a cgroup/sock program is the socket itself,
+    // which is what bpf_sk_storage_get wants there; tag outlives the call.
+    unsafe {
+        bpf_sk_storage_get(
+            SOCK_TAGS.as_ptr(),
+            ctx.as_ptr(),
+            (&raw mut tag).cast(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        );
     }
-    let key = SocketKey {
-        addr,
-        port,
-        protocol: proto,
-        pad: 0,
-    };
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if BOUND_SOCKETS.insert(&cookie, &key, 0).is_err() {
-        return;
-    }
-    match LOCAL_PORTS.get_ptr_mut(&key) {
-        // Not atomic: two sockets of the cgroup binding the same port at the
-        // same instant (SO_REUSEPORT) may undercount, which only ever makes
-        // the port unreachable early (fail closed).
-        Some(count) => unsafe { *count += 1 },
-        None => {
-            let _ = LOCAL_PORTS.insert(&key, &1, 0);
-        }
-    }
-}
-
-#[cgroup_sock(sock_release)]
-pub fn sock_release(ctx: SockContext) -> i32 {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(key) = (unsafe { BOUND_SOCKETS.get(&cookie) }).copied() else {
-        return ALLOW;
-    };
-    let _ = BOUND_SOCKETS.remove(&cookie);
-    if let Some(count) = LOCAL_PORTS.get_ptr_mut(&key) {
-        unsafe {
-            if *count > 1 {
-                *count -= 1;
-                return ALLOW;
-            }
-        }
-        let _ = LOCAL_PORTS.remove(&key);
-    }
-    ALLOW
 }
 
 // === deny bookkeeping ===
 
 fn count(index: u32) {
     if let Some(counter) = STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, written only by this CPU.
         unsafe { *counter += 1 };
     }
 }
@@ -423,7 +527,9 @@ fn record_deny<C: EbpfContext>(
     count(stat::DENIED_BASE + reason as u32);
     let pid_tgid = bpf_get_current_pid_tgid();
     let event = DenyEvent {
+        // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        // SAFETY: bpf_get_current_cgroup_id has no preconditions.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
@@ -442,6 +548,8 @@ fn record_deny<C: EbpfContext>(
         count(stat::EVENTS_LOST);
     }
     if let Some(head) = RECENT_HEAD.get_ptr_mut(0) {
+        // SAFETY: head points at the map's one u64 slot. Two CPUs racing may
+        // write the same RECENT slot; that loses a recent deny, nothing more.
         let slot = unsafe {
             let slot = *head;
             *head = slot + 1;

@@ -108,6 +108,23 @@ impl TestCgroup {
         (ProbeOutcome::parse(&output.stdout, args), pid)
     }
 
+    /// Runs enforcer-probe with `args` inside this cgroup as the
+    /// unprivileged test user ([`unprivileged_user`]), as an agent would.
+    pub fn probe_as_user(&self, args: &[&str]) -> (ProbeOutcome, u32) {
+        let child = self
+            .command(probe_bin())
+            .env("ENFORCER_PROBE_USER", unprivileged_user())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let output = child.wait_with_output().unwrap();
+        (ProbeOutcome::parse(&output.stdout, args), pid)
+    }
+
     /// Runs enforcer-probe with `args` outside any enforced cgroup.
     pub fn probe_outside(args: &[&str]) -> ProbeOutcome {
         let output = Command::new(probe_bin())
@@ -195,6 +212,178 @@ impl ProbeOutcome {
     /// True when it failed with EPERM.
     pub fn is_eperm(&self) -> bool {
         matches!(self, Self::Err(errno, _) if *errno == libc::EPERM)
+    }
+}
+
+/// `UID:GID` of the unprivileged user probes drop to: `enforcer-test`
+/// (made by `cargo xtask setup`) when it exists, else `nobody`'s 65534
+/// (the VM has no user database).
+pub fn unprivileged_user() -> String {
+    fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.first() == Some(&"enforcer-test") && fields.len() > 3)
+                .then(|| format!("{}:{}", fields[2], fields[3]))
+        })
+        .unwrap_or_else(|| "65534:65534".into())
+}
+
+/// A probe run in steps: it prints a line (e.g. `bound PORT`), waits for
+/// one line on stdin, then makes its attempt and reports as usual.
+pub struct StagedProbe {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+    args: Vec<String>,
+}
+
+impl StagedProbe {
+    /// Starts enforcer-probe with `args` in `cgroup` as the unprivileged user.
+    pub fn start(cgroup: &TestCgroup, args: &[&str]) -> Self {
+        let mut child = cgroup
+            .command(probe_bin())
+            .env("ENFORCER_PROBE_USER", unprivileged_user())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Self {
+            child,
+            stdout,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        }
+    }
+
+    /// The probe's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line the probe printed.
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+
+    /// Lets the probe go on and returns what it reported.
+    pub fn proceed(mut self) -> ProbeOutcome {
+        use std::io::{Read as _, Write as _};
+        let mut stdin = self.child.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        drop(stdin);
+        let mut rest = Vec::new();
+        self.stdout.read_to_end(&mut rest).unwrap();
+        self.child.wait().unwrap();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        ProbeOutcome::parse(&rest, &args)
+    }
+}
+
+impl Drop for StagedProbe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A listener of the test (outside every enforced cgroup) standing where an
+/// attack would land. It counts every connection it accepts and every
+/// byte or datagram it receives; any of them fails the test.
+pub struct Decoy {
+    /// The decoy's address.
+    pub addr: std::net::SocketAddr,
+    hits: std::sync::Arc<AtomicU32>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Decoy {
+    /// Watches a bound TCP listener (already listening).
+    pub fn tcp(listener: std::net::TcpListener) -> Self {
+        use std::io::Read as _;
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        Self::watch(addr, move |hits| match listener.accept() {
+            Ok((mut stream, _)) => {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut buf = [0u8; 64];
+                if let Ok(n) = stream.read(&mut buf) {
+                    hits.fetch_add(u32::try_from(n).unwrap_or(u32::MAX), Ordering::SeqCst);
+                }
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        })
+    }
+
+    /// Watches a bound UDP socket.
+    pub fn udp(socket: std::net::UdpSocket) -> Self {
+        let addr = socket.local_addr().unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        Self::watch(addr, move |hits| {
+            let mut buf = [0u8; 2048];
+            if let Ok(n) = socket.recv(&mut buf) {
+                hits.fetch_add(
+                    u32::try_from(n.max(1)).unwrap_or(u32::MAX),
+                    Ordering::SeqCst,
+                );
+            }
+        })
+    }
+
+    fn watch(
+        addr: std::net::SocketAddr,
+        mut step: impl FnMut(&AtomicU32) + Send + 'static,
+    ) -> Self {
+        let hits = std::sync::Arc::new(AtomicU32::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (hits, stop) = (hits.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    step(&hits);
+                }
+            })
+        };
+        Self {
+            addr,
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections plus bytes received so far.
+    pub fn hits(&self) -> u32 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Waits a moment for stragglers, then panics if anything arrived.
+    pub fn assert_untouched(&self, what: &str) {
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            self.hits(),
+            0,
+            "{what}: the decoy at {} (outside the cgroup) was reached",
+            self.addr
+        );
+    }
+}
+
+impl Drop for Decoy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

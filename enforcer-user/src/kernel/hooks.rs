@@ -7,7 +7,7 @@ use aya::programs::{CgroupSockAddrAttachType, CgroupSockAttachType};
 pub enum HookKind {
     /// `cgroup/connect*`, `cgroup/sendmsg*`.
     SockAddr(CgroupSockAddrAttachType),
-    /// `cgroup/sock_create`, `cgroup/post_bind*`, `cgroup/sock_release`.
+    /// `cgroup/sock_create`.
     Sock(CgroupSockAttachType),
     /// `lsm_cgroup/<hook>`: needs BPF-LSM, which not every kernel allows.
     LsmCgroup(&'static str),
@@ -24,22 +24,10 @@ pub struct HookSpec {
 
 /// Every program enforcer attaches, in attach order. The LSM program comes
 /// last: it is the one that may fail to load, and the rest stand without it.
-pub const HOOKS: [HookSpec; 9] = [
+pub const HOOKS: [HookSpec; 6] = [
     HookSpec {
         program: "sock_create",
         kind: HookKind::Sock(CgroupSockAttachType::SockCreate),
-    },
-    HookSpec {
-        program: "post_bind4",
-        kind: HookKind::Sock(CgroupSockAttachType::PostBind4),
-    },
-    HookSpec {
-        program: "post_bind6",
-        kind: HookKind::Sock(CgroupSockAttachType::PostBind6),
-    },
-    HookSpec {
-        program: "sock_release",
-        kind: HookKind::Sock(CgroupSockAttachType::SockRelease),
     },
     HookSpec {
         program: "connect4",

@@ -290,27 +290,6 @@ impl PinnedMaps {
         Ok(entries)
     }
 
-    /// Loopback ports currently bound inside the cgroup, with bind counts.
-    pub fn local_ports(&self) -> Result<Vec<(SocketAddr, Transport, u32)>, KernelError> {
-        let name = map_names::LOCAL_PORTS;
-        let map: HashMap<MapData, SocketKey, u32> = self
-            .map(name)?
-            .try_into()
-            .map_err(map_error(name, "opening"))?;
-        let mut ports = Vec::new();
-        for item in map.iter() {
-            let (key, count) = item.map_err(map_error(name, "reading"))?;
-            if let Some(transport) = Transport::from_number(key.protocol) {
-                ports.push((
-                    SocketAddr::new(ip_from_bytes(key.addr), key.port),
-                    transport,
-                    count,
-                ));
-            }
-        }
-        Ok(ports)
-    }
-
     /// The per-CPU counters, summed.
     pub fn counters(&self) -> Result<Counters, KernelError> {
         let name = map_names::STATS;
