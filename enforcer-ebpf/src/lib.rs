@@ -149,9 +149,14 @@ pub struct SockTag {
     /// [`owner::CGROUP`] or [`owner::DAEMON`].
     pub owner: u8,
     /// Always zero.
-    pub pad: [u8; 7],
+    pub pad: [u8; 3],
+    /// Process (thread group) id of the creator ([`owner::CGROUP`]), else 0;
+    /// packet-level deny events, which run where no task is known, name it.
+    pub tgid: u32,
     /// cgroup v2 id of the creating process ([`owner::CGROUP`]), else 0.
     pub cgroup_id: u64,
+    /// Command name of the creator, NUL padded.
+    pub comm: [u8; 16],
 }
 
 /// Value of the direct allow maps.
@@ -180,6 +185,10 @@ pub enum Hook {
     SockCreate = 5,
     /// `lsm_cgroup/socket_create`.
     LsmSocketCreate = 6,
+    /// `cgroup/setsockopt`.
+    SetSockopt = 7,
+    /// `cgroup_skb/egress`.
+    SkbEgress = 8,
 }
 
 impl Hook {
@@ -192,6 +201,8 @@ impl Hook {
             4 => Self::Sendmsg6,
             5 => Self::SockCreate,
             6 => Self::LsmSocketCreate,
+            7 => Self::SetSockopt,
+            8 => Self::SkbEgress,
             _ => return None,
         })
     }
@@ -205,6 +216,8 @@ impl Hook {
             Self::Sendmsg6 => "sendmsg6",
             Self::SockCreate => "sock_create",
             Self::LsmSocketCreate => "lsm_socket_create",
+            Self::SetSockopt => "setsockopt",
+            Self::SkbEgress => "skb_egress",
         }
     }
 }
@@ -233,6 +246,9 @@ pub enum Reason {
     Protocol = 6,
     /// A socket family other than unix, inet, inet6 and netlink.
     Family = 7,
+    /// An IPv6 routing header or an IPv4 source-route option (LSRR/SSRR):
+    /// refused at `setsockopt`, dropped at egress.
+    SourceRoute = 8,
 
     // === CONNECT proxy ===
     // === allow ===
@@ -307,7 +323,7 @@ pub enum Reason {
 
 impl Reason {
     /// The reasons the kernel programs give (what `STATS` counts).
-    pub const KERNEL: [Reason; 7] = [
+    pub const KERNEL: [Reason; 8] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -315,10 +331,11 @@ impl Reason {
         Self::RawSocket,
         Self::Protocol,
         Self::Family,
+        Self::SourceRoute,
     ];
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 34] = [
+    pub const ALL: [Reason; 35] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -326,6 +343,7 @@ impl Reason {
         Self::RawSocket,
         Self::Protocol,
         Self::Family,
+        Self::SourceRoute,
         Self::Allowlisted,
         Self::Granted,
         Self::AllowlistedEch,
@@ -378,6 +396,7 @@ impl Reason {
             Self::RawSocket => "raw_socket",
             Self::Protocol => "protocol_not_tcp_udp",
             Self::Family => "socket_family",
+            Self::SourceRoute => "source_route",
             Self::Allowlisted => "allowlisted",
             Self::Granted => "granted",
             Self::AllowlistedEch => "allowlisted_ech",
@@ -422,6 +441,9 @@ impl Reason {
             Self::RawSocket => "raw sockets are not allowed",
             Self::Protocol => "only TCP and UDP sockets are allowed",
             Self::Family => "only unix, inet, inet6 and netlink sockets are allowed",
+            Self::SourceRoute => {
+                "IPv6 routing headers and IPv4 source-route options (LSRR/SSRR) are not allowed"
+            }
             Self::Allowlisted => "the destination is allowlisted",
             Self::Granted => "the destination is allowed by a runtime grant",
             Self::AllowlistedEch => {

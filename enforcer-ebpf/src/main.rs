@@ -23,13 +23,14 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
-            bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_sk_lookup_tcp, bpf_sk_lookup_udp,
-            bpf_sk_release, bpf_sk_storage_get,
+            bpf_get_current_cgroup_id, bpf_get_socket_uid, bpf_ktime_get_boot_ns, bpf_sk_fullsock,
+            bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release, bpf_sk_storage_get,
+            bpf_skb_cgroup_id,
         },
     },
-    macros::{btf_map, cgroup_sock, cgroup_sock_addr, lsm_cgroup, map},
+    macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, map},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::{LsmContext, SockAddrContext, SockContext},
+    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use aya_log_ebpf::debug;
 use enforcer_ebpf::{
@@ -105,7 +106,21 @@ impl SockTagMap {
         core::ptr::from_ref(self).cast_mut().cast()
     }
 
-    /// The tag of `sk`, if it has one. `sk` must be a socket pointer the
+    /// A copy of the tag of `sk`, if it has one. `sk` must be a full socket
+    /// pointer the verifier knows.
+    #[inline(always)]
+    fn tag_of(&'static self, sk: *mut c_void) -> Option<SockTag> {
+        // SAFETY: flags 0 never creates; a null value pointer is allowed.
+        let tag = unsafe { bpf_sk_storage_get(self.as_ptr(), sk, core::ptr::null_mut(), 0) }
+            .cast::<SockTag>();
+        if tag.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null result points at this socket's SockTag.
+        Some(unsafe { *tag })
+    }
+
+    /// The owner in the tag of `sk`, if it has one. `sk` must be a socket pointer the
     /// verifier knows (a context socket or a looked-up one).
     #[inline(always)]
     fn owner_of(&'static self, sk: *mut c_void) -> u8 {
@@ -487,9 +502,11 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
 fn tag_socket(ctx: &SockContext) {
     let mut tag = SockTag {
         owner: owner::CGROUP,
-        pad: [0; 7],
+        pad: [0; 3],
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         // SAFETY: bpf_get_current_cgroup_id has no preconditions.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     // SAFETY: the context of a cgroup/sock program is the socket itself,
     // which is what bpf_sk_storage_get wants there; tag outlives the call.
@@ -524,7 +541,6 @@ fn record_deny<C: EbpfContext>(
     addr: &[u8; 16],
     port: u16,
 ) {
-    count(stat::DENIED_BASE + reason as u32);
     let pid_tgid = bpf_get_current_pid_tgid();
     let event = DenyEvent {
         // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
@@ -544,7 +560,14 @@ fn record_deny<C: EbpfContext>(
         addr: *addr,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    if EVENTS.output::<DenyEvent>(&event, 0).is_err() {
+    emit_deny(ctx, &event);
+}
+
+/// Counts a deny and sends it to `EVENTS` and `RECENT`.
+#[inline(always)]
+fn emit_deny<C: EbpfContext>(ctx: &C, event: &DenyEvent) {
+    count(stat::DENIED_BASE + u32::from(event.reason));
+    if EVENTS.output::<DenyEvent>(event, 0).is_err() {
         count(stat::EVENTS_LOST);
     }
     if let Some(head) = RECENT_HEAD.get_ptr_mut(0) {
@@ -555,12 +578,250 @@ fn record_deny<C: EbpfContext>(
             *head = slot + 1;
             slot
         };
-        let _ = RECENT.set((slot % u64::from(RECENT_DENIES)) as u32, &event, 0);
+        let _ = RECENT.set((slot % u64::from(RECENT_DENIES)) as u32, event, 0);
     }
     debug!(
         ctx,
-        "enforcer deny hook={} reason={} port={}", hook as u8, reason as u8, port
+        "enforcer deny hook={} reason={} port={}", event.hook, event.reason, event.port
     );
+}
+
+// === setsockopt: no routing headers, no source routes ===
+
+const SOL_IP: i32 = 0;
+const SOL_IPV6: i32 = 41;
+const IP_OPTIONS: i32 = 4;
+const IPV6_2292RTHDR: i32 = 5;
+const IPV6_2292PKTOPTIONS: i32 = 6;
+const IPV6_RTHDR: i32 = 57;
+const IPOPT_END: u8 = 0;
+const IPOPT_NOOP: u8 = 1;
+const IPOPT_LSRR: u8 = 131;
+const IPOPT_SSRR: u8 = 137;
+/// IPv4 options are at most 40 bytes.
+const MAX_IP_OPTIONS: usize = 40;
+/// The kernel hands the program at most one page of the value.
+const PAGE_SIZE: i32 = 4096;
+
+#[cgroup_sockopt(setsockopt)]
+pub fn setsockopt(ctx: SockoptContext) -> i32 {
+    let so = ctx.sockopt;
+    // SAFETY: so is the program's context; these fields are readable.
+    let (level, optname, optlen, optval, optval_end, fam) = unsafe {
+        let sk = (*so).__bindgen_anon_1.sk;
+        (
+            core::ptr::read_volatile(&raw const (*so).level),
+            core::ptr::read_volatile(&raw const (*so).optname),
+            core::ptr::read_volatile(&raw const (*so).optlen),
+            (*so).__bindgen_anon_2.optval as usize,
+            (*so).__bindgen_anon_3.optval_end as usize,
+            core::ptr::read_volatile(&raw const (*sk).family),
+        )
+    };
+    let source_route = match (level, optname) {
+        (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR | IPV6_2292PKTOPTIONS) => true,
+        (SOL_IP, IP_OPTIONS) => has_source_route_option(optval, optval_end),
+        _ => false,
+    };
+    if source_route {
+        record_deny(
+            &ctx,
+            Hook::SetSockopt,
+            Reason::SourceRoute,
+            fam as u16,
+            0,
+            0,
+            &[0; 16],
+            0,
+        );
+        return DENY;
+    }
+    if optlen > PAGE_SIZE {
+        // Only the first page was copied for us: optlen = 0 tells the kernel
+        // to use the caller's value untouched (without it 6.1 fails EFAULT).
+        // SAFETY: optlen is writable in cgroup/setsockopt.
+        unsafe { core::ptr::write_volatile(&raw mut (*so).optlen, 0) };
+    }
+    ALLOW
+}
+
+/// True when the `IP_OPTIONS` value between `start` and `end` holds a
+/// loose or strict source-route option. A value too short to parse holds none.
+#[inline(always)]
+fn has_source_route_option(start: usize, end: usize) -> bool {
+    let mut offset = 0usize;
+    for _ in 0..MAX_IP_OPTIONS {
+        if offset >= MAX_IP_OPTIONS || start + offset + 2 > end {
+            // A lone last byte can only be END or NOOP for the kernel.
+            break;
+        }
+        let at = (start + offset) as *const u8;
+        // SAFETY: at + 2 <= optval_end was checked just above.
+        let (kind, len) = unsafe { (*at, *at.add(1)) };
+        match kind {
+            IPOPT_END => break,
+            IPOPT_NOOP => offset += 1,
+            IPOPT_LSRR | IPOPT_SSRR => return true,
+            _ if len < 2 => break,
+            _ => offset += len as usize,
+        }
+    }
+    false
+}
+
+// === cgroup_skb/egress: the packet-level check ===
+
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86dd;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+/// Extension headers walked before giving up (and letting the packet
+/// pass: the headers that matter come first, RFC 8200 §4.1).
+const MAX_EXT_HEADERS: usize = 6;
+
+#[cgroup_skb(egress)]
+pub fn skb_egress(ctx: SkBuffContext) -> i32 {
+    // SAFETY: ctx.skb.skb is the program's context; protocol is readable.
+    let proto = u16::from_be(
+        unsafe { core::ptr::read_volatile(&raw const (*ctx.skb.skb).protocol) } as u16,
+    );
+    let (routed, fam, addr) = if u32::from(proto) == ETH_P_IPV6 {
+        (
+            ipv6_routing_header(&ctx),
+            family::INET6,
+            ipv6_destination(&ctx),
+        )
+    } else if u32::from(proto) == ETH_P_IP {
+        (
+            ipv4_source_route(&ctx),
+            family::INET,
+            ipv4_destination(&ctx),
+        )
+    } else {
+        return ALLOW;
+    };
+    if !routed {
+        return ALLOW;
+    }
+    deny_packet(&ctx, Reason::SourceRoute, fam, &addr);
+    DENY
+}
+
+fn ipv6_routing_header(ctx: &SkBuffContext) -> bool {
+    let Ok(mut next) = ctx.load::<u8>(6) else {
+        return false;
+    };
+    let mut offset = 40usize;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            NEXTHDR_ROUTING => return true,
+            NEXTHDR_HOP | NEXTHDR_DEST => {
+                let Ok(header) = ctx.load::<[u8; 2]>(offset) else {
+                    return false;
+                };
+                next = header[0];
+                offset += (header[1] as usize + 1) * 8;
+            }
+            NEXTHDR_AUTH => {
+                let Ok(header) = ctx.load::<[u8; 2]>(offset) else {
+                    return false;
+                };
+                next = header[0];
+                offset += (header[1] as usize + 2) * 4;
+            }
+            NEXTHDR_FRAGMENT => {
+                let Ok(header) = ctx.load::<u8>(offset) else {
+                    return false;
+                };
+                next = header;
+                offset += 8;
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn ipv4_source_route(ctx: &SkBuffContext) -> bool {
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return false;
+    };
+    let options = ((first & 0x0f) as usize * 4).saturating_sub(20);
+    let mut offset = 0usize;
+    for _ in 0..MAX_IP_OPTIONS {
+        if offset >= options || offset >= MAX_IP_OPTIONS {
+            break;
+        }
+        let Ok(kind) = ctx.load::<u8>(20 + offset) else {
+            return false;
+        };
+        match kind {
+            IPOPT_END => break,
+            IPOPT_NOOP => offset += 1,
+            IPOPT_LSRR | IPOPT_SSRR => return true,
+            _ => {
+                let Ok(len) = ctx.load::<u8>(20 + offset + 1) else {
+                    return false;
+                };
+                if len < 2 {
+                    break;
+                }
+                offset += len as usize;
+            }
+        }
+    }
+    false
+}
+
+fn ipv6_destination(ctx: &SkBuffContext) -> [u8; 16] {
+    ctx.load::<[u8; 16]>(24).unwrap_or([0; 16])
+}
+
+fn ipv4_destination(ctx: &SkBuffContext) -> [u8; 16] {
+    v4_mapped(ctx.load::<[u8; 4]>(16).unwrap_or([0; 4]))
+}
+
+/// A packet-level deny: no task is current here (the packet may leave from
+/// softirq), so the event names the socket's creator from its tag.
+fn deny_packet(ctx: &SkBuffContext, reason: Reason, fam: u16, addr: &[u8; 16]) {
+    let skb = ctx.skb.skb;
+    // SAFETY: skb is the program's context; sk is readable (may be null).
+    let sk = unsafe { core::ptr::read_volatile(&raw const (*skb).__bindgen_anon_2.sk) };
+    let tag = if sk.is_null() {
+        None
+    } else {
+        // SAFETY: sk is the packet's (non-null) socket.
+        let full = unsafe { bpf_sk_fullsock(sk) };
+        if full.is_null() {
+            None
+        } else {
+            SOCK_TAGS.tag_of(full.cast())
+        }
+    };
+    let tag = tag.unwrap_or_default();
+    let event = DenyEvent {
+        // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        // SAFETY: skb is the program's context.
+        cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
+        pid: tag.tgid,
+        tgid: tag.tgid,
+        // SAFETY: skb is the program's context.
+        uid: unsafe { bpf_get_socket_uid(skb) },
+        family: fam,
+        protocol: 0,
+        socket_type: 0,
+        port: 0,
+        hook: Hook::SkbEgress as u8,
+        reason: reason as u8,
+        pad: [0; 2],
+        addr: *addr,
+        comm: tag.comm,
+    };
+    emit_deny(ctx, &event);
 }
 
 #[cfg(not(test))]

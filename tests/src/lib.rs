@@ -431,10 +431,16 @@ impl Drop for HeldListener {
     }
 }
 
-/// A non-loopback address of this host: `ENFORCER_TEST_HOST_ADDR` (the VM
-/// sets it after adding one to `lo`), else the first global one `ip` lists.
+/// A non-loopback address of this host: `ENFORCER_TEST_HOST_ADDR` (IPv4) or
+/// `ENFORCER_TEST_HOST_ADDR6` (the VM sets them after adding them to `lo`),
+/// else the first global one `ip` lists.
 pub fn host_address(v6: bool) -> Option<std::net::IpAddr> {
-    if let Some(addr) = std::env::var("ENFORCER_TEST_HOST_ADDR")
+    let variable = if v6 {
+        "ENFORCER_TEST_HOST_ADDR6"
+    } else {
+        "ENFORCER_TEST_HOST_ADDR"
+    };
+    if let Some(addr) = std::env::var(variable)
         .ok()
         .and_then(|text| text.parse::<std::net::IpAddr>().ok())
         .filter(|addr| addr.is_ipv6() == v6)
@@ -458,4 +464,100 @@ pub fn host_address(v6: bool) -> Option<std::net::IpAddr> {
             let field = line.split_whitespace().nth(3)?;
             field.split('/').next()?.parse().ok()
         })
+}
+
+/// An `AF_PACKET` socket on `lo` that sees every packet sent to this host's
+/// own addresses: the receiving stack drops source-routed packets, so this
+/// is how a test proves whether one left its sender.
+pub struct PacketWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl PacketWatch {
+    /// Starts watching `lo`.
+    pub fn loopback() -> Self {
+        use std::os::fd::FromRawFd as _;
+        let protocol = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2); owned below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                i32::from(protocol),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the name is NUL-terminated.
+        let index = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+        assert_ne!(index, 0, "no lo interface");
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = protocol;
+        addr.sll_ifindex = i32::try_from(index).unwrap();
+        // SAFETY: addr is a sockaddr_ll of the given size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "binding to lo: {}", std::io::Error::last_os_error());
+        Self { fd }
+    }
+
+    /// Drops what was seen so far.
+    pub fn clear(&self) {
+        let _ = self.drain(|_| false);
+    }
+
+    /// Waits a moment, then counts the packets seen since the last call that
+    /// go to `destination` with an IPv6 routing header or an IPv4 LSRR/SSRR
+    /// option.
+    pub fn source_routed_to(&self, destination: std::net::IpAddr) -> usize {
+        std::thread::sleep(Duration::from_millis(300));
+        self.drain(|packet| is_source_routed_to(packet, destination))
+    }
+
+    fn drain(&self, mut matches: impl FnMut(&[u8]) -> bool) -> usize {
+        let mut buf = [0u8; 2048];
+        let mut found = 0;
+        loop {
+            // SAFETY: buf is valid for writing its length.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let Ok(n) = usize::try_from(n) else {
+                return found;
+            };
+            if matches(&buf[..n]) {
+                found += 1;
+            }
+        }
+    }
+}
+
+/// Whether an IP packet (from its network header) is source-routed to `destination`.
+fn is_source_routed_to(packet: &[u8], destination: std::net::IpAddr) -> bool {
+    match (packet.first().map(|b| b >> 4), destination) {
+        (Some(6), std::net::IpAddr::V6(dst)) if packet.len() >= 40 => {
+            packet[6] == 43 && packet[24..40] == dst.octets()
+        }
+        (Some(4), std::net::IpAddr::V4(dst)) if packet.len() >= 20 => {
+            let header = usize::from(packet[0] & 0x0f) * 4;
+            packet[16..20] == dst.octets()
+                && packet.len() >= header
+                && packet[20..header]
+                    .iter()
+                    .find(|&&b| b != 1)
+                    .is_some_and(|&kind| kind == 131 || kind == 137)
+        }
+        _ => false,
+    }
 }

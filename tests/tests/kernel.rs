@@ -19,8 +19,8 @@ use enforcer::kernel::{
     maps::Transport,
 };
 use enforcer_tests::{
-    Decoy, HeldListener, ProbeOutcome, StagedProbe, TestCgroup, enforcer_bin, host_address,
-    require_root,
+    Decoy, HeldListener, PacketWatch, ProbeOutcome, StagedProbe, TestCgroup, enforcer_bin,
+    host_address, require_root,
 };
 
 /// A test cgroup with the programs attached through the library API.
@@ -538,6 +538,8 @@ fn enforcement_survives_sigkill_and_reattach_leaves_one_program_per_hook() {
         "connect6",
         "sendmsg4",
         "sendmsg6",
+        "setsockopt",
+        "skb_egress",
         "sock_create",
     ];
     if cgroup.pin_dir().join("links/socket_create").exists() {
@@ -699,4 +701,124 @@ fn squatting_a_loopback_port_does_not_open_a_later_host_listener() {
         "connect4",
     );
     assert_eq!(record.destination, Some(decoy.addr));
+}
+
+/// This host's own address of the family, the routing-header segment / the
+/// source-route hop (never another host's).
+fn own_hop(v6: bool) -> std::net::IpAddr {
+    host_address(v6).unwrap_or_else(|| {
+        panic!(
+            "this host has no global IPv{} address to use as a segment (set ENFORCER_TEST_HOST_ADDR{})",
+            if v6 { 6 } else { 4 },
+            if v6 { "6" } else { "" }
+        )
+    })
+}
+
+/// The attack of escape 1 outside the cgroup: it works, and the watcher
+/// sees the source-routed packet (so the checks inside can fail).
+fn source_route_control(probe: &str, hop: std::net::IpAddr, watch: &PacketWatch) {
+    watch.clear();
+    assert_ok(
+        &TestCgroup::probe_outside(&[probe, &hop.to_string()]),
+        &format!("{probe} outside control"),
+    );
+    assert!(
+        watch.source_routed_to(hop) > 0,
+        "{probe} outside: a source-routed packet to {hop} went out"
+    );
+}
+
+/// Escape 1 of issue 12: an IPv6 segment-routing header set with
+/// `IPV6_RTHDR` on a UDP socket sending to a `[::1]` port the cgroup owns
+/// sends the packet to the segment instead. As an unprivileged user.
+#[test]
+fn ipv6_routing_header_set_with_setsockopt_is_refused() {
+    let mut enforced = Enforced::new("rthdr", vec![]);
+    let hop = own_hop(true);
+    let watch = PacketWatch::loopback();
+    source_route_control("rthdr-sockopt", hop, &watch);
+    let args = ["rthdr-sockopt", &hop.to_string()];
+    let (outcome, pid) = enforced.cgroup.probe_as_user(&args);
+    assert_eq!(
+        watch.source_routed_to(hop),
+        0,
+        "no segment-routed packet leaves the cgroup"
+    );
+    enforced.expect_denied(&outcome, pid, &args, "source_route", "setsockopt");
+}
+
+/// The IPv4 form of escape 1 (as root, as the issue found it): `IP_OPTIONS`
+/// with a loose source route.
+#[test]
+fn ipv4_source_route_option_is_refused() {
+    let mut enforced = Enforced::new("lsrr", vec![]);
+    let hop = own_hop(false);
+    let watch = PacketWatch::loopback();
+    source_route_control("lsrr-sockopt", hop, &watch);
+    let args = ["lsrr-sockopt", &hop.to_string()];
+    let (outcome, pid) = enforced.cgroup.probe(&args);
+    assert_eq!(
+        watch.source_routed_to(hop),
+        0,
+        "no LSRR packet leaves the cgroup"
+    );
+    enforced.expect_denied(&outcome, pid, &args, "source_route", "setsockopt");
+}
+
+/// A source route in sendmsg ancillary data never meets a setsockopt
+/// check: the packet-level program drops it.
+#[test]
+fn source_route_in_ancillary_data_is_dropped_at_egress() {
+    let mut enforced = Enforced::new("lsrrcmsg", vec![]);
+    let hop = own_hop(false);
+    let watch = PacketWatch::loopback();
+    source_route_control("lsrr-cmsg", hop, &watch);
+    let args = ["lsrr-cmsg", &hop.to_string()];
+    let (outcome, pid) = enforced.cgroup.probe(&args);
+    assert_eq!(
+        watch.source_routed_to(hop),
+        0,
+        "no LSRR packet leaves the cgroup"
+    );
+    let record = enforced.expect_denied(&outcome, pid, &args, "source_route", "skb_egress");
+    assert_eq!(record.destination.map(|d| d.ip()), Some(hop), "{record}");
+}
+
+/// The packet-level check stands on its own: with the setsockopt program
+/// detached, a routing header that gets set is still dropped on the way out.
+#[test]
+fn ipv6_routing_header_is_dropped_at_egress_without_the_setsockopt_check() {
+    let mut enforced = Enforced::new("rthdrskb", vec![]);
+    let link = enforced.cgroup.pin_dir().join("links/setsockopt");
+    let detach = Command::new("bpftool")
+        .args(["link", "detach", "pinned"])
+        .arg(&link)
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(detach.status.success(), "{detach:?}");
+    let hop = own_hop(true);
+    let watch = PacketWatch::loopback();
+    let args = ["rthdr-sockopt", &hop.to_string()];
+    let (outcome, pid) = enforced.cgroup.probe_as_user(&args);
+    assert_eq!(
+        watch.source_routed_to(hop),
+        0,
+        "no segment-routed packet leaves the cgroup"
+    );
+    let record = enforced.expect_denied(&outcome, pid, &args, "source_route", "skb_egress");
+    assert_eq!(record.destination.map(|d| d.ip()), Some(hop), "{record}");
+}
+
+/// Option values larger than a page pass the setsockopt program untouched
+/// (it sets optlen = 0; without that, 6.1 fails them with EFAULT).
+#[test]
+fn socket_option_values_larger_than_a_page_pass_through() {
+    let enforced = Enforced::new("bigopt", vec![]);
+    assert_ok(
+        &TestCgroup::probe_outside(&["big-sockopt"]),
+        "outside control",
+    );
+    let (outcome, _) = enforced.cgroup.probe_as_user(&["big-sockopt"]);
+    assert_ok(&outcome, "a 12 KiB SO_SNDBUF value inside the cgroup");
 }

@@ -1,6 +1,8 @@
 //! The table of kernel programs and where each attaches.
 
-use aya::programs::{CgroupSockAddrAttachType, CgroupSockAttachType};
+use aya::programs::{
+    CgroupSkbAttachType, CgroupSockAddrAttachType, CgroupSockAttachType, CgroupSockoptAttachType,
+};
 
 /// How a program attaches to a cgroup.
 #[derive(Debug, Clone, Copy)]
@@ -9,6 +11,10 @@ pub enum HookKind {
     SockAddr(CgroupSockAddrAttachType),
     /// `cgroup/sock_create`.
     Sock(CgroupSockAttachType),
+    /// `cgroup/setsockopt`.
+    Sockopt(CgroupSockoptAttachType),
+    /// `cgroup_skb/egress`.
+    Skb(CgroupSkbAttachType),
     /// `lsm_cgroup/<hook>`: needs BPF-LSM, which not every kernel allows.
     LsmCgroup(&'static str),
 }
@@ -24,10 +30,18 @@ pub struct HookSpec {
 
 /// Every program enforcer attaches, in attach order. The LSM program comes
 /// last: it is the one that may fail to load, and the rest stand without it.
-pub const HOOKS: [HookSpec; 6] = [
+pub const HOOKS: [HookSpec; 8] = [
     HookSpec {
         program: "sock_create",
         kind: HookKind::Sock(CgroupSockAttachType::SockCreate),
+    },
+    HookSpec {
+        program: "setsockopt",
+        kind: HookKind::Sockopt(CgroupSockoptAttachType::Set),
+    },
+    HookSpec {
+        program: "skb_egress",
+        kind: HookKind::Skb(CgroupSkbAttachType::Egress),
     },
     HookSpec {
         program: "connect4",

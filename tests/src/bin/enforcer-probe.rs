@@ -24,6 +24,14 @@
 //! enforcer-probe own-server KIND ADDR      a server of its own on ADDR (port 0 = any), a client
 //!                                           to it, one byte each way; KIND: tcp (SO_REUSEADDR),
 //!                                           tcp-noreuse, udp, udp-reuse (SO_REUSEADDR)
+//! enforcer-probe rthdr-sockopt SEGMENT     bind UDP [::1]:0, then from a second socket with an
+//!                                           IPv6 segment-routing header (IPV6_RTHDR, type 4, one
+//!                                           segment = SEGMENT) sendto that [::1] port
+//! enforcer-probe lsrr-sockopt HOP           the same for IPv4: 127.0.0.1, IP_OPTIONS with a loose
+//!                                           source route via HOP
+//! enforcer-probe lsrr-cmsg HOP              the loose source route as sendmsg ancillary data
+//!                                           (IP_RETOPTS), which no setsockopt check sees
+//! enforcer-probe big-sockopt                setsockopt(SO_SNDBUF) with a 12 KiB value (> a page)
 //! enforcer-probe squat-tcp                  bind a TCP socket to 127.0.0.1:0 with SO_REUSEADDR,
 //!                                           never listen; print `bound PORT`, wait for one stdin
 //!                                           line, then connect 127.0.0.1:PORT and send one byte
@@ -83,6 +91,10 @@ fn main() -> ExitCode {
             _ => Err("v6only-connect needs tcp|udp PORT".into()),
         },
         "squat-tcp" => Ok(squat_tcp()),
+        "rthdr-sockopt" => ip_arg(&args).map(|hop| source_routed(hop, false)),
+        "lsrr-sockopt" => ip_arg(&args).map(|hop| source_routed(hop, false)),
+        "lsrr-cmsg" => ip_arg(&args).map(|hop| source_routed(hop, true)),
+        "big-sockopt" => Ok(big_sockopt()),
         "own-server" => match (args.get(1).map(String::as_str), args.get(2)) {
             (Some(kind), Some(text)) => text
                 .parse()
@@ -452,4 +464,124 @@ fn own_server(kind: &str, addr: SocketAddr) -> Result<io::Result<()>, String> {
         Ok(())
     };
     Ok(run())
+}
+
+fn ip_arg(args: &[String]) -> Result<std::net::IpAddr, String> {
+    let text = args.get(1).ok_or("needs an address")?;
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an IP address"))
+}
+
+/// Escape 1: a datagram to a loopback port the cgroup owns, but carrying a
+/// route through `hop` (an IPv6 segment-routing header for an IPv6 `hop`,
+/// an IPv4 loose source route for an IPv4 one), set with setsockopt or, for
+/// IPv4 with `ancillary`, as sendmsg ancillary data.
+fn source_routed(hop: std::net::IpAddr, ancillary: bool) -> io::Result<()> {
+    let (family, level, own) = match hop {
+        std::net::IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_IPV6, "[::1]:0"),
+        std::net::IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_IP, "127.0.0.1:0"),
+    };
+    let receiver = UdpSocket::bind(own)?;
+    let target = receiver.local_addr()?;
+    let (name, value): (i32, Vec<u8>) = match hop {
+        std::net::IpAddr::V6(segment) => {
+            // struct ipv6_sr_hdr: nexthdr, hdrlen (8-octet units past the
+            // first 8), type 4, segments_left 1, last_entry 1, flags, tag;
+            // segments[0] is filled in by the kernel with the sendto address,
+            // segments[1] becomes the packet's destination.
+            let mut srh = vec![0, 4, 4, 1, 1, 0, 0, 0];
+            srh.extend_from_slice(&[0u8; 16]);
+            srh.extend_from_slice(&segment.octets());
+            (libc::IPV6_RTHDR, srh)
+        }
+        std::net::IpAddr::V4(via) => {
+            // NOP, then LSRR: type 131, length 7, pointer 4, one hop.
+            let mut options = vec![1, 131, 7, 4];
+            options.extend_from_slice(&via.octets());
+            (
+                if ancillary {
+                    libc::IP_RETOPTS
+                } else {
+                    libc::IP_OPTIONS
+                },
+                options,
+            )
+        }
+    };
+    let sender = new_socket(family, libc::SOCK_DGRAM)?;
+    let (_, storage, len) = sockaddr(target);
+    let mut payload = *b"x";
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast(),
+        iov_len: payload.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&raw const storage).cast_mut().cast();
+    msg.msg_namelen = len;
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    let mut control = vec![0u64; 16];
+    if ancillary {
+        // SAFETY: CMSG_SPACE/CMSG_LEN are pure size computations.
+        let (space, cmsg_len) = unsafe {
+            (
+                libc::CMSG_SPACE(value.len() as u32) as usize,
+                libc::CMSG_LEN(value.len() as u32) as usize,
+            )
+        };
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: control is 128 bytes, more than CMSG_SPACE of <= 40 bytes;
+        // CMSG_FIRSTHDR/CMSG_DATA point inside it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+            (*cmsg).cmsg_level = level;
+            (*cmsg).cmsg_type = name;
+            (*cmsg).cmsg_len = cmsg_len;
+            std::ptr::copy_nonoverlapping(value.as_ptr(), libc::CMSG_DATA(cmsg), value.len());
+        }
+    } else {
+        // SAFETY: value lives across the call; the length matches.
+        let rc = unsafe {
+            libc::setsockopt(
+                sender.as_raw_fd(),
+                level,
+                name,
+                value.as_ptr().cast(),
+                value.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: msg and everything it points to are valid for the call.
+    let rc = unsafe { libc::sendmsg(sender.as_raw_fd(), &raw const msg, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A socket option value larger than a page: the setsockopt program must
+/// hand it to the kernel untouched.
+fn big_sockopt() -> io::Result<()> {
+    let socket = new_socket(libc::AF_INET, libc::SOCK_STREAM)?;
+    let mut value = vec![0u8; 3 * 4096];
+    value[..4].copy_from_slice(&65_536i32.to_ne_bytes());
+    // SAFETY: value lives across the call; the length matches.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
