@@ -249,6 +249,9 @@ pub enum Reason {
     /// An IPv6 routing header or an IPv4 source-route option (LSRR/SSRR):
     /// refused at `setsockopt`, dropped at egress.
     SourceRoute = 8,
+    /// An enforcer endpoint whose listening socket is not the daemon's
+    /// (the daemon is down, or another process took its port).
+    EndpointNotOwned = 9,
 
     // === CONNECT proxy ===
     // === allow ===
@@ -323,7 +326,7 @@ pub enum Reason {
 
 impl Reason {
     /// The reasons the kernel programs give (what `STATS` counts).
-    pub const KERNEL: [Reason; 8] = [
+    pub const KERNEL: [Reason; 9] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -332,10 +335,11 @@ impl Reason {
         Self::Protocol,
         Self::Family,
         Self::SourceRoute,
+        Self::EndpointNotOwned,
     ];
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 35] = [
+    pub const ALL: [Reason; 36] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -344,6 +348,7 @@ impl Reason {
         Self::Protocol,
         Self::Family,
         Self::SourceRoute,
+        Self::EndpointNotOwned,
         Self::Allowlisted,
         Self::Granted,
         Self::AllowlistedEch,
@@ -397,6 +402,7 @@ impl Reason {
             Self::Protocol => "protocol_not_tcp_udp",
             Self::Family => "socket_family",
             Self::SourceRoute => "source_route",
+            Self::EndpointNotOwned => "endpoint_not_owned",
             Self::Allowlisted => "allowlisted",
             Self::Granted => "granted",
             Self::AllowlistedEch => "allowlisted_ech",
@@ -443,6 +449,9 @@ impl Reason {
             Self::Family => "only unix, inet, inet6 and netlink sockets are allowed",
             Self::SourceRoute => {
                 "IPv6 routing headers and IPv4 source-route options (LSRR/SSRR) are not allowed"
+            }
+            Self::EndpointNotOwned => {
+                "the enforcer endpoint is not served by the enforcer daemon (is it running?)"
             }
             Self::Allowlisted => "the destination is allowlisted",
             Self::Granted => "the destination is allowed by a runtime grant",

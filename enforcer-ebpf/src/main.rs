@@ -279,13 +279,19 @@ fn finish<C: EbpfContext>(
     }
 }
 
-/// The connect/sendmsg decision, in order: enforcer endpoint, loopback
+/// The connect/sendmsg decision, in order: enforcer endpoint (served by the
+/// daemon's tagged listener), loopback
 /// destination whose receiving socket is the cgroup's, live direct entry;
 /// otherwise the most specific reason.
 fn decide(ctx: &SockAddrContext, destination: &Destination) -> Result<(), Reason> {
     let addr = &destination.addr;
     if is_endpoint(destination) {
-        return Ok(());
+        // Only while the daemon's own tagged socket is what listens there:
+        // with the daemon down, or its port taken, it is denied.
+        if receiver_owner(ctx, destination) == owner::DAEMON {
+            return Ok(());
+        }
+        return Err(Reason::EndpointNotOwned);
     }
     let loopback = is_loopback(addr);
     if loopback && receiver_owner(ctx, destination) == owner::CGROUP {

@@ -20,7 +20,7 @@ use enforcer::kernel::{
 };
 use enforcer_tests::{
     Decoy, HeldListener, PacketWatch, ProbeOutcome, StagedProbe, TestCgroup, enforcer_bin,
-    host_address, require_root,
+    host_address, probe_bin, require_root, unprivileged_user,
 };
 
 /// A test cgroup with the programs attached through the library API.
@@ -334,8 +334,14 @@ fn packet_and_vsock_sockets_are_denied_or_reported_unenforced() {
 
 #[test]
 fn allowed_endpoint_own_server_and_outside_process_are_unaffected() {
-    let (_endpoint, endpoint_addr) = outside_listener("127.0.0.1:0");
+    let (endpoint, endpoint_addr) = outside_listener("127.0.0.1:0");
     let enforced = Enforced::new("positive", vec![EndpointSpec::tcp(endpoint_addr)]);
+    enforced
+        .attachment
+        .maps()
+        .unwrap()
+        .tag_daemon_socket(&endpoint)
+        .unwrap();
     let (outcome, _) = enforced
         .cgroup
         .probe(&["tcp-connect", &endpoint_addr.to_string()]);
@@ -821,4 +827,136 @@ fn socket_option_values_larger_than_a_page_pass_through() {
     );
     let (outcome, _) = enforced.cgroup.probe_as_user(&["big-sockopt"]);
     assert_ok(&outcome, "a 12 KiB SO_SNDBUF value inside the cgroup");
+}
+
+/// Escape 4 of issue 12, at the library level: an endpoint whose listener
+/// is not the daemon's tagged socket (here an untagged listener of the test,
+/// standing for an impostor) is denied.
+#[test]
+fn endpoint_served_by_an_untagged_listener_is_denied() {
+    let impostor = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = impostor.local_addr().unwrap();
+    let decoy = Decoy::tcp(impostor);
+    let mut enforced = Enforced::new("impostor", vec![EndpointSpec::tcp(addr)]);
+    let args = ["tcp-connect", &addr.to_string()];
+    let (outcome, pid) = enforced.cgroup.probe_as_user(&args);
+    decoy.assert_untouched("an endpoint port served by a socket that is not the daemon's");
+    enforced.expect_denied(&outcome, pid, &args, "endpoint_not_owned", "connect4");
+}
+
+/// A free loopback TCP port (bound and released at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Escape 4 of issue 12, as a user meets it: kill the daemon of an attached
+/// cgroup, bind its router port from another user's process, and a request
+/// from inside the cgroup fails with EPERM; the restarted daemon says who
+/// holds the port, exits non-zero, and the kernel keeps denying.
+#[test]
+fn router_port_taken_while_the_daemon_is_down_stays_denied_and_is_reported() {
+    require_root();
+    let cgroup = TestCgroup::new("hijack");
+    let state = tempfile::tempdir().unwrap();
+    let (proxy, router) = (free_port(), free_port());
+    let daemon = || {
+        let mut command = Command::new(enforcer_bin());
+        command
+            .args(["attach", "--cgroup", &cgroup.name])
+            .args(["--proxy-listen", &format!("127.0.0.1:{proxy}")])
+            .args(["--router-listen", &format!("127.0.0.1:{router}")])
+            .arg("--control-socket")
+            .arg(state.path().join("control.sock"))
+            .arg("--state-dir")
+            .arg(state.path());
+        command
+    };
+    let socket = state.path().join("control.sock");
+    let mut first = daemon()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "enforcer attach exited early"
+        );
+        assert!(Instant::now() < deadline, "enforcer attach did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let target = format!("127.0.0.1:{router}");
+    let (outcome, _) = cgroup.probe_as_user(&["tcp-connect", &target]);
+    assert_ok(
+        &outcome,
+        "the router is reachable while the daemon serves it",
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // Another local user takes the router port.
+    let mut impostor = Command::new(probe_bin())
+        .env("ENFORCER_PROBE_USER", unprivileged_user())
+        .args(["listen", &target])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(impostor.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("listening "), "impostor printed {line:?}");
+
+    let (outcome, pid) = cgroup.probe_as_user(&["tcp-connect", &target]);
+    assert!(
+        outcome.is_eperm(),
+        "the impostor's router port is denied: {outcome:?}"
+    );
+    let status = Command::new(enforcer_bin())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let ours = status["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cgroup_id"] == cgroup.id())
+        .expect("our cgroup in status")
+        .clone();
+    assert!(
+        ours["recent_denies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["tgid"] == pid && d["reason"] == "endpoint_not_owned"),
+        "{ours}"
+    );
+
+    let restarted = daemon().output().unwrap();
+    assert!(
+        !restarted.status.success(),
+        "the daemon must not start on a taken port"
+    );
+    let stderr = String::from_utf8_lossy(&restarted.stderr);
+    assert!(
+        stderr.contains(&format!("held by pid {} (enforcer-probe", impostor.id())),
+        "the daemon names the holder: {stderr}"
+    );
+    let (outcome, _) = cgroup.probe_as_user(&["tcp-connect", &target]);
+    assert!(
+        outcome.is_eperm(),
+        "still denied after the failed restart: {outcome:?}"
+    );
+    drop(impostor.stdin.take());
+    let _ = impostor.kill();
+    let _ = impostor.wait();
 }

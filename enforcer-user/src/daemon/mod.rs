@@ -44,7 +44,7 @@ use crate::{
     audit::{AuditRecord, AuditWriter, Decision, Retention},
     kernel::{
         self, AttachOptions, CgroupMount, CgroupPath, DenyRecord, EndpointSpec, FamilyEnforcement,
-        PinnedMaps, events::EventReader,
+        PinnedMaps, events::EventReader, maps::Transport, ownership,
     },
 };
 
@@ -187,12 +187,15 @@ pub async fn run(
     let loader = Arc::new(loader);
     let store = loader.store().clone();
 
+    // === issue 12: a taken port names its holder (kernel::ownership) ===
     let proxy_listener = TcpListener::bind(options.proxy_listen)
         .await
-        .with_context(|| format!("binding the proxy to {}", options.proxy_listen))?;
+        .map_err(|e| ownership::bind_error("the proxy", options.proxy_listen, Transport::Tcp, e))?;
     let router_listener = TcpListener::bind(options.router_listen)
         .await
-        .with_context(|| format!("binding the lane router to {}", options.router_listen))?;
+        .map_err(|e| {
+            ownership::bind_error("the lane router", options.router_listen, Transport::Tcp, e)
+        })?;
     let listeners = Listeners {
         proxy: proxy_listener.local_addr()?,
         router: router_listener.local_addr()?,
@@ -209,6 +212,9 @@ pub async fn run(
         },
     )
     .with_context(|| format!("attaching to cgroup {}", options.cgroup.absolute.display()))?;
+    // === issue 12: the kernel allows the endpoints only while these tagged sockets listen ===
+    ownership::claim_endpoints(&attachment.maps()?, &[&proxy_listener, &router_listener])
+        .context("tagging the proxy and router listeners as the daemon's")?;
     match &attachment.families {
         FamilyEnforcement::Enforced => tracing::info!("{}", attachment.families.describe()),
         FamilyEnforcement::NotEnforced { .. } => {
