@@ -564,12 +564,18 @@ pub const fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are #[repr(C)] plain integers and byte arrays
-    // with explicit padding fields, so every bit pattern is valid.
+    // Every type here is #[repr(C)] plain integers and byte arrays with
+    // explicit padding fields, so every bit pattern is a valid value.
+    // SAFETY: Endpoint is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: Allow4Key is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::Allow4Key {}
+    // SAFETY: SocketKey is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::SocketKey {}
+    // SAFETY: AllowValue is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::AllowValue {}
+    // SAFETY: SockTag is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::SockTag {}
+    // SAFETY: DenyEvent is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::DenyEvent {}
 }

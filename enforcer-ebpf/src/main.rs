@@ -313,14 +313,13 @@ fn decide(ctx: &SockAddrContext, destination: &Destination) -> Result<(), Reason
 
 fn is_endpoint(destination: &Destination) -> bool {
     for i in 0..MAX_ENDPOINTS {
-        if let Some(endpoint) = CONFIG.get(i) {
-            if endpoint.in_use == 1
-                && endpoint.port == destination.port
-                && endpoint.protocol == destination.protocol
-                && endpoint.addr == destination.addr
-            {
-                return true;
-            }
+        if let Some(endpoint) = CONFIG.get(i)
+            && endpoint.in_use == 1
+            && endpoint.port == destination.port
+            && endpoint.protocol == destination.protocol
+            && endpoint.addr == destination.addr
+        {
+            return true;
         }
     }
     false
@@ -425,7 +424,7 @@ fn direct_entry(destination: &Destination) -> Option<u64> {
             pad: 0,
         };
         // SAFETY: the value is copied out at once, before any map update.
-        unsafe { ALLOW4.get(&key) }.map(|value| value.expires_at_boot_ns)
+        unsafe { ALLOW4.get(key) }.map(|value| value.expires_at_boot_ns)
     } else {
         let key = SocketKey {
             addr: *addr,
@@ -434,7 +433,7 @@ fn direct_entry(destination: &Destination) -> Option<u64> {
             pad: 0,
         };
         // SAFETY: the value is copied out at once, before any map update.
-        unsafe { ALLOW6.get(&key) }.map(|value| value.expires_at_boot_ns)
+        unsafe { ALLOW6.get(key) }.map(|value| value.expires_at_boot_ns)
     }
 }
 
@@ -691,9 +690,8 @@ const MAX_EXT_HEADERS: usize = 6;
 #[cgroup_skb(egress)]
 pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     // SAFETY: ctx.skb.skb is the program's context; protocol is readable.
-    let proto = u16::from_be(
-        unsafe { core::ptr::read_volatile(&raw const (*ctx.skb.skb).protocol) } as u16,
-    );
+    let raw = unsafe { core::ptr::read_volatile(&raw const (*ctx.skb.skb).protocol) };
+    let proto = u16::from_be(raw as u16);
     let (routed, fam, addr) = if u32::from(proto) == ETH_P_IPV6 {
         (
             ipv6_routing_header(&ctx),

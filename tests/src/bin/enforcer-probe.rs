@@ -526,19 +526,20 @@ fn source_routed(hop: std::net::IpAddr, ancillary: bool) -> io::Result<()> {
         // SAFETY: CMSG_SPACE/CMSG_LEN are pure size computations.
         let (space, cmsg_len) = unsafe {
             (
-                libc::CMSG_SPACE(value.len() as u32) as usize,
-                libc::CMSG_LEN(value.len() as u32) as usize,
+                libc::CMSG_SPACE(value.len() as u32),
+                libc::CMSG_LEN(value.len() as u32),
             )
         };
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
+        // The field types differ between glibc (usize) and musl (u32).
+        msg.msg_controllen = space as _;
         // SAFETY: control is 128 bytes, more than CMSG_SPACE of <= 40 bytes;
         // CMSG_FIRSTHDR/CMSG_DATA point inside it.
         unsafe {
             let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
             (*cmsg).cmsg_level = level;
             (*cmsg).cmsg_type = name;
-            (*cmsg).cmsg_len = cmsg_len;
+            (*cmsg).cmsg_len = cmsg_len as _;
             std::ptr::copy_nonoverlapping(value.as_ptr(), libc::CMSG_DATA(cmsg), value.len());
         }
     } else {
