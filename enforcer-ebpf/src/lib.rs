@@ -19,10 +19,10 @@ pub mod map_names {
     pub const ALLOW4: &str = "ALLOW4";
     /// Hash of [`crate::SocketKey`] to [`crate::AllowValue`]: direct IPv6 allow entries.
     pub const ALLOW6: &str = "ALLOW6";
-    /// Hash of [`crate::SocketKey`] to a bind count: loopback ports bound inside the cgroup.
-    pub const LOCAL_PORTS: &str = "LOCAL_PORTS";
-    /// Hash of socket cookie to [`crate::SocketKey`]: which socket bound which local port.
-    pub const BOUND_SOCKETS: &str = "BOUND_SOCKETS";
+    /// BTF socket-storage map of [`crate::SockTag`]: every socket created in
+    /// the cgroup (tagged at `sock_create`) and the daemon's own listeners
+    /// (tagged from userspace by fd).
+    pub const SOCK_TAGS: &str = "SOCK_TAGS";
     /// Ring buffer of [`crate::DenyEvent`].
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of u64 counters, indexed by [`crate::stat`].
@@ -33,12 +33,11 @@ pub mod map_names {
     pub const RECENT_HEAD: &str = "RECENT_HEAD";
 
     /// Every map that is pinned (by name) so enforcement state outlives the loader.
-    pub const PINNED: [&str; 9] = [
+    pub const PINNED: [&str; 8] = [
         CONFIG,
         ALLOW4,
         ALLOW6,
-        LOCAL_PORTS,
-        BOUND_SOCKETS,
+        SOCK_TAGS,
         EVENTS,
         STATS,
         RECENT,
@@ -50,8 +49,6 @@ pub mod map_names {
 pub const MAX_ENDPOINTS: u32 = 16;
 /// Capacity of each direct allow map.
 pub const MAX_ALLOW_ENTRIES: u32 = 131_072;
-/// Capacity of the loopback port maps.
-pub const MAX_LOCAL_PORTS: u32 = 16_384;
 /// Slots in the `RECENT` array of last denies.
 pub const RECENT_DENIES: u32 = 32;
 /// Size of the `EVENTS` ring buffer in bytes (a power of two, page aligned).
@@ -123,7 +120,7 @@ pub struct Allow4Key {
     pub pad: u8,
 }
 
-/// Key of `ALLOW6` and `LOCAL_PORTS`: an address (IPv4 mapped), port and protocol.
+/// Key of `ALLOW6`: an address (IPv4 mapped), port and protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SocketKey {
@@ -135,6 +132,34 @@ pub struct SocketKey {
     pub protocol: u8,
     /// Always zero.
     pub pad: u8,
+}
+
+/// Who a socket in `SOCK_TAGS` belongs to ([`SockTag::owner`]).
+pub mod owner {
+    /// Created by a process of the enforced cgroup (tagged at `sock_create`).
+    pub const CGROUP: u8 = 1;
+    /// One of the enforcer daemon's own listeners (tagged by the daemon, by fd).
+    pub const DAEMON: u8 = 2;
+}
+
+/// Value of the `SOCK_TAGS` socket-storage map: whose socket this is.
+///
+/// The storage is cloned onto sockets a tagged listener accepts
+/// (`BPF_F_CLONE`), so an accepted connection carries its listener's tag.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockTag {
+    /// [`owner::CGROUP`] or [`owner::DAEMON`].
+    pub owner: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+    /// Process (thread group) id of the creator ([`owner::CGROUP`]), else 0;
+    /// packet-level deny events, which run where no task is known, name it.
+    pub tgid: u32,
+    /// cgroup v2 id of the creating process ([`owner::CGROUP`]), else 0.
+    pub cgroup_id: u64,
+    /// Command name of the creator, NUL padded.
+    pub comm: [u8; 16],
 }
 
 /// Value of the direct allow maps.
@@ -163,6 +188,10 @@ pub enum Hook {
     SockCreate = 5,
     /// `lsm_cgroup/socket_create`.
     LsmSocketCreate = 6,
+    /// `cgroup/setsockopt`.
+    SetSockopt = 7,
+    /// `cgroup_skb/egress`.
+    SkbEgress = 8,
 }
 
 impl Hook {
@@ -175,6 +204,8 @@ impl Hook {
             4 => Self::Sendmsg6,
             5 => Self::SockCreate,
             6 => Self::LsmSocketCreate,
+            7 => Self::SetSockopt,
+            8 => Self::SkbEgress,
             _ => return None,
         })
     }
@@ -188,6 +219,8 @@ impl Hook {
             Self::Sendmsg6 => "sendmsg6",
             Self::SockCreate => "sock_create",
             Self::LsmSocketCreate => "lsm_socket_create",
+            Self::SetSockopt => "setsockopt",
+            Self::SkbEgress => "skb_egress",
         }
     }
 }
@@ -255,11 +288,18 @@ pub const fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are #[repr(C)] plain integers and byte arrays
-    // with explicit padding fields, so every bit pattern is valid.
+    // Every type here is #[repr(C)] plain integers and byte arrays with
+    // explicit padding fields, so every bit pattern is a valid value.
+    // SAFETY: Endpoint is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: Allow4Key is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::Allow4Key {}
+    // SAFETY: SocketKey is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::SocketKey {}
+    // SAFETY: AllowValue is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::AllowValue {}
+    // SAFETY: SockTag is #[repr(C)] plain data with explicit padding.
+    unsafe impl aya::Pod for super::SockTag {}
+    // SAFETY: DenyEvent is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::DenyEvent {}
 }

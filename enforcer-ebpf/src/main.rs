@@ -2,29 +2,40 @@
 //!
 //! Every `connect()`, unconnected `sendmsg()` and `socket()` of a process in
 //! the enforced cgroup passes through here. Allowed: the enforcer's own
-//! endpoints (`CONFIG`), loopback ports bound by a process of the same cgroup
-//! (`LOCAL_PORTS`, kept by `post_bind*` and `sock_release`) and live direct
-//! entries (`ALLOW4`/`ALLOW6`, expiry checked here). Everything else is
-//! denied with EPERM, counted in `STATS`, remembered in `RECENT` and sent to
-//! userspace through `EVENTS`.
+//! endpoints (`CONFIG`), loopback destinations whose receiving socket — the
+//! one `bpf_sk_lookup_tcp/udp` finds, i.e. the one the kernel would deliver
+//! to — carries the cgroup's tag in `SOCK_TAGS` (set at `sock_create`), and
+//! live direct entries (`ALLOW4`/`ALLOW6`, expiry checked here). Everything
+//! else is denied with EPERM, counted in `STATS`, remembered in `RECENT` and
+//! sent to userspace through `EVENTS`.
 #![no_std]
 #![no_main]
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     EbpfContext,
-    bindings::{bpf_sock, bpf_sock_addr},
+    bindings::{
+        BPF_F_CLONE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type, bpf_sock,
+        bpf_sock_addr, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_socket_uid, bpf_ktime_get_boot_ns, bpf_sk_fullsock,
+            bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release, bpf_sk_storage_get,
+            bpf_skb_cgroup_id,
+        },
     },
-    macros::{cgroup_sock, cgroup_sock_addr, lsm_cgroup, map},
+    macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, map},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::{LsmContext, SockAddrContext, SockContext},
+    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use aya_log_ebpf::debug;
 use enforcer_ebpf::{
     Allow4Key, AllowValue, DenyEvent, EVENTS_BYTES, Endpoint, Hook, MAX_ALLOW_ENTRIES,
-    MAX_ENDPOINTS, MAX_LOCAL_PORTS, RECENT_DENIES, Reason, SocketKey, family, protocol, stat,
+    MAX_ENDPOINTS, RECENT_DENIES, Reason, SockTag, SocketKey, family, owner, protocol, stat,
     v4_mapped,
 };
 
@@ -40,10 +51,8 @@ static CONFIG: Array<Endpoint> = Array::pinned(MAX_ENDPOINTS, 0);
 static ALLOW4: HashMap<Allow4Key, AllowValue> = HashMap::pinned(MAX_ALLOW_ENTRIES, 0);
 #[map]
 static ALLOW6: HashMap<SocketKey, AllowValue> = HashMap::pinned(MAX_ALLOW_ENTRIES, 0);
-#[map]
-static LOCAL_PORTS: HashMap<SocketKey, u32> = HashMap::pinned(MAX_LOCAL_PORTS, 0);
-#[map]
-static BOUND_SOCKETS: HashMap<u64, SocketKey> = HashMap::pinned(MAX_LOCAL_PORTS, 0);
+#[btf_map]
+static SOCK_TAGS: SockTagMap = SockTagMap::new();
 #[map]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 #[map]
@@ -52,6 +61,79 @@ static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::LEN, 0);
 static RECENT: Array<DenyEvent> = Array::pinned(RECENT_DENIES, 0);
 #[map]
 static RECENT_HEAD: Array<u64> = Array::pinned(1, 0);
+
+// === SOCK_TAGS: a BTF socket-storage map, pinned by name ===
+
+/// `LIBBPF_PIN_BY_NAME`: the loader pins the map under its pin directory
+/// and re-uses the pinned one on the next load, so tags survive a re-attach.
+const PIN_BY_NAME: usize = 1;
+const SOCK_TAG_FLAGS: usize = (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize;
+
+/// BTF definition of `SOCK_TAGS` (`BPF_MAP_TYPE_SK_STORAGE`, key `int` = a
+/// socket fd from userspace, value [`SockTag`]). Written out by hand because
+/// aya-ebpf 0.2.1's `btf_maps::SkStorage` has no `pinning` field and its
+/// accessors only take a `SockAddrContext`; the loader reads the fields'
+/// array lengths from BTF, nothing here is ever dereferenced.
+#[repr(C)]
+struct SockTagMap {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const SockTag,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; SOCK_TAG_FLAGS],
+    pinning: *const [i32; PIN_BY_NAME],
+}
+
+// SAFETY: the fields are null placeholders that only describe the map in
+// BTF; no code reads or writes through them, so sharing is sound.
+unsafe impl Sync for SockTagMap {}
+
+impl SockTagMap {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+            pinning: core::ptr::null(),
+        }
+    }
+
+    /// The map as the helpers want it (the loader relocates this address).
+    #[inline(always)]
+    fn as_ptr(&'static self) -> *mut c_void {
+        core::ptr::from_ref(self).cast_mut().cast()
+    }
+
+    /// A copy of the tag of `sk`, if it has one. `sk` must be a full socket
+    /// pointer the verifier knows.
+    #[inline(always)]
+    fn tag_of(&'static self, sk: *mut c_void) -> Option<SockTag> {
+        // SAFETY: flags 0 never creates; a null value pointer is allowed.
+        let tag = unsafe { bpf_sk_storage_get(self.as_ptr(), sk, core::ptr::null_mut(), 0) }
+            .cast::<SockTag>();
+        if tag.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null result points at this socket's SockTag.
+        Some(unsafe { *tag })
+    }
+
+    /// The owner in the tag of `sk`, if it has one. `sk` must be a socket pointer the
+    /// verifier knows (a context socket or a looked-up one).
+    #[inline(always)]
+    fn owner_of(&'static self, sk: *mut c_void) -> u8 {
+        // SAFETY: flags 0 never creates; a null value pointer is allowed.
+        let tag = unsafe { bpf_sk_storage_get(self.as_ptr(), sk, core::ptr::null_mut(), 0) }
+            .cast::<SockTag>();
+        if tag.is_null() {
+            return 0;
+        }
+        // SAFETY: a non-null result points at this socket's SockTag.
+        unsafe { (*tag).owner }
+    }
+}
 
 // === connect / sendmsg ===
 
@@ -88,6 +170,7 @@ struct Destination {
 fn judge_sock_addr4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let sa = ctx.sock_addr;
     // Exact-width volatile loads: the verifier rejects widened context reads.
+    // SAFETY: sa is the program's context and these fields are readable.
     let (ip, port, proto, stype) = unsafe {
         (
             core::ptr::read_volatile(&raw const (*sa).user_ip4),
@@ -96,19 +179,35 @@ fn judge_sock_addr4(ctx: &SockAddrContext, hook: Hook) -> i32 {
             core::ptr::read_volatile(&raw const (*sa).type_),
         )
     };
-    let destination = Destination {
+    let mut destination = Destination {
         addr: v4_mapped(ip.to_ne_bytes()),
         port: u16::from_be(port as u16),
         protocol: proto as u8,
         family: family::INET,
         socket_type: stype as u16,
     };
-    finish(ctx, hook, &destination, decide(&destination))
+    let unspecified = ip == 0;
+    if unspecified {
+        // The kernel sends to 0.0.0.0 on loopback; judge (and, below, make)
+        // it 127.0.0.1 so what is judged is where it goes.
+        destination.addr = v4_mapped(LOOPBACK4);
+    }
+    let verdict = decide(ctx, &destination);
+    if verdict.is_ok() && unspecified {
+        // SAFETY: user_ip4 is writable in connect4/sendmsg4 contexts.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*sa).user_ip4, u32::from_ne_bytes(LOOPBACK4));
+        }
+    }
+    finish(ctx, hook, &destination, verdict)
 }
+
+const LOOPBACK4: [u8; 4] = [127, 0, 0, 1];
 
 fn judge_sock_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     let mut addr = [0u8; 16];
+    // SAFETY: sa is the program's context; exact-width reads of readable fields.
     let (port, proto, stype) = unsafe {
         for i in 0..4 {
             let word = core::ptr::read_volatile(&raw const (*sa).user_ip6[i]);
@@ -124,14 +223,33 @@ fn judge_sock_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
             core::ptr::read_volatile(&raw const (*sa).type_),
         )
     };
-    let destination = Destination {
+    let mut destination = Destination {
         addr,
         port: u16::from_be(port as u16),
         protocol: proto as u8,
         family: family::INET6,
         socket_type: stype as u16,
     };
-    finish(ctx, hook, &destination, decide(&destination))
+    // `::` and `::ffff:0.0.0.0` go to loopback: judge (and make) them ::1 /
+    // ::ffff:127.0.0.1.
+    let mapped = is_v4_mapped(&addr);
+    let unspecified = if mapped {
+        addr[12..16] == [0u8; 4]
+    } else {
+        addr == [0u8; 16]
+    };
+    let last_word = if mapped { LOOPBACK4 } else { [0, 0, 0, 1] };
+    if unspecified {
+        destination.addr[12..16].copy_from_slice(&last_word);
+    }
+    let verdict = decide(ctx, &destination);
+    if verdict.is_ok() && unspecified {
+        // SAFETY: user_ip6 is writable in connect6/sendmsg6 contexts.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*sa).user_ip6[3], u32::from_ne_bytes(last_word));
+        }
+    }
+    finish(ctx, hook, &destination, verdict)
 }
 
 fn finish<C: EbpfContext>(
@@ -161,19 +279,27 @@ fn finish<C: EbpfContext>(
     }
 }
 
-/// The connect/sendmsg decision, in order: enforcer endpoint, loopback port
-/// owned by the cgroup, live direct entry; otherwise the most specific reason.
-fn decide(destination: &Destination) -> Result<(), Reason> {
+/// The connect/sendmsg decision, in order: enforcer endpoint (served by the
+/// daemon's tagged listener), loopback
+/// destination whose receiving socket is the cgroup's, live direct entry;
+/// otherwise the most specific reason.
+fn decide(ctx: &SockAddrContext, destination: &Destination) -> Result<(), Reason> {
     let addr = &destination.addr;
     if is_endpoint(destination) {
-        return Ok(());
+        // Only while the daemon's own tagged socket is what listens there:
+        // with the daemon down, or its port taken, it is denied.
+        if receiver_owner(ctx, destination) == owner::DAEMON {
+            return Ok(());
+        }
+        return Err(Reason::EndpointNotOwned);
     }
-    let loopback = is_loopback_or_unspecified(addr);
-    if loopback && is_local_port(destination) {
+    let loopback = is_loopback(addr);
+    if loopback && receiver_owner(ctx, destination) == owner::CGROUP {
         return Ok(());
     }
     match direct_entry(destination) {
         Some(expires_at) => {
+            // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
             if unsafe { bpf_ktime_get_boot_ns() } < expires_at {
                 return Ok(());
             }
@@ -187,14 +313,13 @@ fn decide(destination: &Destination) -> Result<(), Reason> {
 
 fn is_endpoint(destination: &Destination) -> bool {
     for i in 0..MAX_ENDPOINTS {
-        if let Some(endpoint) = CONFIG.get(i) {
-            if endpoint.in_use == 1
-                && endpoint.port == destination.port
-                && endpoint.protocol == destination.protocol
-                && endpoint.addr == destination.addr
-            {
-                return true;
-            }
+        if let Some(endpoint) = CONFIG.get(i)
+            && endpoint.in_use == 1
+            && endpoint.port == destination.port
+            && endpoint.protocol == destination.protocol
+            && endpoint.addr == destination.addr
+        {
+            return true;
         }
     }
     false
@@ -204,34 +329,88 @@ fn is_v4_mapped(addr: &[u8; 16]) -> bool {
     addr[..10] == [0u8; 10] && addr[10] == 0xff && addr[11] == 0xff
 }
 
-fn is_loopback_or_unspecified(addr: &[u8; 16]) -> bool {
+/// `127.0.0.0/8` (as IPv4-mapped) or `::1`; unspecified addresses were
+/// turned into these before.
+fn is_loopback(addr: &[u8; 16]) -> bool {
     if is_v4_mapped(addr) {
-        return addr[12] == 127 || addr[12..16] == [0u8; 4];
+        return addr[12] == 127;
     }
-    addr[..15] == [0u8; 15] && (addr[15] == 1 || addr[15] == 0)
+    addr[..15] == [0u8; 15] && addr[15] == 1
 }
 
-/// True when a socket of the cgroup is bound to the destination's port on
-/// this address or on the wildcard address (either family's, since an IPv6
-/// wildcard socket also accepts IPv4).
-fn is_local_port(destination: &Destination) -> bool {
-    let mut key = SocketKey {
-        addr: destination.addr,
-        port: destination.port,
-        protocol: destination.protocol,
-        pad: 0,
+/// The owner tag of the socket the kernel would deliver `destination` to:
+/// `bpf_sk_lookup_tcp/udp` with the same tables and scoring the receive
+/// path uses (a TCP listener, a bound or connected UDP socket; an
+/// `IPV6_V6ONLY` socket never answers an IPv4 lookup; a bound socket that
+/// does not listen is not a TCP receiver). 0 when nothing listens there or
+/// the receiver is untagged (a process outside the cgroup).
+fn receiver_owner(ctx: &SockAddrContext, destination: &Destination) -> u8 {
+    let sa = ctx.sock_addr;
+    // SAFETY: ctx.sk is the (non-null) socket being connected or sent on;
+    // src_ip4/src_port are readable fields of bpf_sock.
+    let (src_ip4, src_port) = unsafe {
+        let sk = (*sa).__bindgen_anon_1.sk;
+        (
+            core::ptr::read_volatile(&raw const (*sk).src_ip4),
+            core::ptr::read_volatile(&raw const (*sk).src_port),
+        )
     };
-    if unsafe { LOCAL_PORTS.get(&key) }.is_some() {
-        return true;
-    }
-    if is_v4_mapped(&destination.addr) {
-        key.addr = v4_mapped([0; 4]);
-        if unsafe { LOCAL_PORTS.get(&key) }.is_some() {
-            return true;
+    let addr = &destination.addr;
+    let sport = (src_port as u16).to_be();
+    let dport = destination.port.to_be();
+    // SAFETY: bpf_sock_tuple is plain integers; all-zero is valid.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if is_v4_mapped(addr) {
+        tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+            // The source the kernel picks for a loopback destination.
+            saddr: if src_ip4 != 0 {
+                src_ip4
+            } else {
+                u32::from_ne_bytes(LOOPBACK4)
+            },
+            daddr: u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
+            sport,
+            dport,
+        };
+        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+    } else {
+        let mut daddr = [0u32; 4];
+        for (i, word) in daddr.iter_mut().enumerate() {
+            *word = u32::from_ne_bytes([
+                addr[i * 4],
+                addr[i * 4 + 1],
+                addr[i * 4 + 2],
+                addr[i * 4 + 3],
+            ]);
         }
+        tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+            saddr: [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])],
+            daddr,
+            sport,
+            dport,
+        };
+        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+    };
+    // BPF_F_CURRENT_NETNS: the netns of the socket being connected.
+    let netns = u64::MAX;
+    // SAFETY: tuple is initialised for `size` bytes; a found socket is
+    // released below on every path.
+    let found = unsafe {
+        if destination.protocol == protocol::TCP {
+            bpf_sk_lookup_tcp(ctx.as_ptr(), &raw mut tuple, size as u32, netns, 0)
+        } else if destination.protocol == protocol::UDP {
+            bpf_sk_lookup_udp(ctx.as_ptr(), &raw mut tuple, size as u32, netns, 0)
+        } else {
+            core::ptr::null_mut()
+        }
+    };
+    if found.is_null() {
+        return 0;
     }
-    key.addr = [0; 16];
-    unsafe { LOCAL_PORTS.get(&key) }.is_some()
+    let tag = SOCK_TAGS.owner_of(found.cast());
+    // SAFETY: found came from bpf_sk_lookup_* and is released exactly once.
+    unsafe { bpf_sk_release(found.cast()) };
+    tag
 }
 
 /// Expiry of the direct entry for this destination, if one exists.
@@ -244,7 +423,8 @@ fn direct_entry(destination: &Destination) -> Option<u64> {
             protocol: destination.protocol,
             pad: 0,
         };
-        unsafe { ALLOW4.get(&key) }.map(|value| value.expires_at_boot_ns)
+        // SAFETY: the value is copied out at once, before any map update.
+        unsafe { ALLOW4.get(key) }.map(|value| value.expires_at_boot_ns)
     } else {
         let key = SocketKey {
             addr: *addr,
@@ -252,7 +432,8 @@ fn direct_entry(destination: &Destination) -> Option<u64> {
             protocol: destination.protocol,
             pad: 0,
         };
-        unsafe { ALLOW6.get(&key) }.map(|value| value.expires_at_boot_ns)
+        // SAFETY: the value is copied out at once, before any map update.
+        unsafe { ALLOW6.get(key) }.map(|value| value.expires_at_boot_ns)
     }
 }
 
@@ -261,6 +442,7 @@ fn direct_entry(destination: &Destination) -> Option<u64> {
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     let sk: *mut bpf_sock = ctx.sock;
+    // SAFETY: sk is the program's context; exact-width reads of readable fields.
     let (fam, stype, proto) = unsafe {
         (
             core::ptr::read_volatile(&raw const (*sk).family),
@@ -271,6 +453,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     let reason = if stype == SOCK_RAW {
         Reason::RawSocket
     } else if proto == u32::from(protocol::TCP) || proto == u32::from(protocol::UDP) {
+        tag_socket(&ctx);
         return ALLOW;
     } else {
         Reason::Protocol
@@ -318,92 +501,35 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
     DENY
 }
 
-// === loopback ports owned by the cgroup ===
-
-#[cgroup_sock(post_bind4)]
-pub fn post_bind4(ctx: SockContext) -> i32 {
-    let sk: *mut bpf_sock = ctx.sock;
-    let (ip, port, proto) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const (*sk).src_ip4),
-            core::ptr::read_volatile(&raw const (*sk).src_port),
-            core::ptr::read_volatile(&raw const (*sk).protocol),
-        )
+/// Marks a new socket of the cgroup as the cgroup's in `SOCK_TAGS`. If
+/// the storage cannot be allocated the socket stays untagged: its servers
+/// are then unreachable from the cgroup (fail closed), nothing more.
+fn tag_socket(ctx: &SockContext) {
+    let mut tag = SockTag {
+        owner: owner::CGROUP,
+        pad: [0; 3],
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        // SAFETY: bpf_get_current_cgroup_id has no preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    let addr = v4_mapped(ip.to_ne_bytes());
-    remember_bound(&ctx, addr, port as u16, proto as u8);
-    ALLOW
-}
-
-#[cgroup_sock(post_bind6)]
-pub fn post_bind6(ctx: SockContext) -> i32 {
-    let sk: *mut bpf_sock = ctx.sock;
-    let mut addr = [0u8; 16];
-    let (port, proto) = unsafe {
-        for i in 0..4 {
-            let bytes = core::ptr::read_volatile(&raw const (*sk).src_ip6[i]).to_ne_bytes();
-            addr[i * 4] = bytes[0];
-            addr[i * 4 + 1] = bytes[1];
-            addr[i * 4 + 2] = bytes[2];
-            addr[i * 4 + 3] = bytes[3];
-        }
-        (
-            core::ptr::read_volatile(&raw const (*sk).src_port),
-            core::ptr::read_volatile(&raw const (*sk).protocol),
-        )
-    };
-    remember_bound(&ctx, addr, port as u16, proto as u8);
-    ALLOW
-}
-
-fn remember_bound(ctx: &SockContext, addr: [u8; 16], port: u16, proto: u8) {
-    if port == 0 || !is_loopback_or_unspecified(&addr) {
-        return;
+    // SAFETY: the context of a cgroup/sock program is the socket itself,
+    // which is what bpf_sk_storage_get wants there; tag outlives the call.
+    unsafe {
+        bpf_sk_storage_get(
+            SOCK_TAGS.as_ptr(),
+            ctx.as_ptr(),
+            (&raw mut tag).cast(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        );
     }
-    let key = SocketKey {
-        addr,
-        port,
-        protocol: proto,
-        pad: 0,
-    };
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if BOUND_SOCKETS.insert(&cookie, &key, 0).is_err() {
-        return;
-    }
-    match LOCAL_PORTS.get_ptr_mut(&key) {
-        // Not atomic: two sockets of the cgroup binding the same port at the
-        // same instant (SO_REUSEPORT) may undercount, which only ever makes
-        // the port unreachable early (fail closed).
-        Some(count) => unsafe { *count += 1 },
-        None => {
-            let _ = LOCAL_PORTS.insert(&key, &1, 0);
-        }
-    }
-}
-
-#[cgroup_sock(sock_release)]
-pub fn sock_release(ctx: SockContext) -> i32 {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(key) = (unsafe { BOUND_SOCKETS.get(&cookie) }).copied() else {
-        return ALLOW;
-    };
-    let _ = BOUND_SOCKETS.remove(&cookie);
-    if let Some(count) = LOCAL_PORTS.get_ptr_mut(&key) {
-        unsafe {
-            if *count > 1 {
-                *count -= 1;
-                return ALLOW;
-            }
-        }
-        let _ = LOCAL_PORTS.remove(&key);
-    }
-    ALLOW
 }
 
 // === deny bookkeeping ===
 
 fn count(index: u32) {
     if let Some(counter) = STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, written only by this CPU.
         unsafe { *counter += 1 };
     }
 }
@@ -420,10 +546,11 @@ fn record_deny<C: EbpfContext>(
     addr: &[u8; 16],
     port: u16,
 ) {
-    count(stat::DENIED_BASE + reason as u32);
     let pid_tgid = bpf_get_current_pid_tgid();
     let event = DenyEvent {
+        // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        // SAFETY: bpf_get_current_cgroup_id has no preconditions.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
@@ -438,21 +565,267 @@ fn record_deny<C: EbpfContext>(
         addr: *addr,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    if EVENTS.output::<DenyEvent>(&event, 0).is_err() {
+    emit_deny(ctx, &event);
+}
+
+/// Counts a deny and sends it to `EVENTS` and `RECENT`.
+#[inline(always)]
+fn emit_deny<C: EbpfContext>(ctx: &C, event: &DenyEvent) {
+    count(stat::DENIED_BASE + u32::from(event.reason));
+    if EVENTS.output::<DenyEvent>(event, 0).is_err() {
         count(stat::EVENTS_LOST);
     }
     if let Some(head) = RECENT_HEAD.get_ptr_mut(0) {
+        // SAFETY: head points at the map's one u64 slot. Two CPUs racing may
+        // write the same RECENT slot; that loses a recent deny, nothing more.
         let slot = unsafe {
             let slot = *head;
             *head = slot + 1;
             slot
         };
-        let _ = RECENT.set((slot % u64::from(RECENT_DENIES)) as u32, &event, 0);
+        let _ = RECENT.set((slot % u64::from(RECENT_DENIES)) as u32, event, 0);
     }
     debug!(
         ctx,
-        "enforcer deny hook={} reason={} port={}", hook as u8, reason as u8, port
+        "enforcer deny hook={} reason={} port={}", event.hook, event.reason, event.port
     );
+}
+
+// === setsockopt: no routing headers, no source routes ===
+
+const SOL_IP: i32 = 0;
+const SOL_IPV6: i32 = 41;
+const IP_OPTIONS: i32 = 4;
+const IPV6_2292RTHDR: i32 = 5;
+const IPV6_2292PKTOPTIONS: i32 = 6;
+const IPV6_RTHDR: i32 = 57;
+const IPOPT_END: u8 = 0;
+const IPOPT_NOOP: u8 = 1;
+const IPOPT_LSRR: u8 = 131;
+const IPOPT_SSRR: u8 = 137;
+/// IPv4 options are at most 40 bytes.
+const MAX_IP_OPTIONS: usize = 40;
+/// The kernel hands the program at most one page of the value.
+const PAGE_SIZE: i32 = 4096;
+
+#[cgroup_sockopt(setsockopt)]
+pub fn setsockopt(ctx: SockoptContext) -> i32 {
+    let so = ctx.sockopt;
+    // SAFETY: so is the program's context; these fields are readable.
+    let (level, optname, optlen, optval, optval_end, fam) = unsafe {
+        let sk = (*so).__bindgen_anon_1.sk;
+        (
+            core::ptr::read_volatile(&raw const (*so).level),
+            core::ptr::read_volatile(&raw const (*so).optname),
+            core::ptr::read_volatile(&raw const (*so).optlen),
+            (*so).__bindgen_anon_2.optval as usize,
+            (*so).__bindgen_anon_3.optval_end as usize,
+            core::ptr::read_volatile(&raw const (*sk).family),
+        )
+    };
+    let source_route = match (level, optname) {
+        (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR | IPV6_2292PKTOPTIONS) => true,
+        (SOL_IP, IP_OPTIONS) => has_source_route_option(optval, optval_end),
+        _ => false,
+    };
+    if source_route {
+        record_deny(
+            &ctx,
+            Hook::SetSockopt,
+            Reason::SourceRoute,
+            fam as u16,
+            0,
+            0,
+            &[0; 16],
+            0,
+        );
+        return DENY;
+    }
+    if optlen > PAGE_SIZE {
+        // Only the first page was copied for us: optlen = 0 tells the kernel
+        // to use the caller's value untouched (without it 6.1 fails EFAULT).
+        // SAFETY: optlen is writable in cgroup/setsockopt.
+        unsafe { core::ptr::write_volatile(&raw mut (*so).optlen, 0) };
+    }
+    ALLOW
+}
+
+/// True when the `IP_OPTIONS` value between `start` and `end` holds a
+/// loose or strict source-route option. A value too short to parse holds none.
+#[inline(always)]
+fn has_source_route_option(start: usize, end: usize) -> bool {
+    let mut offset = 0usize;
+    for _ in 0..MAX_IP_OPTIONS {
+        if offset >= MAX_IP_OPTIONS || start + offset + 2 > end {
+            // A lone last byte can only be END or NOOP for the kernel.
+            break;
+        }
+        let at = (start + offset) as *const u8;
+        // SAFETY: at + 2 <= optval_end was checked just above.
+        let (kind, len) = unsafe { (*at, *at.add(1)) };
+        match kind {
+            IPOPT_END => break,
+            IPOPT_NOOP => offset += 1,
+            IPOPT_LSRR | IPOPT_SSRR => return true,
+            _ if len < 2 => break,
+            _ => offset += len as usize,
+        }
+    }
+    false
+}
+
+// === cgroup_skb/egress: the packet-level check ===
+
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86dd;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+/// Extension headers walked before giving up (and letting the packet
+/// pass: the headers that matter come first, RFC 8200 §4.1).
+const MAX_EXT_HEADERS: usize = 6;
+
+#[cgroup_skb(egress)]
+pub fn skb_egress(ctx: SkBuffContext) -> i32 {
+    // SAFETY: ctx.skb.skb is the program's context; protocol is readable.
+    let raw = unsafe { core::ptr::read_volatile(&raw const (*ctx.skb.skb).protocol) };
+    let proto = u16::from_be(raw as u16);
+    let (routed, fam, addr) = if u32::from(proto) == ETH_P_IPV6 {
+        (
+            ipv6_routing_header(&ctx),
+            family::INET6,
+            ipv6_destination(&ctx),
+        )
+    } else if u32::from(proto) == ETH_P_IP {
+        (
+            ipv4_source_route(&ctx),
+            family::INET,
+            ipv4_destination(&ctx),
+        )
+    } else {
+        return ALLOW;
+    };
+    if !routed {
+        return ALLOW;
+    }
+    deny_packet(&ctx, Reason::SourceRoute, fam, &addr);
+    DENY
+}
+
+fn ipv6_routing_header(ctx: &SkBuffContext) -> bool {
+    let Ok(mut next) = ctx.load::<u8>(6) else {
+        return false;
+    };
+    let mut offset = 40usize;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            NEXTHDR_ROUTING => return true,
+            NEXTHDR_HOP | NEXTHDR_DEST => {
+                let Ok(header) = ctx.load::<[u8; 2]>(offset) else {
+                    return false;
+                };
+                next = header[0];
+                offset += (header[1] as usize + 1) * 8;
+            }
+            NEXTHDR_AUTH => {
+                let Ok(header) = ctx.load::<[u8; 2]>(offset) else {
+                    return false;
+                };
+                next = header[0];
+                offset += (header[1] as usize + 2) * 4;
+            }
+            NEXTHDR_FRAGMENT => {
+                let Ok(header) = ctx.load::<u8>(offset) else {
+                    return false;
+                };
+                next = header;
+                offset += 8;
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn ipv4_source_route(ctx: &SkBuffContext) -> bool {
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return false;
+    };
+    let options = ((first & 0x0f) as usize * 4).saturating_sub(20);
+    let mut offset = 0usize;
+    for _ in 0..MAX_IP_OPTIONS {
+        if offset >= options || offset >= MAX_IP_OPTIONS {
+            break;
+        }
+        let Ok(kind) = ctx.load::<u8>(20 + offset) else {
+            return false;
+        };
+        match kind {
+            IPOPT_END => break,
+            IPOPT_NOOP => offset += 1,
+            IPOPT_LSRR | IPOPT_SSRR => return true,
+            _ => {
+                let Ok(len) = ctx.load::<u8>(20 + offset + 1) else {
+                    return false;
+                };
+                if len < 2 {
+                    break;
+                }
+                offset += len as usize;
+            }
+        }
+    }
+    false
+}
+
+fn ipv6_destination(ctx: &SkBuffContext) -> [u8; 16] {
+    ctx.load::<[u8; 16]>(24).unwrap_or([0; 16])
+}
+
+fn ipv4_destination(ctx: &SkBuffContext) -> [u8; 16] {
+    v4_mapped(ctx.load::<[u8; 4]>(16).unwrap_or([0; 4]))
+}
+
+/// A packet-level deny: no task is current here (the packet may leave from
+/// softirq), so the event names the socket's creator from its tag.
+fn deny_packet(ctx: &SkBuffContext, reason: Reason, fam: u16, addr: &[u8; 16]) {
+    let skb = ctx.skb.skb;
+    // SAFETY: skb is the program's context; sk is readable (may be null).
+    let sk = unsafe { core::ptr::read_volatile(&raw const (*skb).__bindgen_anon_2.sk) };
+    let tag = if sk.is_null() {
+        None
+    } else {
+        // SAFETY: sk is the packet's (non-null) socket.
+        let full = unsafe { bpf_sk_fullsock(sk) };
+        if full.is_null() {
+            None
+        } else {
+            SOCK_TAGS.tag_of(full.cast())
+        }
+    };
+    let tag = tag.unwrap_or_default();
+    let event = DenyEvent {
+        // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        // SAFETY: skb is the program's context.
+        cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
+        pid: tag.tgid,
+        tgid: tag.tgid,
+        // SAFETY: skb is the program's context.
+        uid: unsafe { bpf_get_socket_uid(skb) },
+        family: fam,
+        protocol: 0,
+        socket_type: 0,
+        port: 0,
+        hook: Hook::SkbEgress as u8,
+        reason: reason as u8,
+        pad: [0; 2],
+        addr: *addr,
+        comm: tag.comm,
+    };
+    emit_deny(ctx, &event);
 }
 
 #[cfg(not(test))]

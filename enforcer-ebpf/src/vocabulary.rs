@@ -52,7 +52,8 @@ pub enum Reason {
     // === kernel ===
     /// The destination is not an enforcer endpoint nor a live direct entry.
     Destination = 1,
-    /// A loopback port not bound by a process of the enforced cgroup.
+    /// A loopback destination whose receiving socket (the one the kernel
+    /// would deliver to) is not a socket of the enforced cgroup.
     LoopbackPort = 2,
     /// A direct entry matched but its TTL has run out.
     DirectExpired = 3,
@@ -64,6 +65,12 @@ pub enum Reason {
     Protocol = 6,
     /// A socket family other than unix, inet, inet6 and netlink.
     Family = 7,
+    /// An IPv6 routing header or an IPv4 source-route option (LSRR/SSRR):
+    /// refused at `setsockopt`, dropped at egress.
+    SourceRoute = 8,
+    /// An enforcer endpoint whose listening socket is not the daemon's
+    /// (the daemon is down, or another process took its port).
+    EndpointNotOwned = 9,
 
     // === CONNECT proxy ===
     // === allow ===
@@ -183,7 +190,7 @@ pub enum Reason {
 
 impl Reason {
     /// The reasons the kernel programs give (what `STATS` counts).
-    pub const KERNEL: [Reason; 7] = [
+    pub const KERNEL: [Reason; 9] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -191,10 +198,12 @@ impl Reason {
         Self::RawSocket,
         Self::Protocol,
         Self::Family,
+        Self::SourceRoute,
+        Self::EndpointNotOwned,
     ];
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 54] = [
+    pub const ALL: [Reason; 56] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -202,6 +211,8 @@ impl Reason {
         Self::RawSocket,
         Self::Protocol,
         Self::Family,
+        Self::SourceRoute,
+        Self::EndpointNotOwned,
         Self::Allowlisted,
         Self::Granted,
         Self::AllowlistedEch,
@@ -296,6 +307,8 @@ impl Reason {
             Self::RawSocket => "raw_socket",
             Self::Protocol => "protocol_not_tcp_udp",
             Self::Family => "socket_family",
+            Self::SourceRoute => "source_route",
+            Self::EndpointNotOwned => "endpoint_not_owned",
             Self::Allowlisted => "allowlisted",
             Self::Granted => "granted",
             Self::AllowlistedEch => "allowlisted_ech",
@@ -353,13 +366,19 @@ impl Reason {
                 "the destination is not an enforcer endpoint nor a live direct entry"
             }
             Self::LoopbackPort => {
-                "the loopback port is not bound by a process of the enforced cgroup"
+                "the loopback socket that would receive this is not one of the enforced cgroup's"
             }
             Self::DirectExpired => "the direct allow entry for this destination has expired",
             Self::Dns => "DNS goes only to the enforcer, not to other resolvers",
             Self::RawSocket => "raw sockets are not allowed",
             Self::Protocol => "only TCP and UDP sockets are allowed",
             Self::Family => "only unix, inet, inet6 and netlink sockets are allowed",
+            Self::SourceRoute => {
+                "IPv6 routing headers and IPv4 source-route options (LSRR/SSRR) are not allowed"
+            }
+            Self::EndpointNotOwned => {
+                "the enforcer endpoint is not served by the enforcer daemon (is it running?)"
+            }
             Self::Allowlisted => "the destination is allowlisted",
             Self::Granted => "the destination is allowed by a runtime grant",
             Self::AllowlistedEch => {

@@ -42,7 +42,9 @@ pub enum RouteError {
         input: String,
     },
     /// A method the router never forwards.
-    #[error("`{input}`: method `{method}` is never forwarded; use one of GET, HEAD, POST, PUT, PATCH, DELETE")]
+    #[error(
+        "`{input}`: method `{method}` is never forwarded; use one of GET, HEAD, POST, PUT, PATCH, DELETE"
+    )]
     Method {
         /// The entry as written.
         input: String,
@@ -50,7 +52,9 @@ pub enum RouteError {
         method: String,
     },
     /// A path segment that is empty, `.`/`..`, or holds characters a route may not.
-    #[error("`{input}`: segment `{segment}` is not allowed (letters, digits, `-`, `_`, `.`, `:`, `~`, or `*` for one segment)")]
+    #[error(
+        "`{input}`: segment `{segment}` is not allowed (letters, digits, `-`, `_`, `.`, `:`, `~`, or `*` for one segment)"
+    )]
     Segment {
         /// The entry as written.
         input: String,
@@ -209,7 +213,12 @@ mod tests {
             ApiRoute::parse("POST v1/messages"),
             Err(RouteError::Syntax { .. })
         ));
-        for bad in ["POST /v1/../x", "POST /v1//x", "POST /v1/%2e", "POST /v1/a b"] {
+        for bad in [
+            "POST /v1/../x",
+            "POST /v1//x",
+            "POST /v1/%2e",
+            "POST /v1/a b",
+        ] {
             assert!(
                 matches!(ApiRoute::parse(bad), Err(RouteError::Segment { .. })),
                 "{bad}"

@@ -23,8 +23,8 @@
 #![deny(missing_docs)]
 
 pub mod addr;
-pub mod api_route;
 pub mod allowlist;
+pub mod api_route;
 pub mod duration;
 pub mod fallback;
 pub mod grants;
@@ -39,10 +39,10 @@ pub mod tools;
 pub mod version;
 
 pub use addr::Cidr;
-pub use api_route::ApiRoute;
 pub use allowlist::{
     AllowRule, Allowlist, AllowlistMatch, DirectRule, Grant, GrantScope, RuleSource,
 };
+pub use api_route::ApiRoute;
 pub use duration::{format_duration, parse_duration};
 pub use enforcer_ebpf::Reason;
 pub use fallback::{FALLBACK_JSON, fallback_policy};

@@ -108,6 +108,23 @@ impl TestCgroup {
         (ProbeOutcome::parse(&output.stdout, args), pid)
     }
 
+    /// Runs enforcer-probe with `args` inside this cgroup as the
+    /// unprivileged test user ([`unprivileged_user`]), as an agent would.
+    pub fn probe_as_user(&self, args: &[&str]) -> (ProbeOutcome, u32) {
+        let child = self
+            .command(probe_bin())
+            .env("ENFORCER_PROBE_USER", unprivileged_user())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let output = child.wait_with_output().unwrap();
+        (ProbeOutcome::parse(&output.stdout, args), pid)
+    }
+
     /// Runs enforcer-probe with `args` outside any enforced cgroup.
     pub fn probe_outside(args: &[&str]) -> ProbeOutcome {
         let output = Command::new(probe_bin())
@@ -198,6 +215,178 @@ impl ProbeOutcome {
     }
 }
 
+/// `UID:GID` of the unprivileged user probes drop to: `enforcer-test`
+/// (made by `cargo xtask setup`) when it exists, else `nobody`'s 65534
+/// (the VM has no user database).
+pub fn unprivileged_user() -> String {
+    fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.first() == Some(&"enforcer-test") && fields.len() > 3)
+                .then(|| format!("{}:{}", fields[2], fields[3]))
+        })
+        .unwrap_or_else(|| "65534:65534".into())
+}
+
+/// A probe run in steps: it prints a line (e.g. `bound PORT`), waits for
+/// one line on stdin, then makes its attempt and reports as usual.
+pub struct StagedProbe {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+    args: Vec<String>,
+}
+
+impl StagedProbe {
+    /// Starts enforcer-probe with `args` in `cgroup` as the unprivileged user.
+    pub fn start(cgroup: &TestCgroup, args: &[&str]) -> Self {
+        let mut child = cgroup
+            .command(probe_bin())
+            .env("ENFORCER_PROBE_USER", unprivileged_user())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Self {
+            child,
+            stdout,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        }
+    }
+
+    /// The probe's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line the probe printed.
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+
+    /// Lets the probe go on and returns what it reported.
+    pub fn proceed(mut self) -> ProbeOutcome {
+        use std::io::{Read as _, Write as _};
+        let mut stdin = self.child.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        drop(stdin);
+        let mut rest = Vec::new();
+        self.stdout.read_to_end(&mut rest).unwrap();
+        self.child.wait().unwrap();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        ProbeOutcome::parse(&rest, &args)
+    }
+}
+
+impl Drop for StagedProbe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A listener of the test (outside every enforced cgroup) standing where an
+/// attack would land. It counts every connection it accepts and every
+/// byte or datagram it receives; any of them fails the test.
+pub struct Decoy {
+    /// The decoy's address.
+    pub addr: std::net::SocketAddr,
+    hits: std::sync::Arc<AtomicU32>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Decoy {
+    /// Watches a bound TCP listener (already listening).
+    pub fn tcp(listener: std::net::TcpListener) -> Self {
+        use std::io::Read as _;
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        Self::watch(addr, move |hits| match listener.accept() {
+            Ok((mut stream, _)) => {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut buf = [0u8; 64];
+                if let Ok(n) = stream.read(&mut buf) {
+                    hits.fetch_add(u32::try_from(n).unwrap_or(u32::MAX), Ordering::SeqCst);
+                }
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        })
+    }
+
+    /// Watches a bound UDP socket.
+    pub fn udp(socket: std::net::UdpSocket) -> Self {
+        let addr = socket.local_addr().unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        Self::watch(addr, move |hits| {
+            let mut buf = [0u8; 2048];
+            if let Ok(n) = socket.recv(&mut buf) {
+                hits.fetch_add(
+                    u32::try_from(n.max(1)).unwrap_or(u32::MAX),
+                    Ordering::SeqCst,
+                );
+            }
+        })
+    }
+
+    fn watch(
+        addr: std::net::SocketAddr,
+        mut step: impl FnMut(&AtomicU32) + Send + 'static,
+    ) -> Self {
+        let hits = std::sync::Arc::new(AtomicU32::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (hits, stop) = (hits.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    step(&hits);
+                }
+            })
+        };
+        Self {
+            addr,
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections plus bytes received so far.
+    pub fn hits(&self) -> u32 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Waits a moment for stragglers, then panics if anything arrived.
+    pub fn assert_untouched(&self, what: &str) {
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            self.hits(),
+            0,
+            "{what}: the decoy at {} (outside the cgroup) was reached",
+            self.addr
+        );
+    }
+}
+
+impl Drop for Decoy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A probe left running (`enforcer-probe listen ADDR`): holds a socket until dropped.
 pub struct HeldListener {
     child: Child,
@@ -242,10 +431,16 @@ impl Drop for HeldListener {
     }
 }
 
-/// A non-loopback address of this host: `ENFORCER_TEST_HOST_ADDR` (the VM
-/// sets it after adding one to `lo`), else the first global one `ip` lists.
+/// A non-loopback address of this host: `ENFORCER_TEST_HOST_ADDR` (IPv4) or
+/// `ENFORCER_TEST_HOST_ADDR6` (the VM sets them after adding them to `lo`),
+/// else the first global one `ip` lists.
 pub fn host_address(v6: bool) -> Option<std::net::IpAddr> {
-    if let Some(addr) = std::env::var("ENFORCER_TEST_HOST_ADDR")
+    let variable = if v6 {
+        "ENFORCER_TEST_HOST_ADDR6"
+    } else {
+        "ENFORCER_TEST_HOST_ADDR"
+    };
+    if let Some(addr) = std::env::var(variable)
         .ok()
         .and_then(|text| text.parse::<std::net::IpAddr>().ok())
         .filter(|addr| addr.is_ipv6() == v6)
@@ -269,4 +464,100 @@ pub fn host_address(v6: bool) -> Option<std::net::IpAddr> {
             let field = line.split_whitespace().nth(3)?;
             field.split('/').next()?.parse().ok()
         })
+}
+
+/// An `AF_PACKET` socket on `lo` that sees every packet sent to this host's
+/// own addresses: the receiving stack drops source-routed packets, so this
+/// is how a test proves whether one left its sender.
+pub struct PacketWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl PacketWatch {
+    /// Starts watching `lo`.
+    pub fn loopback() -> Self {
+        use std::os::fd::FromRawFd as _;
+        let protocol = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2); owned below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                i32::from(protocol),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the name is NUL-terminated.
+        let index = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+        assert_ne!(index, 0, "no lo interface");
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = protocol;
+        addr.sll_ifindex = i32::try_from(index).unwrap();
+        // SAFETY: addr is a sockaddr_ll of the given size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "binding to lo: {}", std::io::Error::last_os_error());
+        Self { fd }
+    }
+
+    /// Drops what was seen so far.
+    pub fn clear(&self) {
+        let _ = self.drain(|_| false);
+    }
+
+    /// Waits a moment, then counts the packets seen since the last call that
+    /// go to `destination` with an IPv6 routing header or an IPv4 LSRR/SSRR
+    /// option.
+    pub fn source_routed_to(&self, destination: std::net::IpAddr) -> usize {
+        std::thread::sleep(Duration::from_millis(300));
+        self.drain(|packet| is_source_routed_to(packet, destination))
+    }
+
+    fn drain(&self, mut matches: impl FnMut(&[u8]) -> bool) -> usize {
+        let mut buf = [0u8; 2048];
+        let mut found = 0;
+        loop {
+            // SAFETY: buf is valid for writing its length.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let Ok(n) = usize::try_from(n) else {
+                return found;
+            };
+            if matches(&buf[..n]) {
+                found += 1;
+            }
+        }
+    }
+}
+
+/// Whether an IP packet (from its network header) is source-routed to `destination`.
+fn is_source_routed_to(packet: &[u8], destination: std::net::IpAddr) -> bool {
+    match (packet.first().map(|b| b >> 4), destination) {
+        (Some(6), std::net::IpAddr::V6(dst)) if packet.len() >= 40 => {
+            packet[6] == 43 && packet[24..40] == dst.octets()
+        }
+        (Some(4), std::net::IpAddr::V4(dst)) if packet.len() >= 20 => {
+            let header = usize::from(packet[0] & 0x0f) * 4;
+            packet[16..20] == dst.octets()
+                && packet.len() >= header
+                && packet[20..header]
+                    .iter()
+                    .find(|&&b| b != 1)
+                    .is_some_and(|&kind| kind == 131 || kind == 137)
+        }
+        _ => false,
+    }
 }

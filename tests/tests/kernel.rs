@@ -19,7 +19,8 @@ use enforcer::kernel::{
     maps::Transport,
 };
 use enforcer_tests::{
-    HeldListener, ProbeOutcome, TestCgroup, enforcer_bin, host_address, require_root,
+    Decoy, HeldListener, PacketWatch, ProbeOutcome, StagedProbe, TestCgroup, enforcer_bin,
+    host_address, probe_bin, require_root, unprivileged_user,
 };
 
 /// A test cgroup with the programs attached through the library API.
@@ -56,6 +57,27 @@ impl Enforced {
     /// Runs a probe inside; asserts EPERM and a matching event.
     fn assert_denied(&mut self, args: &[&str], reason: &str, hook: &str) -> DenyRecord {
         let (outcome, pid) = self.cgroup.probe(args);
+        assert!(
+            outcome.is_eperm(),
+            "{args:?} inside the cgroup: expected EPERM, got {outcome:?}"
+        );
+        let record = self.wait_event(pid);
+        assert_eq!(record.reason, reason, "{args:?}: {record}");
+        assert_eq!(record.hook, hook, "{args:?}: {record}");
+        assert_eq!(record.cgroup_id, self.cgroup.id(), "{args:?}: {record}");
+        record
+    }
+
+    /// Asserts that the probe `pid`, run with `args`, got EPERM and left a
+    /// matching deny event.
+    fn expect_denied(
+        &mut self,
+        outcome: &ProbeOutcome,
+        pid: u32,
+        args: &[&str],
+        reason: &str,
+        hook: &str,
+    ) -> DenyRecord {
         assert!(
             outcome.is_eperm(),
             "{args:?} inside the cgroup: expected EPERM, got {outcome:?}"
@@ -312,8 +334,14 @@ fn packet_and_vsock_sockets_are_denied_or_reported_unenforced() {
 
 #[test]
 fn allowed_endpoint_own_server_and_outside_process_are_unaffected() {
-    let (_endpoint, endpoint_addr) = outside_listener("127.0.0.1:0");
+    let (endpoint, endpoint_addr) = outside_listener("127.0.0.1:0");
     let enforced = Enforced::new("positive", vec![EndpointSpec::tcp(endpoint_addr)]);
+    enforced
+        .attachment
+        .maps()
+        .unwrap()
+        .tag_daemon_socket(&endpoint)
+        .unwrap();
     let (outcome, _) = enforced
         .cgroup
         .probe(&["tcp-connect", &endpoint_addr.to_string()]);
@@ -329,6 +357,42 @@ fn allowed_endpoint_own_server_and_outside_process_are_unaffected() {
     );
     let counters = enforced.attachment.maps().unwrap().counters().unwrap();
     assert!(counters.allowed >= 3, "{counters:?}");
+}
+
+/// An agent's own loopback servers keep working: TCP and UDP, IPv4 and
+/// IPv6, with and without `SO_REUSEADDR`, as the unprivileged user.
+#[test]
+fn own_loopback_servers_work_for_every_transport_and_family() {
+    let enforced = Enforced::new("ownsrv", vec![]);
+    assert!(
+        enforced.cgroup.pin_dir().join("maps/SOCK_TAGS").exists(),
+        "the socket-tag map is pinned, so tags outlive a re-attach"
+    );
+    for kind in ["tcp", "tcp-noreuse", "udp", "udp-reuse"] {
+        for addr in [
+            "127.0.0.1:0",
+            "[::1]:0",
+            "127.0.0.5:0",
+            "0.0.0.0:0",
+            "[::]:0",
+        ] {
+            let (outcome, _) = enforced.cgroup.probe_as_user(&["own-server", kind, addr]);
+            assert_ok(&outcome, &format!("own {kind} server on {addr}"));
+        }
+    }
+    // A server that predates a re-attach (daemon restart) stays reachable:
+    // its tag lives in the pinned map the new programs read.
+    let held = HeldListener::start(&enforced.cgroup, "127.0.0.1:0");
+    let path = CgroupMount::find()
+        .unwrap()
+        .resolve(&enforced.cgroup.name)
+        .unwrap();
+    drop(kernel::attach(&path, &AttachOptions::default()).unwrap());
+    let (outcome, _) = enforced
+        .cgroup
+        .probe_as_user(&["tcp-connect", &format!("127.0.0.1:{}", held.port)]);
+    assert_ok(&outcome, "own listener after a re-attach");
+    held.stop();
 }
 
 #[test]
@@ -349,15 +413,6 @@ fn port_of_a_released_server_is_forgotten() {
         &["tcp-connect", &target],
         "loopback_port_not_owned",
         "connect4",
-    );
-    assert!(
-        enforced
-            .attachment
-            .maps()
-            .unwrap()
-            .local_ports()
-            .unwrap()
-            .is_empty()
     );
 }
 
@@ -487,12 +542,11 @@ fn enforcement_survives_sigkill_and_reattach_leaves_one_program_per_hook() {
     let mut expected = vec![
         "connect4",
         "connect6",
-        "post_bind4",
-        "post_bind6",
         "sendmsg4",
         "sendmsg6",
+        "setsockopt",
+        "skb_egress",
         "sock_create",
-        "sock_release",
     ];
     if cgroup.pin_dir().join("links/socket_create").exists() {
         // bpftool names an lsm_cgroup attachment after its BTF function.
@@ -583,4 +637,326 @@ fn attaching_to_the_root_cgroup_is_refused() {
             "{stderr}"
         );
     }
+}
+
+/// A decoy on 127.0.0.1 of the given transport.
+fn loopback_decoy(tcp: bool) -> Decoy {
+    if tcp {
+        Decoy::tcp(TcpListener::bind("127.0.0.1:0").unwrap())
+    } else {
+        Decoy::udp(UdpSocket::bind("127.0.0.1:0").unwrap())
+    }
+}
+
+/// Escape 2 of issue 12: bind `[::]:P` with `IPV6_V6ONLY=1`, then connect
+/// `127.0.0.1:P` (TCP or UDP): the IPv6-only wildcard covers no IPv4
+/// address, so the connect reaches whatever a process outside the cgroup
+/// serves on `127.0.0.1:P` unless ownership is judged by the socket the
+/// kernel would deliver to.
+#[test]
+fn v6only_wildcard_does_not_open_the_ipv4_loopback_port() {
+    let mut enforced = Enforced::new("v6only", vec![]);
+    for proto in ["tcp", "udp"] {
+        let control = loopback_decoy(proto == "tcp");
+        let port = control.addr.port().to_string();
+        assert_ok(
+            &TestCgroup::probe_outside(&["v6only-connect", proto, &port]),
+            &format!("{proto} outside control"),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            control.hits() > 0,
+            "{proto}: the control attempt reached its decoy"
+        );
+
+        let decoy = loopback_decoy(proto == "tcp");
+        let port = decoy.addr.port().to_string();
+        let args = ["v6only-connect", proto, &port];
+        let (outcome, pid) = enforced.cgroup.probe_as_user(&args);
+        decoy.assert_untouched(&format!("{proto} V6ONLY wildcard then 127.0.0.1"));
+        let record =
+            enforced.expect_denied(&outcome, pid, &args, "loopback_port_not_owned", "connect4");
+        assert_eq!(record.destination, Some(decoy.addr));
+    }
+}
+
+/// Escape 3 of issue 12: bind `127.0.0.1:P` with `SO_REUSEADDR` and never
+/// listen; a host service that later binds and listens on P (also
+/// `SO_REUSEADDR`) must not become reachable from the cgroup.
+#[test]
+fn squatting_a_loopback_port_does_not_open_a_later_host_listener() {
+    let mut enforced = Enforced::new("squat", vec![]);
+    let mut probe = StagedProbe::start(&enforced.cgroup, &["squat-tcp"]);
+    let line = probe.read_line();
+    let port: u16 = line
+        .strip_prefix("bound ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("squat-tcp printed {line:?}"));
+    // std's TcpListener binds with SO_REUSEADDR, as a typical host service does.
+    let host = TcpListener::bind(("127.0.0.1", port))
+        .expect("a host service binds the squatted port with SO_REUSEADDR");
+    let decoy = Decoy::tcp(host);
+    let pid = probe.pid();
+    let outcome = probe.proceed();
+    decoy.assert_untouched("connect to a squatted port a host service listens on");
+    let record = enforced.expect_denied(
+        &outcome,
+        pid,
+        &["squat-tcp"],
+        "loopback_port_not_owned",
+        "connect4",
+    );
+    assert_eq!(record.destination, Some(decoy.addr));
+}
+
+/// This host's own address of the family, the routing-header segment / the
+/// source-route hop (never another host's).
+fn own_hop(v6: bool) -> std::net::IpAddr {
+    host_address(v6).unwrap_or_else(|| {
+        panic!(
+            "this host has no global IPv{} address to use as a segment (set ENFORCER_TEST_HOST_ADDR{})",
+            if v6 { 6 } else { 4 },
+            if v6 { "6" } else { "" }
+        )
+    })
+}
+
+/// The attack of escape 1 outside the cgroup: it works, and the watcher
+/// sees the source-routed packet (so the checks inside can fail).
+fn source_route_control(probe: &str, hop: std::net::IpAddr, watch: &PacketWatch) {
+    watch.clear();
+    assert_ok(
+        &TestCgroup::probe_outside(&[probe, &hop.to_string()]),
+        &format!("{probe} outside control"),
+    );
+    assert!(
+        watch.source_routed_to(hop) > 0,
+        "{probe} outside: a source-routed packet to {hop} went out"
+    );
+}
+
+/// Escape 1 of issue 12: an IPv6 segment-routing header set with
+/// `IPV6_RTHDR` on a UDP socket sending to a `[::1]` port the cgroup owns
+/// sends the packet to the segment instead. As an unprivileged user.
+#[test]
+fn ipv6_routing_header_set_with_setsockopt_is_refused() {
+    let mut enforced = Enforced::new("rthdr", vec![]);
+    let hop = own_hop(true);
+    let watch = PacketWatch::loopback();
+    source_route_control("rthdr-sockopt", hop, &watch);
+    let args = ["rthdr-sockopt", &hop.to_string()];
+    let (outcome, pid) = enforced.cgroup.probe_as_user(&args);
+    assert_eq!(
+        watch.source_routed_to(hop),
+        0,
+        "no segment-routed packet leaves the cgroup"
+    );
+    enforced.expect_denied(&outcome, pid, &args, "source_route", "setsockopt");
+}
+
+/// The IPv4 form of escape 1 (as root, as the issue found it): `IP_OPTIONS`
+/// with a loose source route.
+#[test]
+fn ipv4_source_route_option_is_refused() {
+    let mut enforced = Enforced::new("lsrr", vec![]);
+    let hop = own_hop(false);
+    let watch = PacketWatch::loopback();
+    source_route_control("lsrr-sockopt", hop, &watch);
+    let args = ["lsrr-sockopt", &hop.to_string()];
+    let (outcome, pid) = enforced.cgroup.probe(&args);
+    assert_eq!(
+        watch.source_routed_to(hop),
+        0,
+        "no LSRR packet leaves the cgroup"
+    );
+    enforced.expect_denied(&outcome, pid, &args, "source_route", "setsockopt");
+}
+
+/// A source route in sendmsg ancillary data never meets a setsockopt
+/// check: the packet-level program drops it.
+#[test]
+fn source_route_in_ancillary_data_is_dropped_at_egress() {
+    let mut enforced = Enforced::new("lsrrcmsg", vec![]);
+    let hop = own_hop(false);
+    let watch = PacketWatch::loopback();
+    source_route_control("lsrr-cmsg", hop, &watch);
+    let args = ["lsrr-cmsg", &hop.to_string()];
+    let (outcome, pid) = enforced.cgroup.probe(&args);
+    assert_eq!(
+        watch.source_routed_to(hop),
+        0,
+        "no LSRR packet leaves the cgroup"
+    );
+    let record = enforced.expect_denied(&outcome, pid, &args, "source_route", "skb_egress");
+    assert_eq!(record.destination.map(|d| d.ip()), Some(hop), "{record}");
+}
+
+/// The packet-level check stands on its own: with the setsockopt program
+/// detached, a routing header that gets set is still dropped on the way out.
+#[test]
+fn ipv6_routing_header_is_dropped_at_egress_without_the_setsockopt_check() {
+    let mut enforced = Enforced::new("rthdrskb", vec![]);
+    let link = enforced.cgroup.pin_dir().join("links/setsockopt");
+    let detach = Command::new("bpftool")
+        .args(["link", "detach", "pinned"])
+        .arg(&link)
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(detach.status.success(), "{detach:?}");
+    let hop = own_hop(true);
+    let watch = PacketWatch::loopback();
+    let args = ["rthdr-sockopt", &hop.to_string()];
+    let (outcome, pid) = enforced.cgroup.probe_as_user(&args);
+    assert_eq!(
+        watch.source_routed_to(hop),
+        0,
+        "no segment-routed packet leaves the cgroup"
+    );
+    let record = enforced.expect_denied(&outcome, pid, &args, "source_route", "skb_egress");
+    assert_eq!(record.destination.map(|d| d.ip()), Some(hop), "{record}");
+}
+
+/// Option values larger than a page pass the setsockopt program untouched
+/// (it sets optlen = 0; without that, 6.1 fails them with EFAULT).
+#[test]
+fn socket_option_values_larger_than_a_page_pass_through() {
+    let enforced = Enforced::new("bigopt", vec![]);
+    assert_ok(
+        &TestCgroup::probe_outside(&["big-sockopt"]),
+        "outside control",
+    );
+    let (outcome, _) = enforced.cgroup.probe_as_user(&["big-sockopt"]);
+    assert_ok(&outcome, "a 12 KiB SO_SNDBUF value inside the cgroup");
+}
+
+/// Escape 4 of issue 12, at the library level: an endpoint whose listener
+/// is not the daemon's tagged socket (here an untagged listener of the test,
+/// standing for an impostor) is denied.
+#[test]
+fn endpoint_served_by_an_untagged_listener_is_denied() {
+    let impostor = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = impostor.local_addr().unwrap();
+    let decoy = Decoy::tcp(impostor);
+    let mut enforced = Enforced::new("impostor", vec![EndpointSpec::tcp(addr)]);
+    let args = ["tcp-connect", &addr.to_string()];
+    let (outcome, pid) = enforced.cgroup.probe_as_user(&args);
+    decoy.assert_untouched("an endpoint port served by a socket that is not the daemon's");
+    enforced.expect_denied(&outcome, pid, &args, "endpoint_not_owned", "connect4");
+}
+
+/// A free loopback TCP port (bound and released at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Escape 4 of issue 12, as a user meets it: kill the daemon of an attached
+/// cgroup, bind its router port from another user's process, and a request
+/// from inside the cgroup fails with EPERM; the restarted daemon says who
+/// holds the port, exits non-zero, and the kernel keeps denying.
+#[test]
+fn router_port_taken_while_the_daemon_is_down_stays_denied_and_is_reported() {
+    require_root();
+    let cgroup = TestCgroup::new("hijack");
+    let state = tempfile::tempdir().unwrap();
+    let (proxy, router) = (free_port(), free_port());
+    let daemon = || {
+        let mut command = Command::new(enforcer_bin());
+        command
+            .args(["attach", "--cgroup", &cgroup.name])
+            .args(["--proxy-listen", &format!("127.0.0.1:{proxy}")])
+            .args(["--router-listen", &format!("127.0.0.1:{router}")])
+            .arg("--control-socket")
+            .arg(state.path().join("control.sock"))
+            .arg("--state-dir")
+            .arg(state.path());
+        command
+    };
+    let socket = state.path().join("control.sock");
+    let mut first = daemon()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "enforcer attach exited early"
+        );
+        assert!(Instant::now() < deadline, "enforcer attach did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let target = format!("127.0.0.1:{router}");
+    let (outcome, _) = cgroup.probe_as_user(&["tcp-connect", &target]);
+    assert_ok(
+        &outcome,
+        "the router is reachable while the daemon serves it",
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // Another local user takes the router port.
+    let mut impostor = Command::new(probe_bin())
+        .env("ENFORCER_PROBE_USER", unprivileged_user())
+        .args(["listen", &target])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(impostor.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("listening "), "impostor printed {line:?}");
+
+    let (outcome, pid) = cgroup.probe_as_user(&["tcp-connect", &target]);
+    assert!(
+        outcome.is_eperm(),
+        "the impostor's router port is denied: {outcome:?}"
+    );
+    let status = Command::new(enforcer_bin())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let ours = status["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cgroup_id"] == cgroup.id())
+        .expect("our cgroup in status")
+        .clone();
+    assert!(
+        ours["recent_denies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["tgid"] == pid && d["reason"] == "endpoint_not_owned"),
+        "{ours}"
+    );
+
+    let restarted = daemon().output().unwrap();
+    assert!(
+        !restarted.status.success(),
+        "the daemon must not start on a taken port"
+    );
+    let stderr = String::from_utf8_lossy(&restarted.stderr);
+    assert!(
+        stderr.contains(&format!("held by pid {} (enforcer-probe", impostor.id())),
+        "the daemon names the holder: {stderr}"
+    );
+    let (outcome, _) = cgroup.probe_as_user(&["tcp-connect", &target]);
+    assert!(
+        outcome.is_eperm(),
+        "still denied after the failed restart: {outcome:?}"
+    );
+    drop(impostor.stdin.take());
+    let _ = impostor.kill();
+    let _ = impostor.wait();
 }

@@ -102,12 +102,6 @@ fn render(status: &CgroupStatus) -> String {
         })
         .collect();
     let _ = writeln!(out, "  direct entries: {}", or_none(&direct));
-    let ports: Vec<String> = status
-        .local_ports
-        .iter()
-        .map(|port| format!("{:?} {}", port.transport, port.addr).to_lowercase())
-        .collect();
-    let _ = writeln!(out, "  loopback ports bound inside: {}", or_none(&ports));
     let counters = &status.counters;
     let by_reason: Vec<String> = counters
         .denied

@@ -1,7 +1,7 @@
 //! Why the daemon could not start: each variant names the step, the input
 //! (address, path, cgroup) and, where there is one, the flag that changes it.
 
-use std::{fmt, net::SocketAddr, path::PathBuf};
+use std::{fmt, path::PathBuf};
 
 use crate::{audit::StoreError, kernel::KernelError};
 
@@ -27,6 +27,17 @@ impl Listener {
     }
 }
 
+impl Listener {
+    /// How a bind error names it (`the proxy`).
+    pub fn what(self) -> &'static str {
+        match self {
+            Self::Proxy => "the proxy",
+            Self::Router => "the lane router",
+            Self::Metrics => "the metrics listener",
+        }
+    }
+}
+
 impl fmt::Display for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -46,6 +57,8 @@ pub enum KernelStep {
     AdoptDirectEntries,
     /// Taking the deny-event ring buffer.
     TakeEvents,
+    /// Tagging the daemon's listening sockets as its own.
+    ClaimEndpoints,
 }
 
 impl fmt::Display for KernelStep {
@@ -54,6 +67,7 @@ impl fmt::Display for KernelStep {
             Self::OpenMaps => "opening the pinned maps",
             Self::AdoptDirectEntries => "reading the direct entries already in the maps",
             Self::TakeEvents => "opening the deny-event ring buffer",
+            Self::ClaimEndpoints => "tagging the proxy and router listeners as the daemon's",
         })
     }
 }
@@ -78,16 +92,15 @@ pub enum DaemonError {
         #[source]
         source: Box<crate::policy_source::LoaderError>,
     },
-    /// A TCP listener could not be bound.
-    #[error("binding the {listener} to {addr} (choose another address with {})", listener.flag())]
+    /// A TCP listener could not be bound (the error names who holds a
+    /// taken port: the kernel keeps denying that endpoint meanwhile).
+    #[error("starting the {listener} (choose another address with {})", listener.flag())]
     Bind {
         /// Which listener.
         listener: Listener,
-        /// The address asked for.
-        addr: SocketAddr,
-        /// The cause.
+        /// The cause, with the port's holders.
         #[source]
-        source: std::io::Error,
+        source: Box<crate::kernel::ownership::BindError>,
     },
     /// A bound listener's address could not be read.
     #[error("reading the address the {listener} listens on")]

@@ -37,7 +37,7 @@ use crate::{
     audit::{AuditWriter, Reason, Retention, writer::WriterThread},
     kernel::{
         self, AttachOptions, EndpointSpec, FamilyEnforcement, PinnedMaps, attach::Attachment,
-        events::EventReader,
+        events::EventReader, maps::Transport, ownership,
     },
     policy_source::{Loader, LoaderConfig, StartReport},
 };
@@ -245,10 +245,14 @@ async fn bind_tcp(
 ) -> Result<TcpListener, DaemonError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| DaemonError::Bind {
+        .map_err(|error| DaemonError::Bind {
             listener,
-            addr,
-            source,
+            source: Box::new(ownership::bind_error(
+                listener.what(),
+                addr,
+                Transport::Tcp,
+                error,
+            )),
         })
 }
 
@@ -327,7 +331,11 @@ fn start_kernel(
     let events = attachment
         .take_events()
         .map_err(step(KernelStep::TakeEvents))?;
-    // (e) Further kernel steps go here, before any server accepts.
+    // (e) The kernel allows the endpoints only while these tagged sockets
+    //     listen (a transparent or DNS listener must be claimed here too).
+    ownership::claim_endpoints(&status_maps, &[&bound.proxy, &bound.router])
+        .map_err(step(KernelStep::ClaimEndpoints))?;
+    // (f) Further kernel steps go here, before any server accepts.
     Ok(Kernel {
         attachment,
         status_maps,

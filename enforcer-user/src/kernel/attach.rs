@@ -10,14 +10,14 @@
 use std::{
     ffi::CString,
     fs,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
 };
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, LsmCgroup,
+        CgroupAttachMode, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, LsmCgroup,
         links::{FdLink, PinnedLink},
     },
 };
@@ -160,11 +160,15 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
     let mut staged: Vec<(&HookSpec, PinnedLink)> = Vec::new();
     let mut lsm_failure = None;
     for hook in &HOOKS {
-        let result = attach_one(&mut ebpf, hook, &cgroup_file, btf.as_ref()).and_then(|link| {
-            let path = pins.swap_link(hook.program);
-            link.pin(&path)
-                .map_err(|source| KernelError::Pin { path, source })
-        });
+        let path = pins.swap_link(hook.program);
+        let result = if let HookKind::Sockopt(_) = hook.kind {
+            attach_sockopt_pinned(&mut ebpf, hook, &cgroup_file, &path)
+        } else {
+            attach_one(&mut ebpf, hook, &cgroup_file, btf.as_ref()).and_then(|link| {
+                link.pin(&path)
+                    .map_err(|source| KernelError::Pin { path, source })
+            })
+        };
         match result {
             Ok(pinned) => staged.push((hook, pinned)),
             Err(error) if matches!(hook.kind, HookKind::LsmCgroup(_)) => {
@@ -245,6 +249,22 @@ fn attach_one(
                 source,
             })
         }
+        HookKind::Sockopt(_) => Err(KernelError::Missing {
+            what: "link wrapper (cgroup/setsockopt is attached by attach_sockopt_pinned)",
+            name: hook.program,
+        }),
+        HookKind::Skb(attach_type) => {
+            let program: &mut CgroupSkb = program.try_into().map_err(fail("load"))?;
+            program.load().map_err(fail("load"))?;
+            let id = program
+                .attach(cgroup, attach_type, LINK_ATTACH_MODE)
+                .map_err(fail("attach"))?;
+            let link = program.take_link(id).map_err(fail("attach"))?;
+            FdLink::try_from(link).map_err(|source| KernelError::PinnedLink {
+                path: hook.program.into(),
+                source,
+            })
+        }
         HookKind::LsmCgroup(lsm_hook) => {
             let program: &mut LsmCgroup = program.try_into().map_err(fail("load"))?;
             let btf = btf.ok_or_else(|| KernelError::Io {
@@ -257,6 +277,103 @@ fn attach_one(
             Ok(FdLink::from(link))
         }
     }
+}
+
+/// Loads the `cgroup/setsockopt` program, attaches it with a bpf_link of
+/// our own and pins that at `path`. aya 0.14's `CgroupSockoptLink` cannot
+/// be turned into an `FdLink` (the other cgroup link wrappers can), so the
+/// link is made with `BPF_LINK_CREATE` directly and pinned with
+/// `BPF_OBJ_PIN`; from there it is an ordinary pinned link.
+fn attach_sockopt_pinned(
+    ebpf: &mut Ebpf,
+    hook: &HookSpec,
+    cgroup: &fs::File,
+    path: &Path,
+) -> Result<PinnedLink, KernelError> {
+    const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+    let program = ebpf.program_mut(hook.program).ok_or(KernelError::Missing {
+        what: "program",
+        name: hook.program,
+    })?;
+    let fail = |step: &'static str| {
+        move |source| KernelError::Program {
+            step,
+            program: hook.program,
+            source,
+        }
+    };
+    let program: &mut CgroupSockopt = program.try_into().map_err(fail("load"))?;
+    program.load().map_err(fail("load"))?;
+    let prog_fd = program.fd().map_err(fail("attach"))?;
+    let io_error = |what: &str| {
+        let what = format!("{what} for {}", hook.program);
+        move |source| KernelError::Io { what, source }
+    };
+    let link = bpf_link_create(
+        prog_fd.as_fd().as_raw_fd(),
+        cgroup.as_raw_fd(),
+        BPF_CGROUP_SETSOCKOPT,
+    )
+    .map_err(io_error("BPF_LINK_CREATE"))?;
+    bpf_obj_pin(&link, path).map_err(io_error("pinning the link"))?;
+    PinnedLink::from_pin(path).map_err(|source| KernelError::PinnedLink {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// `BPF_LINK_CREATE` with no flags (a cgroup link is always multi-attach).
+fn bpf_link_create(prog_fd: i32, target_fd: i32, attach_type: u32) -> std::io::Result<OwnedFd> {
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    // union bpf_attr, link_create member: { __u32 prog_fd; __u32 target_fd;
+    // __u32 attach_type; __u32 flags; ... }; the rest zero.
+    let mut attr = [0u8; 64];
+    let prog_fd = u32::try_from(prog_fd).unwrap_or(u32::MAX);
+    let target_fd = u32::try_from(target_fd).unwrap_or(u32::MAX);
+    attr[..4].copy_from_slice(&prog_fd.to_ne_bytes());
+    attr[4..8].copy_from_slice(&target_fd.to_ne_bytes());
+    attr[8..12].copy_from_slice(&attach_type.to_ne_bytes());
+    // SAFETY: attr is a valid, zero-padded bpf_attr of the given size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd =
+        i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    // SAFETY: the kernel just returned this new descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `BPF_OBJ_PIN`: pins a BPF object (here a link) at `path` on bpffs.
+fn bpf_obj_pin(object: &OwnedFd, path: &Path) -> std::io::Result<()> {
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // union bpf_attr, obj member: { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; ... }
+    let mut attr = [0u8; 64];
+    attr[..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
+    let fd = u32::try_from(object.as_raw_fd()).unwrap_or(u32::MAX);
+    attr[8..12].copy_from_slice(&fd.to_ne_bytes());
+    // SAFETY: attr is a valid, zero-padded bpf_attr; c_path outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Puts `new` (pinned at the swap path) in place of the hook's old link.

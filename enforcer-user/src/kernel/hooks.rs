@@ -1,14 +1,20 @@
 //! The table of kernel programs and where each attaches.
 
-use aya::programs::{CgroupSockAddrAttachType, CgroupSockAttachType};
+use aya::programs::{
+    CgroupSkbAttachType, CgroupSockAddrAttachType, CgroupSockAttachType, CgroupSockoptAttachType,
+};
 
 /// How a program attaches to a cgroup.
 #[derive(Debug, Clone, Copy)]
 pub enum HookKind {
     /// `cgroup/connect*`, `cgroup/sendmsg*`.
     SockAddr(CgroupSockAddrAttachType),
-    /// `cgroup/sock_create`, `cgroup/post_bind*`, `cgroup/sock_release`.
+    /// `cgroup/sock_create`.
     Sock(CgroupSockAttachType),
+    /// `cgroup/setsockopt`.
+    Sockopt(CgroupSockoptAttachType),
+    /// `cgroup_skb/egress`.
+    Skb(CgroupSkbAttachType),
     /// `lsm_cgroup/<hook>`: needs BPF-LSM, which not every kernel allows.
     LsmCgroup(&'static str),
 }
@@ -24,22 +30,18 @@ pub struct HookSpec {
 
 /// Every program enforcer attaches, in attach order. The LSM program comes
 /// last: it is the one that may fail to load, and the rest stand without it.
-pub const HOOKS: [HookSpec; 9] = [
+pub const HOOKS: [HookSpec; 8] = [
     HookSpec {
         program: "sock_create",
         kind: HookKind::Sock(CgroupSockAttachType::SockCreate),
     },
     HookSpec {
-        program: "post_bind4",
-        kind: HookKind::Sock(CgroupSockAttachType::PostBind4),
+        program: "setsockopt",
+        kind: HookKind::Sockopt(CgroupSockoptAttachType::Set),
     },
     HookSpec {
-        program: "post_bind6",
-        kind: HookKind::Sock(CgroupSockAttachType::PostBind6),
-    },
-    HookSpec {
-        program: "sock_release",
-        kind: HookKind::Sock(CgroupSockAttachType::SockRelease),
+        program: "skb_egress",
+        kind: HookKind::Skb(CgroupSkbAttachType::Egress),
     },
     HookSpec {
         program: "connect4",

@@ -8,10 +8,10 @@ use std::{
     str::FromStr,
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, SkStorage};
 use enforcer_ebpf::{
-    Allow4Key, AllowValue, DenyEvent, Endpoint, MAX_ENDPOINTS, RECENT_DENIES, Reason, SocketKey,
-    map_names, protocol, stat, v4_mapped,
+    Allow4Key, AllowValue, DenyEvent, Endpoint, MAX_ENDPOINTS, RECENT_DENIES, Reason, SockTag,
+    SocketKey, map_names, owner, protocol, stat, v4_mapped,
 };
 
 use super::{KernelError, paths::PinDirs};
@@ -142,6 +142,23 @@ impl PinnedMaps {
             what: "reading map type".into(),
             source,
         })
+    }
+
+    /// Tags `socket` (one of the daemon's listeners) as the daemon's in
+    /// `SOCK_TAGS` (`bpf_map_update_elem` with the socket's fd as the key):
+    /// the programs allow an endpoint only while such a socket listens there.
+    pub fn tag_daemon_socket(&self, socket: &impl std::os::fd::AsFd) -> Result<(), KernelError> {
+        let name = map_names::SOCK_TAGS;
+        let mut map: SkStorage<MapData, SockTag> = self
+            .map(name)?
+            .try_into()
+            .map_err(map_error(name, "opening"))?;
+        let tag = SockTag {
+            owner: owner::DAEMON,
+            ..SockTag::default()
+        };
+        map.insert(&socket.as_fd(), tag, 0)
+            .map_err(map_error(name, "tagging a daemon listener"))
     }
 
     /// Replaces the endpoint table.
@@ -288,27 +305,6 @@ impl PinnedMaps {
             });
         }
         Ok(entries)
-    }
-
-    /// Loopback ports currently bound inside the cgroup, with bind counts.
-    pub fn local_ports(&self) -> Result<Vec<(SocketAddr, Transport, u32)>, KernelError> {
-        let name = map_names::LOCAL_PORTS;
-        let map: HashMap<MapData, SocketKey, u32> = self
-            .map(name)?
-            .try_into()
-            .map_err(map_error(name, "opening"))?;
-        let mut ports = Vec::new();
-        for item in map.iter() {
-            let (key, count) = item.map_err(map_error(name, "reading"))?;
-            if let Some(transport) = Transport::from_number(key.protocol) {
-                ports.push((
-                    SocketAddr::new(ip_from_bytes(key.addr), key.port),
-                    transport,
-                    count,
-                ));
-            }
-        }
-        Ok(ports)
     }
 
     /// The per-CPU counters, summed.

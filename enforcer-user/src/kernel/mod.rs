@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod events;
 pub mod hooks;
 pub mod maps;
+pub mod ownership;
 pub mod paths;
 pub mod status;
 

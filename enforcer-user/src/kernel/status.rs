@@ -8,7 +8,7 @@ use super::{
     CgroupMount, KernelError,
     events::DenyRecord,
     hooks::{HOOKS, LSM_SOCKET_CREATE},
-    maps::{Counters, DirectEntry, EndpointSpec, PinnedMaps, Transport},
+    maps::{Counters, DirectEntry, EndpointSpec, PinnedMaps},
     paths::{PIN_ROOT, PinDirs},
 };
 
@@ -19,17 +19,6 @@ pub struct HookStatus {
     pub program: &'static str,
     /// True when a pinned link keeps it attached.
     pub attached: bool,
-}
-
-/// One loopback port bound inside the cgroup.
-#[derive(Debug, Clone, Serialize)]
-pub struct LocalPort {
-    /// Bound address.
-    pub addr: std::net::SocketAddr,
-    /// Transport.
-    pub transport: Transport,
-    /// Number of sockets bound to it.
-    pub sockets: u32,
 }
 
 /// Status of one enforced cgroup.
@@ -49,8 +38,6 @@ pub struct CgroupStatus {
     pub endpoints: Vec<EndpointSpec>,
     /// Direct allow entries.
     pub direct: Vec<DirectEntry>,
-    /// Loopback ports bound inside the cgroup.
-    pub local_ports: Vec<LocalPort>,
     /// Counters.
     pub counters: Counters,
     /// Last denies, oldest first.
@@ -133,15 +120,6 @@ pub fn one(
         families_not_enforced,
         endpoints: maps.endpoints()?,
         direct: maps.direct_entries()?,
-        local_ports: maps
-            .local_ports()?
-            .into_iter()
-            .map(|(addr, transport, sockets)| LocalPort {
-                addr,
-                transport,
-                sockets,
-            })
-            .collect(),
         counters: maps.counters()?,
         recent_denies: maps
             .recent_denies()?

@@ -18,7 +18,28 @@
 //! enforcer-probe listen ADDR               bind+listen, print `listening PORT`, wait for stdin EOF
 //! enforcer-probe connect-loop ADDR [COUNT]  connect(2) COUNT times, or until stdin closes;
 //!                                           prints `attempts=N successes=M` (kernel tests' prober)
+//! enforcer-probe v6only-connect tcp|udp PORT
+//!                                           bind [::]:PORT with IPV6_V6ONLY=1 (TCP: and listen),
+//!                                           then connect 127.0.0.1:PORT and send one byte
+//! enforcer-probe own-server KIND ADDR      a server of its own on ADDR (port 0 = any), a client
+//!                                           to it, one byte each way; KIND: tcp (SO_REUSEADDR),
+//!                                           tcp-noreuse, udp, udp-reuse (SO_REUSEADDR)
+//! enforcer-probe rthdr-sockopt SEGMENT     bind UDP [::1]:0, then from a second socket with an
+//!                                           IPv6 segment-routing header (IPV6_RTHDR, type 4, one
+//!                                           segment = SEGMENT) sendto that [::1] port
+//! enforcer-probe lsrr-sockopt HOP           the same for IPv4: 127.0.0.1, IP_OPTIONS with a loose
+//!                                           source route via HOP
+//! enforcer-probe lsrr-cmsg HOP              the loose source route as sendmsg ancillary data
+//!                                           (IP_RETOPTS), which no setsockopt check sees
+//! enforcer-probe big-sockopt                setsockopt(SO_SNDBUF) with a 12 KiB value (> a page)
+//! enforcer-probe squat-tcp                  bind a TCP socket to 127.0.0.1:0 with SO_REUSEADDR,
+//!                                           never listen; print `bound PORT`, wait for one stdin
+//!                                           line, then connect 127.0.0.1:PORT and send one byte
 //! ```
+//!
+//! With `ENFORCER_PROBE_USER=UID:GID` in its environment the probe drops to
+//! that user (supplementary groups cleared) before doing anything: the
+//! attacks are made as an unprivileged user, as an agent would.
 use std::{
     io::{self, BufRead as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -28,6 +49,10 @@ use std::{
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(error) = drop_privileges() {
+        eprintln!("enforcer-probe: dropping privileges: {error}");
+        return ExitCode::from(2);
+    }
     let Some(command) = args.first() else {
         eprintln!("usage: enforcer-probe COMMAND [ADDR] (see the source's header)");
         return ExitCode::from(2);
@@ -61,6 +86,22 @@ fn main() -> ExitCode {
         "serve-self" => addr().map(serve_self),
         "listen" => addr().map(listen_until_eof),
         "connect-loop" => addr().map(|a| connect_loop(a, args.get(2).and_then(|n| n.parse().ok()))),
+        "v6only-connect" => match (args.get(1).map(String::as_str), port_arg(&args, 2)) {
+            (Some(proto @ ("tcp" | "udp")), Ok(port)) => Ok(v6only_connect(proto == "tcp", port)),
+            _ => Err("v6only-connect needs tcp|udp PORT".into()),
+        },
+        "squat-tcp" => Ok(squat_tcp()),
+        "rthdr-sockopt" => ip_arg(&args).map(|hop| source_routed(hop, false)),
+        "lsrr-sockopt" => ip_arg(&args).map(|hop| source_routed(hop, false)),
+        "lsrr-cmsg" => ip_arg(&args).map(|hop| source_routed(hop, true)),
+        "big-sockopt" => Ok(big_sockopt()),
+        "own-server" => match (args.get(1).map(String::as_str), args.get(2)) {
+            (Some(kind), Some(text)) => text
+                .parse()
+                .map_err(|_| format!("{text:?} is not ADDR:PORT"))
+                .and_then(|a| own_server(kind, a)),
+            _ => Err("own-server needs KIND ADDR".into()),
+        },
         other => Err(format!("unknown command {other:?}")),
     };
     match result {
@@ -232,4 +273,316 @@ fn connect_loop(addr: SocketAddr, count: Option<u64>) -> io::Result<()> {
     println!("attempts={attempts} successes={successes}");
     io::stdout().flush()?;
     std::process::exit(0);
+}
+
+fn port_arg(args: &[String], index: usize) -> Result<u16, String> {
+    args.get(index)
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| format!("argument {index} must be a port"))
+}
+
+/// Drops to `ENFORCER_PROBE_USER=UID:GID` when set.
+fn drop_privileges() -> io::Result<()> {
+    let Ok(spec) = std::env::var("ENFORCER_PROBE_USER") else {
+        return Ok(());
+    };
+    let invalid = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{spec:?} is not UID:GID"),
+        )
+    };
+    let (uid, gid) = spec.split_once(':').ok_or_else(invalid)?;
+    let uid: libc::uid_t = uid.parse().map_err(|_| invalid())?;
+    let gid: libc::gid_t = gid.parse().map_err(|_| invalid())?;
+    // SAFETY: plain credential system calls on this single-threaded process.
+    let failed = unsafe {
+        libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+    };
+    if failed {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A fresh socket as an owned fd.
+fn new_socket(family: i32, kind: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_int_option(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: value lives across the call; the length matches.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn bind_fd(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+    let (_, storage, len) = sockaddr(addr);
+    // SAFETY: storage holds a sockaddr of length len.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const storage).cast(), len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn local_port(fd: &OwnedFd) -> io::Result<u16> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage and len are valid for writing.
+    let rc = unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut storage).cast(), &raw mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // sin_port and sin6_port sit at the same offset, in network order.
+    // SAFETY: the kernel wrote an AF_INET or AF_INET6 address.
+    let sin: libc::sockaddr_in = unsafe { std::ptr::read((&raw const storage).cast()) };
+    Ok(u16::from_be(sin.sin_port))
+}
+
+/// Escape 2: an IPv6 wildcard socket with `IPV6_V6ONLY` covers no IPv4
+/// port, yet port bookkeeping counted it as owning `127.0.0.1:PORT`.
+fn v6only_connect(tcp: bool, port: u16) -> io::Result<()> {
+    let kind = if tcp {
+        libc::SOCK_STREAM
+    } else {
+        libc::SOCK_DGRAM
+    };
+    let own = new_socket(libc::AF_INET6, kind)?;
+    set_int_option(&own, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    bind_fd(
+        &own,
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+    )?;
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
+    if tcp {
+        // SAFETY: listen(2) on a socket we own.
+        if unsafe { libc::listen(own.as_raw_fd(), 8) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut stream = TcpStream::connect(target)?;
+        stream.write_all(b"x")?;
+    } else {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(target)?;
+        socket.send(b"x")?;
+    }
+    Ok(())
+}
+
+/// Escape 3: bind a loopback port with `SO_REUSEADDR` and never listen;
+/// once a host service listens on the same port (also `SO_REUSEADDR`),
+/// connect to it.
+fn squat_tcp() -> io::Result<()> {
+    let squatter = new_socket(libc::AF_INET, libc::SOCK_STREAM)?;
+    set_int_option(&squatter, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    bind_fd(&squatter, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let port = local_port(&squatter)?;
+    println!("bound {port}");
+    io::stdout().flush()?;
+    let mut line = String::new();
+    io::stdin().lock().read_line(&mut line)?;
+    let mut stream = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    stream.write_all(b"x")?;
+    drop(squatter);
+    Ok(())
+}
+
+/// A test suite's own local server: bind, connect, one byte each way.
+fn own_server(kind: &str, addr: SocketAddr) -> Result<io::Result<()>, String> {
+    use std::io::Read as _;
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let (tcp, reuse) = match kind {
+        "tcp" => (true, true),
+        "tcp-noreuse" => (true, false),
+        "udp" => (false, false),
+        "udp-reuse" => (false, true),
+        other => return Err(format!("unknown own-server kind {other:?}")),
+    };
+    let run = || -> io::Result<()> {
+        let server = new_socket(
+            family,
+            if tcp {
+                libc::SOCK_STREAM
+            } else {
+                libc::SOCK_DGRAM
+            },
+        )?;
+        if reuse {
+            set_int_option(&server, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        }
+        bind_fd(&server, addr)?;
+        let bound = SocketAddr::new(addr.ip(), local_port(&server)?);
+        if tcp {
+            // SAFETY: listen(2) on a socket we own.
+            if unsafe { libc::listen(server.as_raw_fd(), 8) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let listener = TcpListener::from(server);
+            let mut client = TcpStream::connect(bound)?;
+            client.write_all(b"q")?;
+            let (mut accepted, _) = listener.accept()?;
+            let mut byte = [0u8; 1];
+            accepted.read_exact(&mut byte)?;
+            accepted.write_all(b"a")?;
+            client.read_exact(&mut byte)?;
+        } else {
+            let server = UdpSocket::from(server);
+            let client = udp_for(bound)?;
+            client.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+            server.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+            client.send_to(b"q", bound)?;
+            let mut byte = [0u8; 1];
+            let (_, from) = server.recv_from(&mut byte)?;
+            server.send_to(b"a", from)?;
+            client.recv_from(&mut byte)?;
+        }
+        Ok(())
+    };
+    Ok(run())
+}
+
+fn ip_arg(args: &[String]) -> Result<std::net::IpAddr, String> {
+    let text = args.get(1).ok_or("needs an address")?;
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an IP address"))
+}
+
+/// Escape 1: a datagram to a loopback port the cgroup owns, but carrying a
+/// route through `hop` (an IPv6 segment-routing header for an IPv6 `hop`,
+/// an IPv4 loose source route for an IPv4 one), set with setsockopt or, for
+/// IPv4 with `ancillary`, as sendmsg ancillary data.
+fn source_routed(hop: std::net::IpAddr, ancillary: bool) -> io::Result<()> {
+    let (family, level, own) = match hop {
+        std::net::IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_IPV6, "[::1]:0"),
+        std::net::IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_IP, "127.0.0.1:0"),
+    };
+    let receiver = UdpSocket::bind(own)?;
+    let target = receiver.local_addr()?;
+    let (name, value): (i32, Vec<u8>) = match hop {
+        std::net::IpAddr::V6(segment) => {
+            // struct ipv6_sr_hdr: nexthdr, hdrlen (8-octet units past the
+            // first 8), type 4, segments_left 1, last_entry 1, flags, tag;
+            // segments[0] is filled in by the kernel with the sendto address,
+            // segments[1] becomes the packet's destination.
+            let mut srh = vec![0, 4, 4, 1, 1, 0, 0, 0];
+            srh.extend_from_slice(&[0u8; 16]);
+            srh.extend_from_slice(&segment.octets());
+            (libc::IPV6_RTHDR, srh)
+        }
+        std::net::IpAddr::V4(via) => {
+            // NOP, then LSRR: type 131, length 7, pointer 4, one hop.
+            let mut options = vec![1, 131, 7, 4];
+            options.extend_from_slice(&via.octets());
+            (
+                if ancillary {
+                    libc::IP_RETOPTS
+                } else {
+                    libc::IP_OPTIONS
+                },
+                options,
+            )
+        }
+    };
+    let sender = new_socket(family, libc::SOCK_DGRAM)?;
+    let (_, storage, len) = sockaddr(target);
+    let mut payload = *b"x";
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast(),
+        iov_len: payload.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&raw const storage).cast_mut().cast();
+    msg.msg_namelen = len;
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    let mut control = vec![0u64; 16];
+    if ancillary {
+        // SAFETY: CMSG_SPACE/CMSG_LEN are pure size computations.
+        let (space, cmsg_len) = unsafe {
+            (
+                libc::CMSG_SPACE(value.len() as u32),
+                libc::CMSG_LEN(value.len() as u32),
+            )
+        };
+        msg.msg_control = control.as_mut_ptr().cast();
+        // The field types differ between glibc (usize) and musl (u32).
+        msg.msg_controllen = space as _;
+        // SAFETY: control is 128 bytes, more than CMSG_SPACE of <= 40 bytes;
+        // CMSG_FIRSTHDR/CMSG_DATA point inside it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+            (*cmsg).cmsg_level = level;
+            (*cmsg).cmsg_type = name;
+            (*cmsg).cmsg_len = cmsg_len as _;
+            std::ptr::copy_nonoverlapping(value.as_ptr(), libc::CMSG_DATA(cmsg), value.len());
+        }
+    } else {
+        // SAFETY: value lives across the call; the length matches.
+        let rc = unsafe {
+            libc::setsockopt(
+                sender.as_raw_fd(),
+                level,
+                name,
+                value.as_ptr().cast(),
+                value.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: msg and everything it points to are valid for the call.
+    let rc = unsafe { libc::sendmsg(sender.as_raw_fd(), &raw const msg, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A socket option value larger than a page: the setsockopt program must
+/// hand it to the kernel untouched.
+fn big_sockopt() -> io::Result<()> {
+    let socket = new_socket(libc::AF_INET, libc::SOCK_STREAM)?;
+    let mut value = vec![0u8; 3 * 4096];
+    value[..4].copy_from_slice(&65_536i32.to_ne_bytes());
+    // SAFETY: value lives across the call; the length matches.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -17,6 +17,8 @@ use std::{
 
 /// The address tests use as "this host's own non-loopback address".
 const HOST_ADDRESS: &str = "192.0.2.1";
+/// Its IPv6 counterpart (the routing-header segment of the kernel tests).
+const HOST_ADDRESS6: &str = "2001:db8::1";
 
 fn main() {
     let cmdline = mount_all();
@@ -45,6 +47,7 @@ fn main() {
             .env("ENFORCER_BIN", "/bin/enforcer")
             .env("ENFORCER_PROBE", "/bin/enforcer-probe")
             .env("ENFORCER_TEST_HOST_ADDR", HOST_ADDRESS)
+            .env("ENFORCER_TEST_HOST_ADDR6", HOST_ADDRESS6)
             .env("ENFORCER_EXPECT_BPF_LSM", "1")
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
@@ -111,7 +114,7 @@ fn mount(source: &str, target: &str, fstype: &str) {
     }
 }
 
-/// `lo` up, plus a global address standing in for the host's own.
+/// `lo` up, plus global addresses (IPv4 and IPv6) standing in for the host's own.
 fn network() {
     for args in [
         vec!["ip", "link", "set", "lo", "up"],
@@ -124,6 +127,15 @@ fn network() {
             "lo",
             "scope",
             "global",
+        ],
+        vec![
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{HOST_ADDRESS6}/128"),
+            "dev",
+            "lo",
         ],
     ] {
         let ok = Command::new("/bin/busybox")
