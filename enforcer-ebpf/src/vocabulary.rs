@@ -172,6 +172,14 @@ pub enum Reason {
     MissingCredential = 76,
     /// A passthrough lane without fallback got no client credential: `401`.
     NoClientCredential = 77,
+    /// A method the router never forwards (`CONNECT`, `TRACE`, …): `400`.
+    MethodNotForwarded = 78,
+    /// A method and path outside the lane's API surface (`providers.*.paths`): `404`.
+    PathNotForwarded = 79,
+    /// A request body with `Content-Encoding`: the model cannot be read, `400`.
+    ContentEncoding = 80,
+    /// A request body that starts with a UTF-8 byte-order mark: `400`.
+    BodyBom = 81,
 
     // === the daemon itself (control socket, policy swaps, map writer) ===
     /// A verified, signed pack became the active policy.
@@ -203,7 +211,7 @@ impl Reason {
     ];
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 56] = [
+    pub const ALL: [Reason; 60] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -254,6 +262,10 @@ impl Reason {
         Self::NoLanes,
         Self::MissingCredential,
         Self::NoClientCredential,
+        Self::MethodNotForwarded,
+        Self::PathNotForwarded,
+        Self::ContentEncoding,
+        Self::BodyBom,
         Self::PolicyApplied,
         Self::PolicyFallback,
         Self::PolicyRefused,
@@ -350,6 +362,10 @@ impl Reason {
             Self::NoLanes => "no_lanes",
             Self::MissingCredential => "missing_credential",
             Self::NoClientCredential => "no_client_credential",
+            Self::MethodNotForwarded => "method_not_forwarded",
+            Self::PathNotForwarded => "path_not_forwarded",
+            Self::ContentEncoding => "content_encoding",
+            Self::BodyBom => "body_bom",
             Self::PolicyApplied => "policy_applied",
             Self::PolicyFallback => "policy_fallback",
             Self::PolicyRefused => "policy_refused",
@@ -426,6 +442,10 @@ impl Reason {
             Self::NoLanes => "the policy has no lanes",
             Self::MissingCredential => "the lane's credential is not configured",
             Self::NoClientCredential => "a passthrough lane got no client credential",
+            Self::MethodNotForwarded => "the method is never forwarded to a provider",
+            Self::PathNotForwarded => "the lane does not forward this method and path",
+            Self::ContentEncoding => "the request body is content-encoded",
+            Self::BodyBom => "the request body starts with a byte-order mark",
             Self::PolicyApplied => "a signed policy pack became active",
             Self::PolicyFallback => "the embedded fallback policy became active",
             Self::PolicyRefused => "a policy pack was refused; the active policy stays",

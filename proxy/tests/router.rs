@@ -62,7 +62,7 @@ impl Lanes {
 
     fn providers(&self) -> String {
         format!(
-            r#"{{"a":{{"baseURL":"https://lane-a.test:{}/api/anthropic","authHeader":{{"mode":"x-api-key","env":"LANE_A_KEY"}}}},
+            r#"{{"a":{{"baseURL":"https://lane-a.test:{}/api/anthropic","authHeader":{{"mode":"x-api-key","env":"LANE_A_KEY"}},"paths":["POST /v1/other"]}},
                 "b":{{"baseURL":"https://lane-b.test:{}","authHeader":{{"mode":"bearer","env":"LANE_B_KEY"}}}},
                 "c":{{"baseURL":"https://lane-c.test:{}","authHeader":{{"mode":"bearer","passthrough":true,"fallbackEnv":"LANE_C_FALLBACK"}}}}}}"#,
             self.a.port(),
@@ -1266,5 +1266,134 @@ async fn client_abort_before_the_response_head_cancels_the_upstream_request() {
         );
         let events = h.wait_events(1).await;
         assert_eq!(events[0].reason, Reason::ClientClosed, "{model}");
+    }
+}
+
+#[tokio::test]
+async fn only_the_api_surface_reaches_a_provider() {
+    let lanes = Lanes::echo().await;
+    let h = lanes.router().await;
+    let c = client();
+    let body = messages_body("claude-haiku-4-5");
+    let refused: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+        (
+            "TRACE",
+            "/v1/messages",
+            vec![],
+            body.clone().into_bytes(),
+            400,
+            "method_not_forwarded",
+        ),
+        (
+            "PUT",
+            "/v1/messages",
+            vec![],
+            body.clone().into_bytes(),
+            404,
+            "path_not_forwarded",
+        ),
+        (
+            "GET",
+            "/v1/messages",
+            vec![],
+            Vec::new(),
+            404,
+            "path_not_forwarded",
+        ),
+        (
+            "POST",
+            "/v1/complete",
+            vec![],
+            body.clone().into_bytes(),
+            404,
+            "path_not_forwarded",
+        ),
+        (
+            "POST",
+            "/v1/../v1/messages",
+            vec![],
+            body.clone().into_bytes(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/%2e%2e/admin",
+            vec![],
+            body.clone().into_bytes(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/messages",
+            vec![("content-encoding", "gzip")],
+            body.clone().into_bytes(),
+            400,
+            "content_encoding",
+        ),
+        (
+            "POST",
+            "/v1/messages",
+            vec![],
+            [b"\xEF\xBB\xBF".as_slice(), body.as_bytes()].concat(),
+            400,
+            "body_bom",
+        ),
+    ];
+    for (method, path, headers, bytes, status, reason) in &refused {
+        let mut req = Request::builder()
+            .method(*method)
+            .uri(h.url(path))
+            .header("content-type", "application/json")
+            .header("x-api-key", CLIENT_KEY);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Full::new(Bytes::from(bytes.clone()))).unwrap();
+        let (parts, answer) = send(&c, req).await;
+        assert_eq!(
+            parts.status,
+            *status,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert_eq!(
+            parts.headers["x-enforcer-error"], *reason,
+            "{method} {path}"
+        );
+        let (ty, _) = anthropic_error(&answer);
+        assert!(!ty.is_empty(), "{method} {path}: Anthropic-shaped error");
+    }
+    // None of them reached any provider.
+    assert_eq!(
+        (lanes.a.count(), lanes.b.count(), lanes.c.count()),
+        (0, 0, 0)
+    );
+    // The defaults and a pack-widened path do.
+    let (parts, _) = send(&c, post(&h.url("/v1/messages"), body.clone(), &[])).await;
+    assert_eq!(parts.status, 200);
+    let (parts, _) = send(
+        &c,
+        post(&h.url("/v1/messages/count_tokens"), body.clone(), &[]),
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+    let req = Request::get(h.url("/v1/models/claude-haiku-4-5"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&c, req).await.0.status, 200);
+    let (parts, _) = send(&c, post(&h.url("/v1/other"), r#"{"x":1}"#, &[])).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(lanes.a.count(), 4);
+    // Each refusal is one audit event with its reason.
+    let events = h.wait_events(refused.len() + 4).await;
+    for (method, path, _, _, _, reason) in &refused {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.reason.as_str() == *reason && e.method == *method),
+            "{method} {path}: {events:?}"
+        );
     }
 }

@@ -56,6 +56,44 @@ pub enum RouteError {
     /// No credential for the lane.
     #[error("{0}")]
     Auth(#[from] AuthError),
+    /// A method the router never forwards.
+    #[error("method {method} is never forwarded to a provider")]
+    MethodNotForwarded {
+        /// The method.
+        method: String,
+    },
+    /// A path with dot segments, empty segments, escapes or characters a
+    /// forwarded path may not hold.
+    #[error(
+        "the path `{path}` is not forwarded: it must be plain segments of letters, digits, `-`, `_`, `.`, `:`, `~`"
+    )]
+    UnsafePath {
+        /// The path (at most 128 characters of it).
+        path: String,
+    },
+    /// The lane does not forward this method and path.
+    #[error(
+        "lane `{lane}` does not forward {method} {path} (widen it with providers.{lane}.paths)"
+    )]
+    PathNotForwarded {
+        /// The lane.
+        lane: String,
+        /// The method.
+        method: String,
+        /// The path.
+        path: String,
+    },
+    /// The body is content-encoded (the model cannot be read from it).
+    #[error(
+        "request bodies with Content-Encoding `{encoding}` are not accepted; send the JSON unencoded"
+    )]
+    ContentEncoding {
+        /// The encoding named (at most 64 characters of it).
+        encoding: String,
+    },
+    /// The body starts with a UTF-8 byte-order mark.
+    #[error("the request body starts with a byte-order mark; send plain JSON")]
+    BodyBom,
     /// Too many requests in flight.
     #[error(
         "the router is handling its limit of {limit} concurrent requests (limits.maxConcurrentRequests); retry shortly"
@@ -137,9 +175,14 @@ impl RouteError {
         match self {
             Self::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Self::RequestBody { .. } | Self::BadModel(_) | Self::Target(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::RequestBody { .. }
+            | Self::BadModel(_)
+            | Self::Target(_)
+            | Self::MethodNotForwarded { .. }
+            | Self::UnsafePath { .. }
+            | Self::ContentEncoding { .. }
+            | Self::BodyBom => StatusCode::BAD_REQUEST,
+            Self::PathNotForwarded { .. } => StatusCode::NOT_FOUND,
             Self::Lane(LaneError::UnknownModel { .. }) => StatusCode::BAD_REQUEST,
             Self::Lane(LaneError::NoLanes) => StatusCode::BAD_GATEWAY,
             Self::Auth(AuthError::NoClientCredential { .. }) => StatusCode::UNAUTHORIZED,
@@ -158,6 +201,7 @@ impl RouteError {
         match self.status().as_u16() {
             400 | 408 => "invalid_request_error",
             401 => "authentication_error",
+            404 => "not_found_error",
             413 => "request_too_large",
             504 => "timeout_error",
             529 => "overloaded_error",
@@ -174,7 +218,11 @@ impl RouteError {
             Self::BadModel(_) => Reason::BadModel,
             Self::Lane(LaneError::UnknownModel { .. }) => Reason::UnknownModel,
             Self::Lane(LaneError::NoLanes) => Reason::NoLanes,
-            Self::Target(_) => Reason::BadRequest,
+            Self::Target(_) | Self::UnsafePath { .. } => Reason::BadRequest,
+            Self::MethodNotForwarded { .. } => Reason::MethodNotForwarded,
+            Self::PathNotForwarded { .. } => Reason::PathNotForwarded,
+            Self::ContentEncoding { .. } => Reason::ContentEncoding,
+            Self::BodyBom => Reason::BodyBom,
             Self::Auth(AuthError::Credential { .. }) => Reason::MissingCredential,
             Self::Auth(AuthError::NoClientCredential { .. }) => Reason::NoClientCredential,
             Self::Overloaded { .. } => Reason::Overloaded,

@@ -3,7 +3,8 @@
 //! lane's credential, and relays the answer unbuffered (DESIGN.md §5).
 //!
 //! The agent gets `ANTHROPIC_BASE_URL=http://127.0.0.1:8787` (or a unix
-//! socket). For every request, of any method and path, the router reads the
+//! socket). For every request inside the API surface ([`surface`]: the
+//! Anthropic API by default, widened per lane by `providers.*.paths`), the router reads the
 //! body (up to `limits.maxRequestBytes`), finds its top-level `model`
 //! without re-serialising, picks the first `routing.matchers` pattern that
 //! matches, strips every credential the client sent, injects the lane's,
@@ -21,6 +22,7 @@
 //! - [`stream`]: frame-by-frame relay under size/idle/total limits;
 //! - [`error`]: the router's own errors in Anthropic's JSON shape;
 //! - [`audit`]: one metadata-only event per request;
+//! - [`surface`]: what is forwarded at all (methods, paths, encodings);
 //! - [`pipeline`]: the phases of one request;
 //! - [`server`]: TCP and unix listeners, graceful shutdown.
 //!
@@ -52,6 +54,7 @@ pub mod model;
 pub mod pipeline;
 pub mod server;
 pub mod stream;
+pub mod surface;
 pub mod upstream;
 
 use std::future::Future;

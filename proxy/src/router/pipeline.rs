@@ -1,9 +1,11 @@
 //! One request's path through the router, as a fixed list of phases:
 //!
 //! 1. admit (`limits.maxConcurrentRequests`);
-//! 2. read the body ([`super::body`]);
-//! 3. find the model ([`super::model`]);
-//! 4. pick the lane ([`super::lane`]) and build the upstream URI;
+//! 2. check the surface ([`super::surface`]: method, path, encoding) and
+//!    read the body ([`super::body`]);
+//! 3. find the model ([`super::model`]; a byte-order mark is refused);
+//! 4. pick the lane ([`super::lane`]), check it forwards this method and
+//!    path, and build the upstream URI;
 //! 5. decide the credential ([`super::credentials`]);
 //! 6. rewrite the headers ([`super::headers`]);
 //! 7. send upstream and wait for the response head (first-byte limit);
@@ -36,6 +38,7 @@ use super::headers::{clean_response_headers, upstream_request_headers};
 use super::lane::{LaneReason, choose_lane, target_uri};
 use super::model::find_model;
 use super::stream::{Pending, RelayBody, RouterBody, StreamLimits};
+use super::surface;
 use super::upstream::{UpstreamClient, connect_error, describe};
 use crate::admission::Admission;
 use crate::reason::Reason;
@@ -120,14 +123,17 @@ pub async fn handle(
     if let Err(err) = admit(state, &mut pending, &limits) {
         return refuse(pending, err);
     }
-    // 2. body
+    // 2. the surface (method, path, encoding), then the body
+    if let Err(err) = surface::check_head(&parts) {
+        return refuse(pending, err);
+    }
     let bytes = match read_request_body(&parts.headers, &mut body, &limits, deadline).await {
         Ok(bytes) => bytes,
         Err(err) => return refuse(pending, err),
     };
     drop(body);
     // 3.-4. model, lane and target
-    let route = match route(policy, &bytes, &parts.uri, &mut pending) {
+    let route = match route(policy, &bytes, &parts, &mut pending) {
         Ok(route) => route,
         Err(err) => return refuse(pending, err),
     };
@@ -217,9 +223,10 @@ struct Route<'p> {
 fn route<'p>(
     policy: &'p Policy,
     bytes: &[u8],
-    uri: &Uri,
+    parts: &Parts,
     pending: &mut Pending,
 ) -> Result<Route<'p>, RouteError> {
+    surface::check_body(bytes)?;
     let model = find_model(bytes)?.map(|m| m.into_owned());
     pending.event.model.clone_from(&model);
     let choice = choose_lane(policy, model.as_deref())?;
@@ -232,7 +239,8 @@ fn route<'p>(
     };
     pending.event.lane = Some(provider.name.clone());
     pending.event.provider_host = Some(provider_host.clone());
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    surface::check_route(provider, parts)?;
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let uri = target_uri(base, target)?;
     Ok(Route {
         provider,
