@@ -1269,13 +1269,24 @@ async fn client_abort_before_the_response_head_cancels_the_upstream_request() {
     }
 }
 
+/// A request the router must refuse: method, path, extra headers, body,
+/// expected status and reason.
+type Refused = (
+    &'static str,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
 #[tokio::test]
 async fn only_the_api_surface_reaches_a_provider() {
     let lanes = Lanes::echo().await;
     let h = lanes.router().await;
     let c = client();
     let body = messages_body("claude-haiku-4-5");
-    let refused: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let refused: Vec<Refused> = vec![
         (
             "TRACE",
             "/v1/messages",
