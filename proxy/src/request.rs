@@ -107,6 +107,16 @@ pub enum RequestError {
     /// A CONNECT request announced a body.
     #[error("a CONNECT request must not carry a body (Content-Length or Transfer-Encoding)")]
     ConnectWithBody,
+    /// A plain-HTTP request whose body length two parties could read
+    /// differently (request smuggling): `Content-Length` together with
+    /// `Transfer-Encoding`, or several `Content-Length` values that differ.
+    #[error(
+        "the request's body length is ambiguous: {what}; send exactly one of Content-Length or Transfer-Encoding"
+    )]
+    AmbiguousBodyLength {
+        /// What was found.
+        what: &'static str,
+    },
 }
 
 impl RequestError {
@@ -346,6 +356,7 @@ pub fn parse_head(head: &[u8]) -> Result<Request, RequestError> {
         }
         Target::Connect(authority)
     } else {
+        check_body_length(&headers)?;
         parse_absolute_form(target_raw)?
     };
 
@@ -355,6 +366,32 @@ pub fn parse_head(head: &[u8]) -> Result<Request, RequestError> {
         version,
         headers,
     })
+}
+
+/// A forwarded request's body length must be unambiguous: the proxy and the
+/// origin must agree where the body ends, or a second request hides in it.
+fn check_body_length(headers: &[Header]) -> Result<(), RequestError> {
+    let chunked = headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    let mut lengths = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| h.value.as_slice());
+    let first = lengths.next();
+    if chunked && first.is_some() {
+        return Err(RequestError::AmbiguousBodyLength {
+            what: "both Content-Length and Transfer-Encoding",
+        });
+    }
+    if let Some(first) = first
+        && lengths.any(|other| other != first)
+    {
+        return Err(RequestError::AmbiguousBodyLength {
+            what: "Content-Length headers that differ",
+        });
+    }
+    Ok(())
 }
 
 /// Lines of `head` without their CRLF (the scanner has checked the endings).
@@ -797,6 +834,27 @@ mod tests {
         assert!(parse(b"GET http://u:p@a.test/ HTTP/1.1\r\n\r\n").is_err());
         assert!(parse(b"GET http://a.test/#frag HTTP/1.1\r\n\r\n").is_err());
         assert!(parse(b"CONNECT http://a.test:443 HTTP/1.1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn plain_http_with_an_ambiguous_body_length_is_refused() {
+        let post = |h: &str| format!("POST http://plain.test/x HTTP/1.1\r\n{h}\r\n\r\n");
+        for both in [
+            "Content-Length: 3\r\nTransfer-Encoding: chunked",
+            "Transfer-Encoding: chunked\r\nContent-Length: 3",
+            "Content-Length: 3\r\nContent-Length: 4",
+        ] {
+            let error = parse(post(both).as_bytes()).unwrap_err();
+            assert!(
+                matches!(error, RequestError::AmbiguousBodyLength { .. }),
+                "{both}: {error}"
+            );
+            assert_eq!(error.status(), 400);
+            assert_eq!(error.reason(), Reason::MalformedRequest);
+        }
+        assert!(parse(post("Content-Length: 3").as_bytes()).is_ok());
+        assert!(parse(post("Transfer-Encoding: chunked").as_bytes()).is_ok());
+        assert!(parse(post("Content-Length: 3\r\nContent-Length: 3").as_bytes()).is_ok());
     }
 
     #[test]

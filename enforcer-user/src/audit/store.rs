@@ -53,6 +53,15 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The database file could not be created with, or set to, mode 0600.
+    #[error("making {} readable by its owner only (mode 0600)", path.display())]
+    Permissions {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn sql(what: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
@@ -130,6 +139,21 @@ pub struct EventFilter {
     pub limit: Option<usize>,
 }
 
+/// Mode of the audit database (SQLite gives its `-wal` and `-shm` files the
+/// same): the audit history is the operator's alone, whatever the umask.
+pub const AUDIT_DB_MODE: u32 = 0o600;
+
+/// Creates `path` with [`AUDIT_DB_MODE`] if missing, and tightens it if not.
+fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(AUDIT_DB_MODE)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(AUDIT_DB_MODE))
+}
+
 /// An open audit database.
 pub struct AuditStore {
     connection: Connection,
@@ -146,6 +170,10 @@ impl AuditStore {
                 source,
             })?;
         }
+        restrict_to_owner(path).map_err(|source| StoreError::Permissions {
+            path: path.to_owned(),
+            source,
+        })?;
         let open_error = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -436,6 +464,21 @@ impl AuditStore {
 mod tests {
     use super::*;
     use crate::audit::Reason;
+
+    #[test]
+    fn the_database_is_owner_only_even_if_it_was_not() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let fresh = dir.path().join("fresh.db");
+        AuditStore::open(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o600);
+        let loose = dir.path().join("loose.db");
+        AuditStore::open(&loose).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+        AuditStore::open(&loose).unwrap();
+        assert_eq!(mode(&loose), 0o600);
+    }
 
     fn record(time_ms: i64, decision: Decision) -> AuditRecord {
         let mut record = AuditRecord::new(

@@ -76,6 +76,15 @@ impl fmt::Display for KernelStep {
 /// the store's errors are large, and this is returned on every step.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The state directory could not be created or made private.
+    #[error("preparing the state directory {} (mode 0700; is --state-dir writable?)", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The audit database could not be opened or its writer not started.
     #[error("starting the audit log at {} (is --state-dir writable?)", path.display())]
     AuditLog {

@@ -10,6 +10,7 @@
 //!                                    policy loader (its CACHE_PACK / CACHE_SIG)
 //! ```
 
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 /// Default state directory (audit database, policy cache, grants).
@@ -20,6 +21,20 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/enforcer/control.sock";
 
 /// File name of the audit database inside the state directory.
 pub const AUDIT_DB: &str = "audit.db";
+
+/// Mode of the state directory: the audit history and grants are the
+/// operator's, not readable by the agents it enforces.
+pub const STATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `state_dir` if missing and sets it to [`STATE_DIR_MODE`] whatever
+/// the umask (an existing directory is tightened too).
+pub fn prepare_state_dir(state_dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(STATE_DIR_MODE)
+        .create(state_dir)?;
+    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(STATE_DIR_MODE))
+}
 
 /// The audit database of the daemon whose state directory is `state_dir`.
 pub fn audit_db(state_dir: &Path) -> PathBuf {
@@ -32,8 +47,23 @@ pub fn grants_file(state_dir: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_dir_is_private_whatever_the_umask() {
+        let parent = tempfile::tempdir().unwrap();
+        let fresh = parent.path().join("a/b");
+        prepare_state_dir(&fresh).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&fresh), 0o700);
+        let loose = parent.path().join("loose");
+        std::fs::create_dir(&loose).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_state_dir(&loose).unwrap();
+        assert_eq!(mode(&loose), 0o700);
+    }
 
     #[test]
     fn state_files_live_in_the_state_dir() {

@@ -55,7 +55,11 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
     ready: Option<oneshot::Sender<Ready>>,
 ) -> Result<(), DaemonError> {
-    // 1. Audit log.
+    // 1. Audit log, in a private state directory.
+    paths::prepare_state_dir(&options.state_dir).map_err(|source| DaemonError::StateDir {
+        path: options.state_dir.clone(),
+        source,
+    })?;
     let audit_path = paths::audit_db(&options.state_dir);
     let (writer, writer_thread) =
         AuditWriter::start(&audit_path, Retention::default()).map_err(|source| {
