@@ -447,6 +447,7 @@ impl Tree {
             ro_root: true,
             rw_overlays: vec!["./work/cache".into()],
             read_deny: vec!["./secret-*".into()],
+            mask_host_sockets: true,
         }
     }
 }

@@ -568,6 +568,71 @@ fn a_tunnel_cut_at_the_drain_deadline_is_stored_exactly_once() {
 }
 
 #[test]
+fn attach_warns_about_a_uid_with_processes_inside_and_outside() {
+    use std::os::unix::process::CommandExt as _;
+    require_root();
+    let cgroup = TestCgroup::new("shareduid");
+    let state = state_dir("shareduid");
+    let user = enforcer_tests::unprivileged_user();
+    let (uid, gid) = user.split_once(':').unwrap();
+    let (uid, gid): (u32, u32) = (uid.parse().unwrap(), gid.parse().unwrap());
+    // The same uid inside the cgroup and outside it.
+    let mut inside = cgroup
+        .command("sleep")
+        .arg("120")
+        .uid(uid)
+        .gid(gid)
+        .spawn()
+        .unwrap();
+    let mut outside = Command::new("sleep")
+        .arg("120")
+        .uid(uid)
+        .gid(gid)
+        .spawn()
+        .unwrap();
+    let daemon = Daemon::start(&cgroup, state.path(), &[]);
+    let warned = log_of(state.path());
+    let _ = inside.kill();
+    let _ = outside.kill();
+    let _ = inside.wait();
+    let _ = outside.wait();
+    assert!(daemon.stop().success());
+    let line = warned
+        .lines()
+        .find(|l| l.contains("also has processes outside it"))
+        .unwrap_or_else(|| panic!("no shared-uid warning in the log:\n{warned}"));
+    assert!(line.contains(&format!("uid={uid}")), "{line}");
+    assert!(line.contains(&outside.id().to_string()), "{line}");
+
+    // A uid only inside: no warning.
+    let cgroup = TestCgroup::new("owneduid");
+    let state = state_dir("owneduid");
+    let mut alone = cgroup
+        .command("sleep")
+        .arg("120")
+        .uid(uid)
+        .gid(gid)
+        .spawn()
+        .unwrap();
+    let daemon = Daemon::start(&cgroup, state.path(), &[]);
+    let quiet = log_of(state.path());
+    let _ = alone.kill();
+    let _ = alone.wait();
+    assert!(daemon.stop().success());
+    assert!(!quiet.contains("also has processes outside it"), "{quiet}");
+}
+
+/// Everything the daemons started on `state` logged.
+fn log_of(state: &Path) -> String {
+    std::fs::read_dir(state)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("attach-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect()
+}
+
+#[test]
 fn events_follow_streams_decisions_live() {
     require_root();
     let cgroup = TestCgroup::new("follow");
@@ -719,10 +784,25 @@ fn systemd_units_verify() {
         )
         .unwrap();
     }
+    // An agent unit picks up the slice-mode drop-in by its name prefix; a
+    // drop-in systemd cannot parse would be complained about here.
+    let dropin_dir = dir.path().join("agent-.service.d");
+    std::fs::create_dir(&dropin_dir).unwrap();
+    std::fs::copy(
+        root.join("dist/systemd/agent-.service.d/enforcer-sandbox.conf"),
+        dropin_dir.join("enforcer-sandbox.conf"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("agent-test.service"),
+        "[Unit]\nDescription=an agent\n[Service]\nExecStart=/bin/true\nDynamicUser=yes\n",
+    )
+    .unwrap();
     let output = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(dir.path().join("enforcer.service"))
         .arg(dir.path().join("agents.slice"))
+        .arg(dir.path().join("agent-test.service"))
         .output()
         .expect("systemd-analyze");
     let complaints = String::from_utf8_lossy(&output.stderr);

@@ -59,6 +59,14 @@ pub enum SandboxCommand {
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
     },
+    /// Print the systemd drop-in that gives every `agent-<name>.service`
+    /// what `enforcer run` applies (agents.slice, no new privileges, the
+    /// socket families, the seccomp blocklist as far as systemd can express
+    /// it), generated from the same blocklist. Install it as
+    /// /etc/systemd/system/agent-.service.d/enforcer-sandbox.conf.
+    ///
+    /// Example: enforcer sandbox systemd-dropin | sudo tee /etc/systemd/system/agent-.service.d/enforcer-sandbox.conf
+    SystemdDropin,
 }
 
 /// `--proc` of `enforcer sandbox argv`.
@@ -81,6 +89,12 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             command,
         } => argv(policy, proc, &command),
         SandboxCommand::Check { policy } => check(policy),
+        SandboxCommand::SystemdDropin => {
+            std::io::stdout()
+                .write_all(sandbox::systemd::dropin().as_bytes())
+                .context("writing the drop-in to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use enforcer::kernel::{
     events::boot_now_ns,
     status::{self, CgroupStatus},
 };
+use enforcer::sandbox::systemd::SliceUnits;
 use enforcer_ebpf::NEVER_EXPIRES;
 
 /// Show attached cgroups, their programs, counters and recent denies. Works
@@ -28,10 +29,21 @@ pub struct StatusArgs {
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let mount = CgroupMount::find()?;
     let cgroups = status::collect(&mount)?;
+    // Slice mode: whether the units systemd runs in each enforced cgroup
+    // carry the sandbox drop-in (`enforcer sandbox systemd-dropin`).
+    let slice_units: Vec<SliceUnits> = cgroups
+        .iter()
+        .map(|cgroup| match &cgroup.cgroup {
+            Some(name) => SliceUnits::inspect(&mount.path.join(name.trim_start_matches('/'))),
+            None => SliceUnits::Checked { units: Vec::new() },
+        })
+        .collect();
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "cgroups": cgroups }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "cgroups": cgroups, "slice_units": slice_units })
+            )?
         );
     } else if cgroups.is_empty() {
         println!(
@@ -39,8 +51,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             enforcer::kernel::paths::PIN_ROOT
         );
     } else {
-        for cgroup in &cgroups {
+        for (cgroup, units) in cgroups.iter().zip(&slice_units) {
             print!("{}", render(cgroup));
+            println!("  {}", units.describe());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -21,6 +21,7 @@
 //! | `bridge`    | decisions -> audit records and metrics                     |
 //! | `router`    | the lane router's glue                                     |
 //! | `paths`     | every daemon-side file path                                |
+//! | `shared_uids` | the attach-time warning about uids inside and outside    |
 //! | `error`     | [`DaemonError`]: why start-up failed                       |
 
 pub mod bridge;
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod paths;
 pub mod protocol;
 pub mod router;
+pub mod shared_uids;
 pub mod start;
 pub mod state;
 pub mod tasks;

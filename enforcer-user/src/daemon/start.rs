@@ -339,7 +339,9 @@ fn start_kernel(
     //     listen (a transparent or DNS listener must be claimed here too).
     ownership::claim_endpoints(&status_maps, &[&bound.proxy, &bound.router])
         .map_err(step(KernelStep::ClaimEndpoints))?;
-    // (f) Further kernel steps go here, before any server accepts.
+    // (f) Agents need a dedicated uid: say so when one is shared.
+    super::shared_uids::warn_if_shared(&options.cgroup.absolute);
+    // (g) Further kernel steps go here, before any server accepts.
     Ok(Kernel {
         attachment,
         status_maps,

@@ -85,7 +85,29 @@ pub struct BwrapConfig {
     pub rw_overlays: Vec<String>,
     /// Glob patterns hidden from the sandbox ([`masks`]).
     pub read_deny: Vec<String>,
+    /// Hide the well-known host sockets ([`HOST_SOCKETS`]) that are root on
+    /// the host (container runtimes) or answer DNS outside the filter
+    /// (nscd, systemd-resolved, the system D-Bus): the kernel cannot police
+    /// unix sockets on every kernel.
+    pub mask_host_sockets: bool,
 }
+
+/// Host sockets `--bwrap` hides (`--ro-bind /dev/null` over each that
+/// exists): a container runtime's socket is root on the host; nscd,
+/// systemd-resolved's varlink socket and the system bus (resolve1) answer
+/// name lookups that never reach the DNS filter.
+pub const HOST_SOCKETS: &[&str] = &[
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/run/containerd/containerd.sock",
+    "/run/crio/crio.sock",
+    "/run/podman/podman.sock",
+    "/run/nscd/socket",
+    "/var/run/nscd/socket",
+    "/run/systemd/resolve/io.systemd.Resolve",
+    "/run/dbus/system_bus_socket",
+    "/var/run/dbus/system_bus_socket",
+];
 
 impl BwrapConfig {
     /// From a checked policy's sandbox section.
@@ -95,6 +117,7 @@ impl BwrapConfig {
             ro_root: sandbox.ro_root,
             rw_overlays: sandbox.rw_overlays.clone(),
             read_deny: sandbox.read_deny.clone(),
+            mask_host_sockets: true,
         }
     }
 }
@@ -240,6 +263,13 @@ pub fn render(
             ]),
         }
     }
+    if config.mask_host_sockets {
+        for socket in HOST_SOCKETS {
+            if let Some((path, Kind::File)) = fs.resolve(Path::new(socket)) {
+                push(&["--ro-bind".as_ref(), "/dev/null".as_ref(), path.as_os_str()]);
+            }
+        }
+    }
     push(&["--unshare-pid".as_ref()]);
     if config.net == BwrapNet::None {
         push(&["--unshare-net".as_ref()]);
@@ -368,6 +398,7 @@ mod tests {
                 "/home/*/.aws".into(),
                 "/home/*/.config/**".into(),
             ],
+            mask_host_sockets: true,
         }
     }
 
@@ -377,7 +408,9 @@ mod tests {
             .file("/home/alice/.aws")
             .dir("/home/alice/.config")
             .dir("/home/alice/proj/work")
-            .dir("/tmp");
+            .dir("/tmp")
+            .file("/run/docker.sock")
+            .file("/run/dbus/system_bus_socket");
         fs
     }
 
@@ -419,6 +452,12 @@ mod tests {
             "/home/alice/.config",
             "--tmpfs",
             "/home/alice/.ssh",
+            "--ro-bind",
+            "/dev/null",
+            "/run/docker.sock",
+            "--ro-bind",
+            "/dev/null",
+            "/run/dbus/system_bus_socket",
             "--unshare-pid",
             "--die-with-parent",
             "--new-session",
@@ -458,6 +497,7 @@ mod tests {
             ro_root: false,
             rw_overlays: vec![],
             read_deny: vec![],
+            mask_host_sockets: false,
         };
         let options = RenderOptions {
             cwd: Path::new("/"),

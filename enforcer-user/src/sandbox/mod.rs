@@ -3,6 +3,9 @@
 //! ([`bwrap`]), plus [`probe`], which proves on a given kernel that the
 //! filter refuses what it promises.
 //!
+//! [`systemd`] renders the same rules as a drop-in for slice-mode agent
+//! units.
+//!
 //! Both take plain inputs ([`SeccompConfig`], [`BwrapConfig`]) that
 //! [`configs_from_policy`] fills from a checked policy's `sandboxLinux`.
 //!
@@ -21,6 +24,7 @@ pub mod fsview;
 pub mod masks;
 pub mod probe;
 pub mod seccomp;
+pub mod systemd;
 
 pub use bwrap::{BwrapConfig, BwrapError, BwrapPlan, ProcMode, RenderOptions};
 pub use fsview::{FsView, RealFs};
