@@ -421,10 +421,13 @@ async fn in_process(
         Err(error) => tracing::warn!(error = %error, "in-process enforcer task"),
         Ok(Ok(())) => {}
     }
-    live.close();
+    // The writer has stored (and streamed) its last records: show them,
+    // then stop before the summary.
+    drop(ready);
     if let Some(streaming) = streaming {
-        streaming.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), streaming).await;
     }
+    live.close();
     let state_dir = args.flags.state_dir.clone();
     Ok(Ended {
         code: code?,
@@ -437,22 +440,22 @@ async fn in_process(
 /// The one line printed before the command starts.
 fn banner(enforcement: &Enforcement, seccomp: SeccompMode, sudo: bool) -> String {
     let mut line = match &enforcement.daemon_cgroup {
-        Some(cgroup) => format!("enforcer: enforced by the daemon ({cgroup})"),
-        None => "enforcer: enforced in-process".to_owned(),
+        Some(cgroup) => format!("enforcer: enforcing via the daemon ({cgroup})"),
+        None => "enforcer: enforcing in-process".to_owned(),
     };
     if enforcement.policy_fallback {
-        line.push_str(", policy: embedded fallback");
+        line.push_str(", fallback policy");
     } else {
         line.push_str(&format!(", policy {}", enforcement.policy_version));
     }
     if !enforcement.families_enforced {
-        line.push_str("; this kernel cannot enforce socket families");
-        if seccomp == SeccompMode::Baseline {
-            line.push_str(" (seccomp does)");
-        }
+        line.push_str(match seccomp {
+            SeccompMode::Baseline => "; socket families: seccomp only, not this kernel",
+            SeccompMode::Off => "; socket families: NOT enforced",
+        });
     }
     let sudo = if sudo { "sudo " } else { "" };
-    line.push_str(&format!("; more: {sudo}enforcer status"));
+    line.push_str(&format!("; see {sudo}enforcer status"));
     line
 }
 
@@ -806,21 +809,21 @@ mod tests {
         };
         assert_eq!(
             banner(&enforcement, SeccompMode::Baseline, true),
-            "enforcer: enforced in-process, policy: embedded fallback; this kernel cannot enforce \
-             socket families (seccomp does); more: sudo enforcer status"
+            "enforcer: enforcing in-process, fallback policy; socket families: seccomp only, not \
+             this kernel; see sudo enforcer status"
         );
         enforcement.daemon_cgroup = Some("agents.slice".into());
         enforcement.policy_fallback = false;
         enforcement.policy_version = "2026-11-22.1".into();
         assert_eq!(
             banner(&enforcement, SeccompMode::Off, false),
-            "enforcer: enforced by the daemon (agents.slice), policy 2026-11-22.1; this kernel \
-             cannot enforce socket families; more: enforcer status"
+            "enforcer: enforcing via the daemon (agents.slice), policy 2026-11-22.1; socket \
+             families: NOT enforced; see enforcer status"
         );
         enforcement.families_enforced = true;
         assert_eq!(
             banner(&enforcement, SeccompMode::Baseline, false),
-            "enforcer: enforced by the daemon (agents.slice), policy 2026-11-22.1; more: enforcer status"
+            "enforcer: enforcing via the daemon (agents.slice), policy 2026-11-22.1; see enforcer status"
         );
     }
 }
