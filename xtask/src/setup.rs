@@ -38,6 +38,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-requests",
     // bubblewrap for `enforcer run --bwrap` and the sandbox tests.
     "bubblewrap",
+    // tmux for `enforcer run`'s terminal tests (tests/tests/run_terminal.rs);
+    // their curses program uses python3's own `curses` (libpython3-stdlib).
+    "tmux",
     "git",
 ];
 

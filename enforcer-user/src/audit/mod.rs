@@ -15,4 +15,4 @@ pub mod writer;
 
 pub use record::{AuditRecord, Decision, Reason, Source};
 pub use store::{AuditStore, EventFilter, Retention, StoreError};
-pub use writer::{AuditWriter, WriterStats};
+pub use writer::{AuditWriter, LiveRecords, WriterStats};

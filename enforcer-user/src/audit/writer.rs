@@ -123,6 +123,23 @@ impl AuditWriter {
     pub fn subscribe(&self) -> broadcast::Receiver<AuditRecord> {
         self.live.subscribe()
     }
+
+    /// A handle that can only subscribe to the live stream; unlike a
+    /// writer clone, holding it does not keep the writer thread running.
+    pub fn live(&self) -> LiveRecords {
+        LiveRecords(self.live.clone())
+    }
+}
+
+/// Subscribes to records as they are stored (`enforcer run --verbose`).
+#[derive(Debug, Clone)]
+pub struct LiveRecords(broadcast::Sender<AuditRecord>);
+
+impl LiveRecords {
+    /// Records stored from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<AuditRecord> {
+        self.0.subscribe()
+    }
 }
 
 fn write_loop(

@@ -17,7 +17,7 @@ use enforcer::{
     },
 };
 
-use super::daemon_flags::parse_duration_flag;
+use super::daemon_flags::{Since, parse_duration_flag, parse_since_flag};
 
 /// Where the daemon listens.
 #[derive(Debug, Clone, clap::Args)]
@@ -94,9 +94,10 @@ impl From<DecisionFlag> for Decision {
 /// Example: sudo enforcer events --since 1h --decision deny --follow
 #[derive(Debug, clap::Args)]
 pub struct EventsArgs {
-    /// Only events newer than this (30s, 5m, 1h, 7d).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration_flag)]
-    since: Option<Duration>,
+    /// Only events newer than this (30s, 5m, 1h, 7d), or since this
+    /// RFC 3339 time (as `enforcer run`'s summary prints it).
+    #[arg(long, value_name = "DURATION|TIME", value_parser = parse_since_flag)]
+    since: Option<Since>,
     /// Only allow or only deny.
     #[arg(long, value_enum)]
     decision: Option<DecisionFlag>,
@@ -171,7 +172,7 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     if path.exists() {
         let store = AuditStore::open_read_only(&path)?;
         let filter = EventFilter {
-            since: args.since.map(|ago| SystemTime::now() - ago),
+            since: args.since.map(|since| since.resolve(SystemTime::now())),
             decision: args.decision.map(Decision::from),
             after_id: None,
             limit: Some(args.limit),

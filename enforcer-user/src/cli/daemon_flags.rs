@@ -1,7 +1,11 @@
 //! Flags shared by `attach` and `run` (DESIGN.md §7), parsed once into
 //! the daemon's options.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::Context as _;
 use enforcer::policy_source::{FetchConfig, LoaderConfig, PackSource};
@@ -18,6 +22,37 @@ use super::LogFormat;
 /// Parses `30s`, `5m`, `1h`, `7d` or ISO-8601 (`PT1H`).
 pub fn parse_duration_flag(text: &str) -> Result<Duration, String> {
     policy::parse_duration(text).map_err(|error| format!("{text:?}: {error}"))
+}
+
+/// `--since`: a duration back from now, or a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// This long before now (`30s`, `5m`, `1h`, `PT1H`).
+    Ago(Duration),
+    /// From this moment on (RFC 3339, as `enforcer run`'s summary prints it).
+    At(SystemTime),
+}
+
+impl Since {
+    /// The moment it names, `now` being now.
+    pub fn resolve(self, now: SystemTime) -> SystemTime {
+        match self {
+            Self::Ago(ago) => now.checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH),
+            Self::At(moment) => moment,
+        }
+    }
+}
+
+/// Parses `--since`: a duration (`1h`) or an RFC 3339 time (`2026-01-02T10:00:00Z`).
+pub fn parse_since_flag(text: &str) -> Result<Since, String> {
+    if let Ok(ago) = policy::parse_duration(text) {
+        return Ok(Since::Ago(ago));
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map(Since::At)
+        .map_err(|_| {
+            format!("{text:?}: neither a duration (30s, 5m, 1h, PT1H) nor an RFC 3339 time (2026-01-02T10:00:00Z)")
+        })
 }
 
 /// Policy, listener and resolver flags.
@@ -143,5 +178,31 @@ impl DaemonFlags {
             drain: self.drain,
             debug_bpf: self.debug_bpf,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_is_a_duration_or_a_moment() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(
+            parse_since_flag("1h").unwrap().resolve(now),
+            now - Duration::from_secs(3600)
+        );
+        assert_eq!(
+            parse_since_flag("2026-01-02T10:00:00Z")
+                .unwrap()
+                .resolve(now),
+            humantime::parse_rfc3339("2026-01-02T10:00:00Z").unwrap()
+        );
+        let error = parse_since_flag("yesterday").unwrap_err();
+        assert!(
+            error.contains("\"yesterday\"") && error.contains("RFC 3339"),
+            "{error}"
+        );
     }
 }

@@ -5,8 +5,10 @@ pub mod attach;
 pub mod control;
 pub mod daemon_flags;
 pub mod detach;
+pub mod logging;
 pub mod policy;
 pub mod run;
+pub mod run_summary;
 pub mod sandbox;
 pub mod status;
 
@@ -31,20 +33,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the tracing subscriber at `info` (RUST_LOG overrides it).
+/// Installs the tracing subscriber at `info` on stderr (RUST_LOG overrides
+/// it), coloured only on a terminal without `NO_COLOR`.
 pub fn init_logging(format: LogFormat) {
-    init_logging_at(format, "info");
-}
-
-/// Installs the tracing subscriber at `level` (RUST_LOG overrides it).
-pub fn init_logging_at(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    logging::init(format, "info", logging::LogDestination::Stderr);
 }

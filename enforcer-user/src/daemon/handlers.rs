@@ -130,6 +130,7 @@ impl Daemon {
             credential_names: credential_names(&snapshot),
             open_tunnels: self.proxy.active_tunnels(),
             kernel: self.maps.counters().ok(),
+            state_dir: self.state_dir.display().to_string(),
         }
     }
 

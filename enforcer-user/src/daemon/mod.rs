@@ -96,6 +96,14 @@ pub struct Ready {
     pub credential_names: Vec<String>,
     /// The active policy's sandbox section (seccomp exceptions, bwrap).
     pub sandbox: policy::Sandbox,
+    /// The active policy's version.
+    pub policy_version: String,
+    /// Whether that policy is the embedded fallback.
+    pub policy_fallback: bool,
+    /// Whether the kernel enforces socket families (BPF-LSM attached).
+    pub families_enforced: bool,
+    /// Decisions as they are stored (`enforcer run --verbose`).
+    pub live: crate::audit::LiveRecords,
 }
 
 /// Credential names (env / `$CREDENTIALS_DIRECTORY` files) the policy's lanes use.

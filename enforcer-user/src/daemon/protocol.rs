@@ -115,6 +115,9 @@ pub struct StatusResponse {
     pub open_tunnels: usize,
     /// The kernel counters (`null` when the maps cannot be read).
     pub kernel: Option<Counters>,
+    /// The state directory (its `audit.db` is where `enforcer run` under
+    /// this daemon reads its summary from).
+    pub state_dir: String,
 }
 
 /// The active policy in [`StatusResponse`].
@@ -297,6 +300,7 @@ mod tests {
                 events_lost: 1,
                 denied: vec![("not_allowlisted".into(), 2)],
             }),
+            state_dir: "/var/lib/enforcer".into(),
         };
         assert_eq!(
             line(&Response::ok(&status)),
@@ -305,7 +309,7 @@ mod tests {
                 r#""families_enforced":true,"grants":[{"expires_at":"2026-11-22T10:00:00Z","reason":null,"scope":"proxy","target":"example.com:443"}],"#,
                 r#""kernel":{"allowed":5,"denied":[["not_allowlisted",2]],"events_lost":1},"#,
                 r#""listeners":{"proxy":"127.0.0.1:3128","router":"127.0.0.1:8787"},"open_tunnels":0,"pid":7,"#,
-                r#""policy":{"expires_at":null,"generation":3,"origin":{"key_id":"k1","kind":"signed","sha256":"ab","source":"/etc/enforcer/policy.pack.json"},"version":"2026-11-22.1"}}}"#
+                r#""policy":{"expires_at":null,"generation":3,"origin":{"key_id":"k1","kind":"signed","sha256":"ab","source":"/etc/enforcer/policy.pack.json"},"version":"2026-11-22.1"},"state_dir":"/var/lib/enforcer"}}"#
             )
         );
         // The same answer as the old handler built it, inline.
@@ -332,6 +336,8 @@ mod tests {
             "credential_names": ["ANTHROPIC_API_KEY"],
             "open_tunnels": 0,
             "kernel": status.kernel,
+            // Added with `enforcer run`'s summary (the rest is unchanged).
+            "state_dir": "/var/lib/enforcer",
         });
         assert_eq!(
             line(&Response::ok(&status)),

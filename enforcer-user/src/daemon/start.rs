@@ -149,10 +149,15 @@ pub async fn run(
         "enforcing"
     );
     if let Some(ready) = ready {
+        let snapshot = store.current();
         let _ = ready.send(Ready {
             listeners,
-            credential_names: credential_names(&store.current()),
-            sandbox: store.current().policy().sandbox.clone(),
+            credential_names: credential_names(&snapshot),
+            sandbox: snapshot.policy().sandbox.clone(),
+            policy_version: snapshot.policy().version.to_string(),
+            policy_fallback: matches!(snapshot.origin(), policy::Origin::Fallback { .. }),
+            families_enforced: daemon.families == FamilyEnforcement::Enforced,
+            live: bridge.writer().live(),
         });
     }
     stop().await;

@@ -89,7 +89,14 @@ pub async fn kernel_events(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => {
+                // What the cgroup's last connects left in the ring buffer is
+                // still recorded (`enforcer run` counts it in its summary).
+                for event in &events.get_mut().drain() {
+                    bridge.kernel_deny(&DenyRecord::from_event(event));
+                }
+                return;
+            }
             batch = EventReader::next_batch(&mut events) => match batch {
                 Ok(batch) => {
                     for event in &batch {
