@@ -104,7 +104,10 @@ impl Tmux {
                 "40",
             ])
             // NO_COLOR unset: only the enforcer's own rules keep the terminal clean.
-            .arg(format!("env -u NO_COLOR {line}"))
+            // The shell around the command prints its exit status: tmux's own
+            // record of a dead pane's status was seen missing (the pane's
+            // process left unreaped) on this host.
+            .arg(format!("env -u NO_COLOR {line}; echo {EXIT_MARK}$?"))
             .output()
             .expect("tmux (cargo xtask setup installs it)");
         assert!(output.status.success(), "tmux new-session: {output:?}");
@@ -159,25 +162,22 @@ impl Tmux {
         }
     }
 
-    /// Waits until the pane's command has exited; returns its exit status.
+    /// Waits until the pane's command has exited; returns its exit status
+    /// (printed by the shell around it as [`EXIT_MARK`]`N`).
     fn wait_exit(&self) -> i32 {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let output = self.tmux(&[
-                "display-message",
-                "-p",
-                "-t",
-                &self.session,
-                "#{pane_dead} #{pane_dead_status}",
-            ]);
-            let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-            if let Some(status) = text.strip_prefix("1 ") {
-                return status.parse().unwrap();
+            let text = self.capture_all();
+            if let Some(status) = text
+                .lines()
+                // `^C` echoed by the terminal may precede it on the line.
+                .find_map(|line| line.split_once(EXIT_MARK).map(|(_, status)| status))
+            {
+                return status.trim().parse().unwrap();
             }
             assert!(
                 Instant::now() < deadline,
-                "the pane's command did not exit: {text:?}\n{}",
-                self.capture(false)
+                "the pane's command did not exit:\n{text}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -213,6 +213,9 @@ fn work_dir(label: &str) -> tempfile::TempDir {
 
 /// `enforcer run` with its own state directory, enforcing in-process (the
 /// control socket named is never there), as the unprivileged user.
+/// What the shell around a pane's command prints before its exit status.
+const EXIT_MARK: &str = "pane-exit-status=";
+
 fn run_argv(state: &Path, flags: &[&str], command: &[&str]) -> Vec<String> {
     let mut argv = vec![
         enforcer_bin().display().to_string(),
