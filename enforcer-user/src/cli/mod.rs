@@ -8,6 +8,7 @@ pub mod detach;
 pub mod policy;
 pub mod run;
 pub mod sandbox;
+pub mod selftest;
 pub mod status;
 
 use anyhow::Context as _;
