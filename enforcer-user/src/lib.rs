@@ -9,3 +9,4 @@ pub mod daemon;
 pub mod kernel;
 pub mod policy_source;
 pub mod sandbox;
+pub mod selftest;

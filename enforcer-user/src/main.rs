@@ -27,6 +27,9 @@ enum Command {
     /// Make, sign, verify, lint and show policy packs.
     Policy(cli::policy::PolicyArgs),
     Sandbox(cli::sandbox::SandboxArgs),
+    Selftest(cli::selftest::SelftestArgs),
+    #[command(name = "selftest-probe", hide = true)]
+    SelftestProbe(cli::selftest::ProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,8 @@ fn main() -> ExitCode {
         Command::Events(args) => cli::control::events(args),
         Command::Policy(args) => cli::policy::run(args).map(|()| ExitCode::SUCCESS),
         Command::Sandbox(args) => cli::sandbox::run(args),
+        Command::Selftest(args) => cli::selftest::run(args),
+        Command::SelftestProbe(args) => cli::selftest::probe(args),
     };
     match result {
         Ok(code) => code,

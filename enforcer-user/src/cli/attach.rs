@@ -39,13 +39,14 @@ pub struct AttachArgs {
 pub fn run(args: AttachArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.flags.log_format);
     let (mount, cgroup) = resolve_cgroup(&args.cgroup)?;
-    let options = args.flags.options(
+    let mut options = args.flags.options(
         mount,
         cgroup.clone(),
         args.proxy_listen,
         args.router_listen,
         Some(args.control_socket.clone()),
     )?;
+    options.selftest_table = true;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

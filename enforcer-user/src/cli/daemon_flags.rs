@@ -177,6 +177,8 @@ impl DaemonFlags {
             extra_ca: self.extra_ca.clone(),
             drain: self.drain,
             debug_bpf: self.debug_bpf,
+            // selftest (issue 19): `attach` turns the table on.
+            selftest_table: false,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod policy;
 pub mod run;
 pub mod run_summary;
 pub mod sandbox;
+pub mod selftest;
 pub mod status;
 
 use anyhow::Context as _;

@@ -12,6 +12,7 @@ use enforcer::kernel::{
     status::{self, CgroupStatus},
 };
 use enforcer::sandbox::systemd::SliceUnits;
+use enforcer::{daemon::paths::DEFAULT_STATE_DIR, selftest};
 use enforcer_ebpf::NEVER_EXPIRES;
 
 /// Show attached cgroups, their programs, counters and recent denies. Works
@@ -23,6 +24,9 @@ pub struct StatusArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// The daemon's state directory (its last self-test report).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: std::path::PathBuf,
 }
 
 /// Runs `enforcer status`.
@@ -38,12 +42,15 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             None => SliceUnits::Checked { units: Vec::new() },
         })
         .collect();
+    let last_selftest = selftest::load_report(&args.state_dir);
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "cgroups": cgroups, "slice_units": slice_units })
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "cgroups": cgroups,
+                "slice_units": slice_units,
+                "selftest": last_selftest,
+            }))?
         );
     } else if cgroups.is_empty() {
         println!(
@@ -54,6 +61,19 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         for (cgroup, units) in cgroups.iter().zip(&slice_units) {
             print!("{}", render(cgroup));
             println!("  {}", units.describe());
+        }
+    }
+    if !args.json {
+        match &last_selftest {
+            Some(report) => {
+                for line in report.render().lines() {
+                    println!("  {line}");
+                }
+            }
+            None => println!(
+                "  self-test: no result in {} (no daemon has run with this --state-dir)",
+                args.state_dir.display()
+            ),
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -140,6 +140,24 @@ pub enum DaemonError {
         #[source]
         source: Box<KernelError>,
     },
+    /// The start-up self-test could not be run.
+    #[error(
+        "running the start-up self-test (the daemon does not report ready; the kernel programs stay attached and keep denying)"
+    )]
+    SelfTestRun {
+        /// The cause.
+        #[source]
+        source: Box<super::selftest::SelftestCommandError>,
+    },
+    /// The start-up self-test saw attempts the kernel claims to stop get through.
+    #[error(
+        "the start-up self-test failed, so the daemon does not report ready (the kernel programs stay attached and keep denying): {}",
+        failures.join("; ")
+    )]
+    SelfTest {
+        /// Each failing attempt, named, with what was observed.
+        failures: Vec<String>,
+    },
     /// The control socket could not be bound.
     #[error("binding the control socket {} (choose another path with --control-socket)", path.display())]
     ControlSocket {

@@ -75,6 +75,9 @@ impl Handler for Daemon {
             Request::Revoke { target } => Response::from_result(self.revoke(&target).await),
             Request::Reload {} => Response::from_result(self.reload().await),
             Request::Metrics {} => Response::ok(&self.metrics_text()),
+            Request::Selftest { cgroup } => {
+                Response::from_result(self.selftest.run(cgroup.as_deref()).await)
+            }
             Request::Events {} => Response::error(ControlError::Streamed.to_string()),
         }
     }

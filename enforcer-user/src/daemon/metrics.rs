@@ -41,6 +41,8 @@ pub struct Gauges {
     pub policy_fallback: bool,
     /// Active policy expiry, Unix seconds (0: never).
     pub policy_expiry: u64,
+    /// The self-test's last result and failures per attempt.
+    pub selftest: super::selftest::SelftestMetrics,
 }
 
 /// The daemon's counters.
@@ -161,6 +163,7 @@ impl Metrics {
             "Unix time the active policy expires (0: never).",
             gauges.policy_expiry,
         );
+        render_selftest(&mut out, &gauges.selftest);
         out
     }
 }
@@ -198,6 +201,34 @@ fn http_head(length: usize) -> String {
     format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
     )
+}
+
+/// The self-test's series (the three gauges only once a run finished).
+fn render_selftest(out: &mut String, selftest: &super::selftest::SelftestMetrics) {
+    if let Some((passed, duration, started)) = selftest.last {
+        gauge(
+            out,
+            "enforcer_selftest_passed",
+            "Whether the last self-test passed (1) or failed (0).",
+            u64::from(passed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP enforcer_selftest_duration_seconds How long the last self-test took.\n# TYPE enforcer_selftest_duration_seconds gauge\nenforcer_selftest_duration_seconds {duration}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP enforcer_selftest_last_run_timestamp_seconds Unix time the last self-test started.\n# TYPE enforcer_selftest_last_run_timestamp_seconds gauge\nenforcer_selftest_last_run_timestamp_seconds {started:.3}"
+        );
+    }
+    out.push_str("# HELP enforcer_selftest_attempt_failures_total Self-test runs in which an attempt failed, by attempt.\n# TYPE enforcer_selftest_attempt_failures_total counter\n");
+    for (attempt, count) in &selftest.failures {
+        let _ = writeln!(
+            out,
+            "enforcer_selftest_attempt_failures_total{{attempt=\"{}\"}} {count}",
+            escape(attempt)
+        );
+    }
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
@@ -256,6 +287,25 @@ mod tests {
         assert!(text.contains("enforcer_relayed_bytes_total{direction=\"down\"} 20"));
         assert!(
             text.contains("enforcer_policy_info{version=\"2026-11-22.1\",fallback=\"false\"} 1")
+        );
+        assert!(
+            !text.contains("enforcer_selftest_passed"),
+            "no self-test result before the first run"
+        );
+        let text = metrics.render(&Gauges {
+            selftest: super::super::selftest::SelftestMetrics {
+                last: Some((false, 0.25, 1_700_000_000.0)),
+                failures: vec![("tcp4_loopback".into(), 2)],
+            },
+            ..Gauges::default()
+        });
+        assert!(text.contains("\nenforcer_selftest_passed 0\n"), "{text}");
+        assert!(
+            text.contains("\nenforcer_selftest_duration_seconds 0.25\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("enforcer_selftest_attempt_failures_total{attempt=\"tcp4_loopback\"} 2")
         );
     }
 }

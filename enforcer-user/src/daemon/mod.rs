@@ -22,6 +22,8 @@
 //! | `router`    | the lane router's glue                                     |
 //! | `paths`     | every daemon-side file path                                |
 //! | `shared_uids` | the attach-time warning about uids inside and outside    |
+//! | `selftest`  | the self-test runner: one at a time, last report, log      |
+//! | `notify`    | `sd_notify(READY=1)` after the self-test passed            |
 //! | `error`     | [`DaemonError`]: why start-up failed                       |
 
 pub mod bridge;
@@ -30,9 +32,11 @@ pub mod error;
 pub mod handlers;
 pub mod mapsync;
 pub mod metrics;
+pub mod notify;
 pub mod paths;
 pub mod protocol;
 pub mod router;
+pub mod selftest;
 pub mod shared_uids;
 pub mod start;
 pub mod state;
@@ -75,6 +79,9 @@ pub struct DaemonOptions {
     pub drain: Duration,
     /// Turn on aya-log output from the programs.
     pub debug_bpf: bool,
+    /// Print the start-up self-test's table to stderr (`attach`; `run`
+    /// only logs it).
+    pub selftest_table: bool,
 }
 
 /// Addresses the daemon actually listens on.

@@ -8,6 +8,12 @@
 //! /var/lib/enforcer/grants.json      runtime grants (`enforcer allow`), reloaded at start-up
 //! /var/lib/enforcer/policy.pack.json(.sig)  last good pack, written and read by the
 //!                                    policy loader (its CACHE_PACK / CACHE_SIG)
+//! /var/lib/enforcer/selftest.json    the last self-test report (`status` shows it)
+//! /var/lib/enforcer/selftest-decoys.json  attempt id -> decoy address of the last
+//!                                    self-test; the next run re-binds the same ports
+//!                                    when free (tests aim map entries at them)
+//! /var/lib/enforcer/selftest-decoy.sock   the unix-socket decoy, only while a
+//!                                    self-test runs
 //! ```
 
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
@@ -44,6 +50,30 @@ pub fn audit_db(state_dir: &Path) -> PathBuf {
 /// The runtime grants file of the daemon whose state directory is `state_dir`.
 pub fn grants_file(state_dir: &Path) -> PathBuf {
     state_dir.join(policy::grants::GRANTS_FILE)
+}
+
+/// File name of the last self-test report.
+pub const SELFTEST_REPORT: &str = "selftest.json";
+
+/// File name of the self-test's decoy addresses.
+pub const SELFTEST_DECOYS: &str = "selftest-decoys.json";
+
+/// File name of the self-test's unix-socket decoy.
+pub const SELFTEST_UNIX_DECOY: &str = "selftest-decoy.sock";
+
+/// The last self-test report of the daemon whose state directory is `state_dir`.
+pub fn selftest_report(state_dir: &Path) -> PathBuf {
+    state_dir.join(SELFTEST_REPORT)
+}
+
+/// The self-test's remembered decoy addresses.
+pub fn selftest_decoys(state_dir: &Path) -> PathBuf {
+    state_dir.join(SELFTEST_DECOYS)
+}
+
+/// The self-test's unix-socket decoy.
+pub fn selftest_unix_decoy(state_dir: &Path) -> PathBuf {
+    state_dir.join(SELFTEST_UNIX_DECOY)
 }
 
 #[cfg(test)]

@@ -44,6 +44,15 @@ pub enum Request {
     Events {},
     /// Prometheus text.
     Metrics {},
+    /// Run the self-test now; the result is a
+    /// [`crate::selftest::SelftestReport`] (a failed run is a result with
+    /// `passed: false`, not an error).
+    Selftest {
+        /// Run the probe under this cgroup (the enforced one or below it;
+        /// default: the enforced one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cgroup: Option<String>,
+    },
 }
 
 /// The daemon's answer (the envelope).
@@ -258,6 +267,18 @@ mod tests {
             r#"{"command":"reload"}"#
         );
         assert!(serde_json::from_str::<Request>(r#"{"command":"stat"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"command":"selftest"}"#).unwrap(),
+            Request::Selftest { cgroup: None }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Selftest {
+                cgroup: Some("agents.slice/a".into())
+            })
+            .unwrap(),
+            r#"{"command":"selftest","cgroup":"agents.slice/a"}"#
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"command":"selftest","cgrup":"x"}"#).is_err());
         assert!(
             serde_json::from_str::<Request>(r#"{"command":"status","verbose":true}"#).is_err(),
             "unknown fields are refused on unit commands too"

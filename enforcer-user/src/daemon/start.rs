@@ -7,7 +7,12 @@
 //! 4. kernel: attach re-using the pins of a previous run (no gap), open the
 //!    maps, adopt their direct entries, take the event ring buffer;
 //! 5. background tasks and servers;
-//! 6. `ready`, then wait for shutdown, drain with a deadline, and leave the
+//! 6. the self-test (the servers accept, so the positive paths can be
+//!    proven; before the first map sync, so a direct entry a previous run
+//!    left is still in the maps and judged): a failure ends start-up with
+//!    [`DaemonError::SelfTest`] and the programs stay attached;
+//! 7. map sync and the control socket, then `ready` (sd_notify `READY=1`,
+//!    "enforcing"), wait for shutdown, drain with a deadline, and leave the
 //!    programs pinned (fail-closed).
 
 use std::{sync::Arc, time::SystemTime};
@@ -29,7 +34,9 @@ use super::{
     error::{DaemonError, KernelStep, Listener},
     mapsync::MapSync,
     metrics::{self, Metrics},
-    paths, router, shutdown_signal,
+    notify, paths, router,
+    selftest::SelftestRunner,
+    shutdown_signal,
     state::Daemon,
     tasks,
 };
@@ -37,7 +44,7 @@ use crate::{
     audit::{AuditWriter, Reason, Retention, writer::WriterThread},
     kernel::{
         self, AttachOptions, EndpointSpec, FamilyEnforcement, PinnedMaps, attach::Attachment,
-        events::EventReader, maps::Transport, ownership,
+        events::EventReader, hooks::Layers, maps::Transport, ownership,
     },
     policy_source::{Loader, LoaderConfig, StartReport},
 };
@@ -102,13 +109,20 @@ pub async fn run(
         mapsync: Mutex::new(kernel.mapsync),
         proxy: proxy.clone(),
         grant_lock: Mutex::new(()),
+        selftest: SelftestRunner::new(
+            options.mount.clone(),
+            options.cgroup.clone(),
+            Layers::from_pins(&kernel.attachment.pins),
+            options.state_dir.clone(),
+            listeners.proxy,
+            listeners.router,
+        ),
     });
 
     // 5. Background tasks and servers.
     let stop = || shutdown_signal(shutdown.clone());
     let mut running = tokio::task::JoinSet::new();
     running.spawn(tasks::kernel_events(kernel.events, bridge.clone(), stop()));
-    running.spawn(tasks::sync_maps(daemon.clone(), stop()));
     running.spawn(tasks::refresh_policy(loader.clone(), stop()));
     running.spawn(tasks::log_swaps(store.clone(), bridge.clone(), stop()));
     let serving = proxy.clone();
@@ -123,13 +137,6 @@ pub async fn run(
         bridge.clone(),
         stop(),
     ));
-    if let Some(path) = &options.control_socket {
-        let listener = control::bind(path).map_err(|source| DaemonError::ControlSocket {
-            path: path.clone(),
-            source,
-        })?;
-        running.spawn(control::serve(listener, daemon.clone(), stop()));
-    }
     if let Some(addr) = options.metrics_listen {
         let listener = bind_tcp(Listener::Metrics, addr).await?;
         let source = daemon.clone();
@@ -140,7 +147,44 @@ pub async fn run(
         ));
     }
 
-    // 6. Ready; serve until shutdown; drain.
+    // 6. The self-test, before the first map sync and before anyone hears "ready".
+    let selftest = daemon.selftest.run(None).await;
+    if options.selftest_table
+        && let Ok(report) = &selftest
+    {
+        eprint!("{}", report.render());
+    }
+    let refused = match selftest {
+        Ok(report) if report.passed => None,
+        Ok(report) => Some(DaemonError::SelfTest {
+            failures: report.failure_list(),
+        }),
+        Err(error) => Some(DaemonError::SelfTestRun {
+            source: Box::new(error),
+        }),
+    };
+    if let Some(error) = refused {
+        running.abort_all();
+        while running.join_next().await.is_some() {}
+        drop(daemon);
+        drop(proxy);
+        drop(bridge);
+        // The links stay pinned: the cgroup stays enforced after we exit.
+        drop(kernel.attachment);
+        finish_audit(writer_thread).await;
+        return Err(error);
+    }
+
+    // 7. Map sync and the control socket; ready.
+    running.spawn(tasks::sync_maps(daemon.clone(), stop()));
+    if let Some(path) = &options.control_socket {
+        let listener = control::bind(path).map_err(|source| DaemonError::ControlSocket {
+            path: path.clone(),
+            source,
+        })?;
+        running.spawn(control::serve(listener, daemon.clone(), stop()));
+    }
+    // Ready; serve until shutdown; drain.
     tracing::info!(
         cgroup = %options.cgroup.relative.display(),
         cgroup_id = kernel.attachment.cgroup_id,
@@ -148,6 +192,7 @@ pub async fn run(
         router = %listeners.router,
         "enforcing"
     );
+    notify::ready();
     if let Some(ready) = ready {
         let snapshot = store.current();
         let _ = ready.send(Ready {

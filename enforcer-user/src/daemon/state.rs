@@ -38,6 +38,8 @@ pub struct Daemon {
     pub(super) proxy: ConnectProxy,
     /// Serialises grant changes (read, change, persist, apply).
     pub(super) grant_lock: Mutex<()>,
+    /// Runs self-tests; holds the last report.
+    pub(super) selftest: super::selftest::SelftestRunner,
 }
 
 impl Daemon {
@@ -82,6 +84,7 @@ impl Daemon {
                 .expires_at()
                 .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs()),
+            selftest: self.selftest.metrics(),
         };
         self.bridge.metrics().render(&gauges)
     }

@@ -67,3 +67,28 @@ pub const HOOKS: [HookSpec; 8] = [
 
 /// The LSM program's name (its absence means other families are unenforced).
 pub const LSM_SOCKET_CREATE: &str = "socket_create";
+
+/// The cgroup unix-socket programs, by pin name. None are built yet; the
+/// unix-hooks work lists its programs here, and [`Layers::unix_sockets`]
+/// (what the self-test and `status` report) follows.
+pub const UNIX_HOOKS: &[&str] = &[];
+
+/// Which optional layers this kernel's attached programs provide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Layers {
+    /// `lsm_cgroup/socket_create` is attached (vsock, packet, ... refused).
+    pub socket_families: bool,
+    /// Every unix-socket hook is attached.
+    pub unix_sockets: bool,
+}
+
+impl Layers {
+    /// Read from the pinned links of one cgroup.
+    pub fn from_pins(pins: &super::paths::PinDirs) -> Self {
+        Self {
+            socket_families: pins.link(LSM_SOCKET_CREATE).exists(),
+            unix_sockets: !UNIX_HOOKS.is_empty()
+                && UNIX_HOOKS.iter().all(|hook| pins.link(hook).exists()),
+        }
+    }
+}
