@@ -64,6 +64,11 @@ pub struct DaemonFlags {
     /// Forward the kernel programs' aya-log debug output to the log.
     #[arg(long)]
     pub debug_bpf: bool,
+    /// Serve proxy and lane-router clients outside the enforced cgroups
+    /// too. Off by default: any local user could otherwise use a lane's
+    /// key. Outside clients are still attributed and audited.
+    #[arg(long)]
+    pub serve_outside_clients: bool,
 }
 
 impl DaemonFlags {
@@ -142,6 +147,7 @@ impl DaemonFlags {
             extra_ca: self.extra_ca.clone(),
             drain: self.drain,
             debug_bpf: self.debug_bpf,
+            serve_outside_clients: self.serve_outside_clients,
         })
     }
 }

@@ -20,9 +20,11 @@
 //! | `mapsync`   | policy direct rules -> kernel direct maps                  |
 //! | `bridge`    | decisions -> audit records and metrics                     |
 //! | `router`    | the lane router's glue                                     |
+//! | `attribution` | who is behind each accepted connection (kernel `PEERS`)  |
 //! | `paths`     | every daemon-side file path                                |
 //! | `error`     | [`DaemonError`]: why start-up failed                       |
 
+pub mod attribution;
 pub mod bridge;
 pub mod control;
 pub mod error;
@@ -73,6 +75,9 @@ pub struct DaemonOptions {
     pub drain: Duration,
     /// Turn on aya-log output from the programs.
     pub debug_bpf: bool,
+    /// Serve proxy and router clients outside the enforced cgroups too
+    /// (still attributed and audited); off by default.
+    pub serve_outside_clients: bool,
 }
 
 /// Addresses the daemon actually listens on.

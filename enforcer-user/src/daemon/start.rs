@@ -16,7 +16,10 @@ use policy::{
     EgressMode,
     grants::{live_grants, load_grants},
 };
-use proxy::server::{ConnectProxy, ProcPidCgroup, ProxyConfig};
+use proxy::{
+    attribution::{ClientGate, OutsideClients},
+    server::{ConnectProxy, ProxyConfig},
+};
 use tokio::{
     net::TcpListener,
     sync::{Mutex, oneshot, watch},
@@ -24,6 +27,7 @@ use tokio::{
 
 use super::{
     DaemonOptions, Listeners, Ready,
+    attribution::KernelAttribution,
     bridge::AuditBridge,
     control, credential_names,
     error::{DaemonError, KernelStep, Listener},
@@ -37,7 +41,7 @@ use crate::{
     audit::{AuditWriter, Reason, Retention, writer::WriterThread},
     kernel::{
         self, AttachOptions, EndpointSpec, FamilyEnforcement, PinnedMaps, attach::Attachment,
-        events::EventReader, maps::Transport, ownership,
+        events::EventReader, maps::Transport, ownership, peers::PeerTable,
     },
     policy_source::{Loader, LoaderConfig, StartReport},
 };
@@ -84,7 +88,7 @@ pub async fn run(
         options.resolver.clone(),
         Arc::new(bridge.clone()),
     )
-    .with_peer_cgroup(Arc::new(ProcPidCgroup::new(options.mount.path.clone())));
+    .with_client_gate(kernel.gate.clone());
     let daemon = Arc::new(Daemon {
         cgroup: options.cgroup.clone(),
         cgroup_id: kernel.attachment.cgroup_id,
@@ -117,6 +121,7 @@ pub async fn run(
         options.resolver.clone(),
         options.extra_ca.clone(),
         bridge.clone(),
+        kernel.gate.clone(),
         stop(),
     ));
     if let Some(path) = &options.control_socket {
@@ -275,6 +280,8 @@ struct Kernel {
     mapsync: MapSync,
     /// The deny-event ring buffer.
     events: EventReader,
+    /// Client attribution for the proxy and the router.
+    gate: ClientGate,
 }
 
 /// The kernel start-up sequence, in order. Every step runs after the
@@ -335,12 +342,32 @@ fn start_kernel(
     //     listen (a transparent or DNS listener must be claimed here too).
     ownership::claim_endpoints(&status_maps, &[&bound.proxy, &bound.router])
         .map_err(step(KernelStep::ClaimEndpoints))?;
-    // (f) Further kernel steps go here, before any server accepts.
+    // (f) Client attribution: the listeners look every accepted peer up in
+    //     PEERS and refuse clients outside the enforced cgroups.
+    let peers = PeerTable::open(&attachment.pins).map_err(step(KernelStep::OpenMaps))?;
+    let outside = if options.serve_outside_clients {
+        tracing::warn!(
+            "--serve-outside-clients: proxy and router clients outside the enforced cgroups are served"
+        );
+        OutsideClients::Serve
+    } else {
+        OutsideClients::Refuse
+    };
+    let attribution = KernelAttribution::new(
+        peers,
+        options.mount.path.clone(),
+        options.cgroup.relative.clone(),
+        options.cgroup.absolute.clone(),
+        attachment.cgroup_id,
+    );
+    let gate = ClientGate::new(Arc::new(attribution), outside);
+    // (g) Further kernel steps go here, before any server accepts.
     Ok(Kernel {
         attachment,
         status_maps,
         mapsync,
         events,
+        gate,
     })
 }
 
