@@ -31,9 +31,14 @@ pub mod map_names {
     pub const RECENT: &str = "RECENT";
     /// One-slot array holding the number of denies ever written to `RECENT`.
     pub const RECENT_HEAD: &str = "RECENT_HEAD";
+    /// LRU hash of [`crate::SocketKey`] (a client socket's own address,
+    /// port and protocol) to [`crate::PeerInfo`] (the task that connected
+    /// it): written by `sockops` once the port is known, deleted when the
+    /// socket closes. The daemon's listeners look their peers up here.
+    pub const PEERS: &str = "PEERS";
 
     /// Every map that is pinned (by name) so enforcement state outlives the loader.
-    pub const PINNED: [&str; 8] = [
+    pub const PINNED: [&str; 9] = [
         CONFIG,
         ALLOW4,
         ALLOW6,
@@ -42,6 +47,7 @@ pub mod map_names {
         STATS,
         RECENT,
         RECENT_HEAD,
+        PEERS,
     ];
 }
 
@@ -53,6 +59,9 @@ pub const MAX_ALLOW_ENTRIES: u32 = 131_072;
 pub const RECENT_DENIES: u32 = 32;
 /// Size of the `EVENTS` ring buffer in bytes (a power of two, page aligned).
 pub const EVENTS_BYTES: u32 = 4 << 20;
+/// Capacity of the `PEERS` map (an LRU: the oldest entries go first when
+/// it is full; entries are deleted when their socket closes anyway).
+pub const MAX_PEERS: u32 = 65_536;
 /// Expiry value meaning "never expires".
 pub const NEVER_EXPIRES: u64 = u64::MAX;
 
@@ -154,11 +163,35 @@ pub struct SockTag {
     /// Always zero.
     pub pad: [u8; 3],
     /// Process (thread group) id of the creator ([`owner::CGROUP`]), else 0;
-    /// packet-level deny events, which run where no task is known, name it.
+    /// rewritten by the task that `connect()`s the socket. Packet-level deny
+    /// events, which run where no task is known, name it.
     pub tgid: u32,
-    /// cgroup v2 id of the creating process ([`owner::CGROUP`]), else 0.
+    /// cgroup v2 id of the creating (then connecting) process, else 0.
     pub cgroup_id: u64,
-    /// Command name of the creator, NUL padded.
+    /// Command name of the creator (then connector), NUL padded.
+    pub comm: [u8; 16],
+    /// Thread id of the creator (then connector).
+    pub pid: u32,
+    /// Real user id of the creator (then connector).
+    pub uid: u32,
+}
+
+/// Value of `PEERS`: the task that connected a client socket, copied from
+/// the socket's [`SockTag`] (written at `connect4/6`) by `sockops`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PeerInfo {
+    /// cgroup v2 id of the connecting task.
+    pub cgroup_id: u64,
+    /// Its thread id.
+    pub pid: u32,
+    /// Its process (thread group) id.
+    pub tgid: u32,
+    /// Its real user id.
+    pub uid: u32,
+    /// Always zero.
+    pub pad: u32,
+    /// Its command name, NUL padded.
     pub comm: [u8; 16],
 }
 
@@ -302,4 +335,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockTag {}
     // SAFETY: DenyEvent is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::DenyEvent {}
+    // SAFETY: PeerInfo is #[repr(C)] plain data with explicit padding.
+    unsafe impl aya::Pod for super::PeerInfo {}
 }

@@ -8,6 +8,12 @@
 //! live direct entries (`ALLOW4`/`ALLOW6`, expiry checked here). Everything
 //! else is denied with EPERM, counted in `STATS`, remembered in `RECENT` and
 //! sent to userspace through `EVENTS`.
+//!
+//! Attribution: an allowed `connect()` writes the connecting task into the
+//! socket's `SOCK_TAGS` entry; `sockops` copies it into `PEERS`, keyed by
+//! the socket's own address and port, once the kernel has chosen the port
+//! (and deletes it when the socket closes), so the daemon's listeners can
+//! tell who every accepted client is.
 #![no_std]
 #![no_main]
 
@@ -16,8 +22,10 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_F_CLONE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type, bpf_sock,
-        bpf_sock_addr, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        BPF_F_CLONE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, bpf_map_type, bpf_sock, bpf_sock_addr,
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
@@ -28,15 +36,20 @@ use aya_ebpf::{
             bpf_skb_cgroup_id,
         },
     },
-    macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
+    macros::{
+        btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, map,
+        sock_ops,
+    },
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{
+        LsmContext, SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext,
+    },
 };
 use aya_log_ebpf::debug;
 use enforcer_ebpf::{
     Allow4Key, AllowValue, DenyEvent, EVENTS_BYTES, Endpoint, Hook, MAX_ALLOW_ENTRIES,
-    MAX_ENDPOINTS, RECENT_DENIES, Reason, SockTag, SocketKey, family, owner, protocol, stat,
-    v4_mapped,
+    MAX_ENDPOINTS, MAX_PEERS, PeerInfo, RECENT_DENIES, Reason, SockTag, SocketKey, family, owner,
+    protocol, stat, v4_mapped,
 };
 
 /// Verdicts of cgroup socket programs.
@@ -61,6 +74,8 @@ static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::LEN, 0);
 static RECENT: Array<DenyEvent> = Array::pinned(RECENT_DENIES, 0);
 #[map]
 static RECENT_HEAD: Array<u64> = Array::pinned(1, 0);
+#[map]
+static PEERS: LruHashMap<SocketKey, PeerInfo> = LruHashMap::pinned(MAX_PEERS, 0);
 
 // === SOCK_TAGS: a BTF socket-storage map, pinned by name ===
 
@@ -157,6 +172,57 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     judge_sock_addr6(&ctx, Hook::Sendmsg6)
 }
 
+/// Writes the task doing this `connect()` into the socket's tag (the task
+/// that connects is the one to name, not the one that created the socket);
+/// `sockops` copies it into `PEERS` once the local port is chosen.
+fn note_connector(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    // SAFETY: sa is the program's context; sk, the socket being connected,
+    // is never null in connect4/connect6.
+    let sk = unsafe { (*sa).__bindgen_anon_1.sk };
+    let mut fresh = current_task_tag();
+    // SAFETY: sk is a socket pointer the verifier knows; fresh outlives the
+    // call; the storage is created (as the cgroup's, which a socket judged
+    // here is) when sock_create could not tag it.
+    let tag = unsafe {
+        bpf_sk_storage_get(
+            SOCK_TAGS.as_ptr(),
+            sk.cast(),
+            (&raw mut fresh).cast(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
+    }
+    .cast::<SockTag>();
+    if tag.is_null() {
+        return;
+    }
+    // SAFETY: a non-null result points at this socket's SockTag; only the
+    // task fields change, the owner stays.
+    unsafe {
+        (*tag).tgid = fresh.tgid;
+        (*tag).pid = fresh.pid;
+        (*tag).uid = fresh.uid;
+        (*tag).cgroup_id = fresh.cgroup_id;
+        (*tag).comm = fresh.comm;
+    }
+}
+
+/// A [`SockTag`] of the cgroup naming the current task.
+#[inline(always)]
+fn current_task_tag() -> SockTag {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    SockTag {
+        owner: owner::CGROUP,
+        pad: [0; 3],
+        tgid: (pid_tgid >> 32) as u32,
+        // SAFETY: bpf_get_current_cgroup_id has no preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        pid: pid_tgid as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+    }
+}
+
 /// The destination of a connect/sendmsg, as read from the context.
 struct Destination {
     /// Network order; IPv4 as IPv4-mapped.
@@ -193,6 +259,9 @@ fn judge_sock_addr4(ctx: &SockAddrContext, hook: Hook) -> i32 {
         destination.addr = v4_mapped(LOOPBACK4);
     }
     let verdict = decide(ctx, &destination);
+    if verdict.is_ok() && hook == Hook::Connect4 {
+        note_connector(ctx);
+    }
     if verdict.is_ok() && unspecified {
         // SAFETY: user_ip4 is writable in connect4/sendmsg4 contexts.
         unsafe {
@@ -243,6 +312,9 @@ fn judge_sock_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
         destination.addr[12..16].copy_from_slice(&last_word);
     }
     let verdict = decide(ctx, &destination);
+    if verdict.is_ok() && hook == Hook::Connect6 {
+        note_connector(ctx);
+    }
     if verdict.is_ok() && unspecified {
         // SAFETY: user_ip6 is writable in connect6/sendmsg6 contexts.
         unsafe {
@@ -505,14 +577,7 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
 /// the storage cannot be allocated the socket stays untagged: its servers
 /// are then unreachable from the cgroup (fail closed), nothing more.
 fn tag_socket(ctx: &SockContext) {
-    let mut tag = SockTag {
-        owner: owner::CGROUP,
-        pad: [0; 3],
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        // SAFETY: bpf_get_current_cgroup_id has no preconditions.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
+    let mut tag = current_task_tag();
     // SAFETY: the context of a cgroup/sock program is the socket itself,
     // which is what bpf_sk_storage_get wants there; tag outlives the call.
     unsafe {
@@ -523,6 +588,116 @@ fn tag_socket(ctx: &SockContext) {
             u64::from(BPF_SK_STORAGE_GET_F_CREATE),
         );
     }
+}
+
+// === sockops: who is behind a client's address and port ===
+
+/// `BPF_SOCK_OPS_*` ops come as u32 in the context.
+const OP_TCP_CONNECT: u32 = BPF_SOCK_OPS_TCP_CONNECT_CB;
+const OP_ACTIVE_ESTABLISHED: u32 = BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB;
+const OP_STATE: u32 = BPF_SOCK_OPS_STATE_CB;
+
+#[sock_ops]
+pub fn sock_peers(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        OP_TCP_CONNECT => {
+            // The local port is chosen by now (the SYN is not sent yet, so
+            // no listener can have accepted). Delete-on-close first: an
+            // entry is only written for a socket that will delete it.
+            let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
+            if ctx.set_cb_flags(flags as i32).is_ok() {
+                record_peer(&ctx);
+            }
+        }
+        // Again, now that every address field is final (an IPv6 socket
+        // connecting to IPv4 gets its mapped source only after TCP_CONNECT).
+        OP_ACTIVE_ESTABLISHED if ctx.cb_flags() & BPF_SOCK_OPS_STATE_CB_FLAG != 0 => {
+            record_peer(&ctx);
+        }
+        OP_STATE if ctx.arg(1) == BPF_TCP_CLOSE => {
+            let _ = PEERS.remove(peer_key(&ctx));
+        }
+        _ => {}
+    }
+    1
+}
+
+/// The client socket's own address, port and protocol: what the server
+/// sees as its peer. IPv4, and IPv6 sockets talking to IPv4, as IPv4-mapped.
+fn peer_key(ctx: &SockOpsContext) -> SocketKey {
+    let ops = ctx.ops;
+    // Exact-width volatile loads at fixed offsets: the verifier rejects
+    // loads through a context pointer the compiler has offset first.
+    // SAFETY: ops is the program's context; these fields are readable.
+    let (fam, local_ip4, port) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*ops).family),
+            core::ptr::read_volatile(&raw const (*ops).local_ip4),
+            core::ptr::read_volatile(&raw const (*ops).local_port),
+        )
+    };
+    let mut addr = v4_mapped(local_ip4.to_ne_bytes());
+    if fam == u32::from(family::INET6) {
+        // SAFETY: as above.
+        let remote = unsafe {
+            [
+                core::ptr::read_volatile(&raw const (*ops).remote_ip6[0]),
+                core::ptr::read_volatile(&raw const (*ops).remote_ip6[1]),
+                core::ptr::read_volatile(&raw const (*ops).remote_ip6[2]),
+            ]
+        };
+        let mapped_prefix = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        if !(remote[0] == 0 && remote[1] == 0 && remote[2] == mapped_prefix) {
+            // SAFETY: as above.
+            let local = unsafe {
+                [
+                    core::ptr::read_volatile(&raw const (*ops).local_ip6[0]),
+                    core::ptr::read_volatile(&raw const (*ops).local_ip6[1]),
+                    core::ptr::read_volatile(&raw const (*ops).local_ip6[2]),
+                    core::ptr::read_volatile(&raw const (*ops).local_ip6[3]),
+                ]
+            };
+            for (i, word) in local.iter().enumerate() {
+                let bytes = word.to_ne_bytes();
+                addr[i * 4] = bytes[0];
+                addr[i * 4 + 1] = bytes[1];
+                addr[i * 4 + 2] = bytes[2];
+                addr[i * 4 + 3] = bytes[3];
+            }
+        }
+    }
+    SocketKey {
+        addr,
+        port: port as u16,
+        protocol: protocol::TCP,
+        pad: 0,
+    }
+}
+
+/// Copies the connecting task from the socket's tag into `PEERS`. A
+/// socket without a tag (storage could not be allocated) gets no entry:
+/// the daemon then refuses it as unattributed (fail closed).
+fn record_peer(ctx: &SockOpsContext) {
+    // SAFETY: ctx.ops is the program's context; sk is readable (may be null).
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    let Some(tag) = SOCK_TAGS.tag_of(sk.cast()) else {
+        return;
+    };
+    if tag.owner != owner::CGROUP {
+        return;
+    }
+    let peer = PeerInfo {
+        cgroup_id: tag.cgroup_id,
+        pid: tag.pid,
+        tgid: tag.tgid,
+        uid: tag.uid,
+        pad: 0,
+        comm: tag.comm,
+    };
+    let _ = PEERS.insert(peer_key(ctx), peer, 0);
 }
 
 // === deny bookkeeping ===

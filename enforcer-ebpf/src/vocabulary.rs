@@ -141,6 +141,10 @@ pub enum Reason {
     ClientClosed = 57,
     /// An I/O error on the client socket before a decision could be made.
     ClientError = 58,
+    /// The client is not a process of an enforced cgroup (or the kernel
+    /// could not say whose it is): the proxy answers `403`, the router `403`
+    /// `permission_error`; `--serve-outside-clients` serves it anyway.
+    ClientNotEnforced = 59,
 
     // === lane router (the proxy's reasons above are shared where they mean the same:
     // client_closed, request_too_large, request_timeout, overloaded) ===
@@ -211,7 +215,7 @@ impl Reason {
     ];
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 60] = [
+    pub const ALL: [Reason; 61] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -248,6 +252,7 @@ impl Reason {
         Self::ConnectTimeout,
         Self::ClientClosed,
         Self::ClientError,
+        Self::ClientNotEnforced,
         Self::Completed,
         Self::ResponseTooLarge,
         Self::IdleTimeout,
@@ -348,6 +353,7 @@ impl Reason {
             Self::ConnectTimeout => "connect_timeout",
             Self::ClientClosed => "client_closed",
             Self::ClientError => "client_error",
+            Self::ClientNotEnforced => "client_not_enforced",
             Self::Completed => "completed",
             Self::ResponseTooLarge => "response_too_large",
             Self::IdleTimeout => "idle_timeout",
@@ -426,6 +432,9 @@ impl Reason {
             Self::ConnectTimeout => "the upstream did not accept the connection in time",
             Self::ClientClosed => "the client closed the connection",
             Self::ClientError => "the client connection failed",
+            Self::ClientNotEnforced => {
+                "the client is not a process of an enforced cgroup; only enforced agents are served"
+            }
             Self::Completed => "the provider's response was relayed to its end",
             Self::ResponseTooLarge => "the provider's response exceeded limits.maxResponseBytes",
             Self::IdleTimeout => "no response bytes arrived within the idle timeout",

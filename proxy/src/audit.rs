@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
+use crate::attribution::ClientIdentity;
 use crate::net::addr_class::AddressClass;
 use crate::net::resolve::AddrSource;
 use crate::reason::{Decision, Reason, Verdict};
@@ -70,9 +71,10 @@ pub struct AuditEvent {
     pub time: SystemTime,
     /// The client.
     pub client: Peer,
-    /// The client's cgroup v2 id, when the daemon could tell
-    /// ([`crate::server::PeerCgroup`]).
-    pub cgroup_id: Option<u64>,
+    /// The process behind the client, as far as the daemon could tell
+    /// ([`crate::attribution`]); serialised flat (`cgroup_id`, `pid`, ...).
+    #[serde(flatten)]
+    pub identity: ClientIdentity,
     /// CONNECT or plain HTTP.
     pub kind: RequestKind,
     /// The requested host as the client wrote it (brackets kept for IPv6);
@@ -116,13 +118,13 @@ impl AuditEvent {
     pub fn accepted(
         time: SystemTime,
         client: Peer,
-        cgroup_id: Option<u64>,
+        identity: ClientIdentity,
         policy_version: Option<String>,
     ) -> Self {
         Self {
             time,
             client,
-            cgroup_id,
+            identity,
             kind: RequestKind::Unknown,
             host: None,
             port: None,
@@ -170,7 +172,10 @@ pub fn log_event(event: &AuditEvent) {
     let upstream = event.upstream.map(|a| a.to_string()).unwrap_or_default();
     let class = event.address_class.map_or("", AddressClass::as_str);
     let end = event.end.map_or("", TunnelEnd::as_str);
-    let cgroup = event.cgroup_id.unwrap_or(0);
+    let cgroup = event.identity.cgroup_id.unwrap_or(0);
+    let pid = event.identity.pid.unwrap_or(0);
+    let comm = event.identity.comm.as_deref().unwrap_or("");
+    let uid = event.identity.uid.map(i64::from).unwrap_or(-1);
     let handshake_us = u64::try_from(event.handshake.as_micros()).unwrap_or(u64::MAX);
     let total_us = u64::try_from(event.total.as_micros()).unwrap_or(u64::MAX);
     match event.verdict.decision {
@@ -178,6 +183,9 @@ pub fn log_event(event: &AuditEvent) {
             decision = event.verdict.decision.as_str(),
             reason = event.verdict.reason.as_str(),
             client = %event.client,
+            pid,
+            comm,
+            uid,
             cgroup,
             host,
             port = event.port.unwrap_or(0),
@@ -195,6 +203,9 @@ pub fn log_event(event: &AuditEvent) {
             decision = event.verdict.decision.as_str(),
             reason = event.verdict.reason.as_str(),
             client = %event.client,
+            pid,
+            comm,
+            uid,
             cgroup,
             host,
             port = event.port.unwrap_or(0),
@@ -279,7 +290,13 @@ mod tests {
             client: Peer::Tcp {
                 addr: "127.0.0.1:40000".parse().unwrap(),
             },
-            cgroup_id: Some(42),
+            identity: ClientIdentity {
+                cgroup_id: Some(42),
+                pid: Some(1234),
+                tid: Some(1235),
+                uid: Some(1000),
+                comm: Some("curl".into()),
+            },
             kind: RequestKind::Connect,
             host: Some("api.example.test".into()),
             port: Some(443),
@@ -307,6 +324,8 @@ mod tests {
         assert_eq!(json["handshake"], 1500);
         assert_eq!(json["client"]["kind"], "tcp");
         assert_eq!(json["cgroup_id"], 42);
+        assert_eq!(json["pid"], 1234);
+        assert_eq!(json["comm"], "curl");
     }
 
     #[test]

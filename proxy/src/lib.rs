@@ -13,6 +13,7 @@
 //!   address classes, the one dial loop, TLS client trust;
 //! - [`relay`]: the splice(2) data path with half-close and timeouts;
 //! - [`admission`]: the concurrent-tunnel limit;
+//! - [`attribution`]: who is behind a client connection, and whether it is served;
 //! - [`forward`]: rewriting allowed plain-HTTP requests for the origin;
 //! - [`reason`]: the decision vocabulary;
 //! - [`response`]: the proxy's own HTTP responses;
@@ -23,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod admission;
+pub mod attribution;
 pub mod audit;
 pub mod client_hello;
 pub mod decide;

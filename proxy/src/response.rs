@@ -59,6 +59,9 @@ pub fn refusal(reason: Reason, target: Option<&Authority>, detail: Option<&str>)
         (Reason::NotAllowlisted | Reason::Expired, Some(target)) => body.push_str(&format!(
             "An operator can allow it with:\n  enforcer allow {target} --ttl 1h\n"
         )),
+        (Reason::ClientNotEnforced, _) => body.push_str(
+            "Run the agent with `enforcer run` (or inside the enforced cgroup); an operator can serve clients outside with --serve-outside-clients.\n",
+        ),
         (Reason::IpLiteral, _) => {
             body.push_str("Connect to the host name instead of its address.\n");
         }

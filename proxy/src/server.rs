@@ -23,7 +23,6 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -34,6 +33,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::admission::{Admission, Slot};
+use crate::attribution::{ClientGate, ClientIdentity};
 use crate::audit::{AuditEvent, AuditSink, Peer, RequestKind};
 use crate::client_hello::{ClientHelloReader, HelloError, HelloProgress};
 use crate::decide::{RequestDecision, decide_client_hello, decide_request};
@@ -80,47 +80,6 @@ impl Default for ProxyConfig {
     }
 }
 
-/// Finds the cgroup v2 id of a client, when the daemon can tell.
-pub trait PeerCgroup: Send + Sync {
-    /// The cgroup id of `peer` (connected to the proxy's `local` address).
-    fn cgroup_id(&self, peer: &Peer, local: Option<SocketAddr>) -> Option<u64>;
-}
-
-/// [`PeerCgroup`] for unix-socket clients: `SO_PEERCRED` pid →
-/// `/proc/<pid>/cgroup` (`0::/path`) → inode of `<mount>/<path>`, which is
-/// the cgroup id. TCP clients get `None`.
-#[derive(Clone, Debug)]
-pub struct ProcPidCgroup {
-    mount: PathBuf,
-}
-
-impl ProcPidCgroup {
-    /// A lookup under the cgroup v2 mount `mount` (e.g. `/sys/fs/cgroup`).
-    pub fn new(mount: impl Into<PathBuf>) -> Self {
-        Self {
-            mount: mount.into(),
-        }
-    }
-}
-
-impl PeerCgroup for ProcPidCgroup {
-    fn cgroup_id(&self, peer: &Peer, _local: Option<SocketAddr>) -> Option<u64> {
-        use std::os::unix::fs::MetadataExt;
-        let Peer::Unix { pid: Some(pid), .. } = peer else {
-            return None;
-        };
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
-        let relative = path.trim_start_matches('/');
-        if relative.split('/').any(|part| part == "..") {
-            return None;
-        }
-        std::fs::metadata(self.mount.join(relative))
-            .ok()
-            .map(|m| m.ino())
-    }
-}
-
 /// The policy snapshots the proxy follows (hot reload swaps the value).
 pub type PolicyWatch = watch::Receiver<Arc<Snapshot>>;
 
@@ -137,7 +96,7 @@ struct ProxyState {
     policy: PolicyWatch,
     resolver: Resolver,
     audit: Arc<dyn AuditSink>,
-    cgroup: Option<Arc<dyn PeerCgroup>>,
+    gate: Option<ClientGate>,
     tunnels: Arc<Admission>,
     rejecting: Arc<Admission>,
     local_addrs: Mutex<Option<(Instant, Arc<LocalAddrs>)>>,
@@ -160,7 +119,7 @@ impl ConnectProxy {
                 policy,
                 resolver,
                 audit,
-                cgroup: None,
+                gate: None,
                 tunnels: Admission::new(),
                 rejecting: Admission::new(),
                 local_addrs: Mutex::new(None),
@@ -169,11 +128,14 @@ impl ConnectProxy {
         }
     }
 
-    /// Adds a cgroup lookup for audit events. Call before serving.
-    pub fn with_peer_cgroup(self, lookup: Arc<dyn PeerCgroup>) -> Self {
+    /// Attributes every client on accept and refuses those the gate
+    /// refuses (clients outside the enforced cgroups) with `403
+    /// client_not_enforced`, before reading a byte. Without a gate every
+    /// client is served. Call before serving.
+    pub fn with_client_gate(self, gate: ClientGate) -> Self {
         let shared = match Arc::try_unwrap(self.shared) {
             Ok(mut shared) => {
-                shared.cgroup = Some(lookup);
+                shared.gate = Some(gate);
                 shared
             }
             Err(shared) => ProxyState {
@@ -181,7 +143,7 @@ impl ConnectProxy {
                 policy: shared.policy.clone(),
                 resolver: shared.resolver.clone(),
                 audit: shared.audit.clone(),
-                cgroup: Some(lookup),
+                gate: Some(gate),
                 tunnels: shared.tunnels.clone(),
                 rejecting: shared.rejecting.clone(),
                 local_addrs: Mutex::new(None),
@@ -342,6 +304,8 @@ struct Conn<C: Client> {
     event: AuditEvent,
     audit: Arc<dyn AuditSink>,
     emitted: bool,
+    /// The gate's decision on this client, made at accept.
+    admitted: Result<(), Reason>,
 }
 
 /// Why a phase ended the connection early; [`refuse`] turns it into the
@@ -363,14 +327,11 @@ enum Refusal {
 impl<C: Client> Conn<C> {
     fn accept(state: &ProxyState, client: C, peer: Peer, local: Option<SocketAddr>) -> Self {
         let snapshot = state.policy.borrow().clone();
-        let cgroup_id = state
-            .cgroup
-            .as_ref()
-            .and_then(|lookup| lookup.cgroup_id(&peer, local));
+        let admitted = crate::attribution::check(state.gate.as_ref(), &peer, local);
         let event = AuditEvent::accepted(
             SystemTime::now(),
             peer,
-            cgroup_id,
+            admitted.identity,
             Some(snapshot.policy().version.to_string()),
         );
         Self {
@@ -381,6 +342,7 @@ impl<C: Client> Conn<C> {
             event,
             audit: state.audit.clone(),
             emitted: false,
+            admitted: admitted.verdict,
         }
     }
 
@@ -448,7 +410,7 @@ fn placeholder_event() -> AuditEvent {
             pid: None,
             uid: None,
         },
-        None,
+        ClientIdentity::default(),
         None,
     )
 }
@@ -470,8 +432,15 @@ async fn handle<C: Client>(
 }
 
 async fn serve<C: Client>(state: &ProxyState, conn: &mut Conn<C>) -> Result<Verdict, Refusal> {
-    // Phase 1: admission.
+    // Phase 1: admission, and the client itself: one outside the enforced
+    // cgroups is refused before a byte of its request is read.
     let slot = admit(state, conn)?;
+    if let Err(reason) = conn.admitted {
+        return Err(Refusal::Answer {
+            reason,
+            detail: Some(format!("client: {}", conn.event.client)),
+        });
+    }
     // Phase 2: the request head.
     let (request, leftover) = read_request(state, conn).await?;
     conn.note_request(&request);
@@ -802,50 +771,4 @@ async fn read_client_hello<C: Client>(
 fn hello_reason(error: &HelloError) -> Reason {
     tracing::debug!(error = %error, "ClientHello refused");
     error.reason()
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::MetadataExt;
-
-    /// The cgroup v2 mount point from /proc/self/mountinfo.
-    fn cgroup2_mount() -> Option<PathBuf> {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        info.lines().find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            if right.split_whitespace().next() != Some("cgroup2") {
-                return None;
-            }
-            left.split_whitespace().nth(4).map(PathBuf::from)
-        })
-    }
-
-    #[test]
-    fn proc_pid_cgroup_finds_this_process_cgroup_id() {
-        let Some(mount) = cgroup2_mount() else {
-            panic!("no cgroup2 mount in /proc/self/mountinfo");
-        };
-        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let path = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
-        let want = std::fs::metadata(mount.join(path.trim_start_matches('/')))
-            .unwrap()
-            .ino();
-        let lookup = ProcPidCgroup::new(&mount);
-        let me = Peer::Unix {
-            pid: Some(i32::try_from(std::process::id()).unwrap()),
-            uid: None,
-        };
-        assert_eq!(lookup.cgroup_id(&me, None), Some(want));
-        let tcp = Peer::Tcp {
-            addr: "127.0.0.1:1".parse().unwrap(),
-        };
-        assert_eq!(lookup.cgroup_id(&tcp, None), None);
-        let gone = Peer::Unix {
-            pid: Some(i32::MAX),
-            uid: None,
-        };
-        assert_eq!(lookup.cgroup_id(&gone, None), None);
-    }
 }

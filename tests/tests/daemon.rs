@@ -1075,3 +1075,259 @@ fn selftest_on_demand_names_what_a_detached_program_lets_through() {
         "{text}"
     );
 }
+
+/// A stand-in for the provider and for CONNECT upstreams at `addr`: counts
+/// the connections it accepts and hangs up at once.
+fn counting_upstream(addr: &str) -> std::sync::Arc<std::sync::atomic::AtomicU32> {
+    let listener = TcpListener::bind(addr).unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    hits
+}
+
+/// `curl` arguments for one lane-router request: headers and body on
+/// stdout, then the status.
+fn router_request(router: SocketAddr) -> Vec<String> {
+    [
+        "-s",
+        "-D",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--max-time",
+        "10",
+        "-H",
+        "x-api-key: test-key",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":1,"messages":[]}"#,
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .chain([format!("http://{router}/v1/messages")])
+    .collect()
+}
+
+/// `curl` arguments for one CONNECT through the proxy: the CONNECT status.
+fn proxy_request(proxy: SocketAddr) -> Vec<String> {
+    [
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_connect}",
+        "--max-time",
+        "10",
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .chain([
+        "-x".to_owned(),
+        format!("http://{proxy}"),
+        "https://api.anthropic.com/".to_owned(),
+    ])
+    .collect()
+}
+
+/// Audit rows (JSON) from `enforcer events --json` with `extra` filters,
+/// once at least `want` of them are there.
+fn wait_rows(state: &Path, extra: &[&str], want: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut args = vec!["--json"];
+        args.extend_from_slice(extra);
+        let rows: Vec<serde_json::Value> = events(state, &args)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if rows.len() >= want {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {want} rows for {extra:?} after 10 s: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 13: a local user outside the enforced cgroup — root or another
+/// uid — gets `403 client_not_enforced` from the lane router (Anthropic's
+/// error shape) and from the proxy, is audited, and the provider sees
+/// nothing; a process inside is served, and its rows name its pid and comm
+/// (`enforcer events --comm curl`, `--pid`, `--cgroup`).
+#[test]
+fn clients_outside_the_cgroup_are_refused_and_clients_inside_are_named() {
+    require_root();
+    let cgroup = TestCgroup::new("clients");
+    let state = state_dir("clients");
+    let provider = counting_upstream("127.0.0.77:443");
+    let daemon = Daemon::start(
+        &cgroup,
+        state.path(),
+        &["--resolve", "api.anthropic.com:443:127.0.0.77"],
+    );
+    let (uid, gid) = {
+        let user = enforcer_tests::unprivileged_user();
+        let (uid, gid) = user.split_once(':').unwrap();
+        (uid.to_owned(), gid.to_owned())
+    };
+    let as_other_user = |args: &[String]| {
+        Command::new("setpriv")
+            .args(["--reuid", &uid, "--regid", &gid, "--clear-groups", "curl"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    // Outside: root (the test process) and another uid.
+    for (who, output) in [
+        (
+            "root",
+            Command::new("curl")
+                .args(router_request(daemon.router))
+                .output()
+                .unwrap(),
+        ),
+        ("other uid", as_other_user(&router_request(daemon.router))),
+    ] {
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.ends_with("\n403"), "router, {who} outside: {text}");
+        assert!(
+            text.contains("x-enforcer-error: client_not_enforced"),
+            "{who}: {text}"
+        );
+        let body = text.lines().rev().nth(1).unwrap();
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["type"], "error", "{body}");
+        assert_eq!(json["error"]["type"], "permission_error", "{body}");
+    }
+    for (who, output) in [
+        (
+            "root",
+            Command::new("curl")
+                .args(proxy_request(daemon.proxy))
+                .output()
+                .unwrap(),
+        ),
+        ("other uid", as_other_user(&proxy_request(daemon.proxy))),
+    ] {
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "403",
+            "proxy, {who} outside"
+        );
+    }
+    assert_eq!(
+        provider.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the provider for a refused client"
+    );
+    let refused = wait_rows(state.path(), &["--decision", "deny"], 4);
+    let refused: Vec<_> = refused
+        .iter()
+        .filter(|r| r["reason"] == "client_not_enforced")
+        .collect();
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    for source in ["router", "proxy"] {
+        assert_eq!(
+            refused.iter().filter(|r| r["source"] == source).count(),
+            2,
+            "{refused:?}"
+        );
+    }
+    for row in &refused {
+        assert!(
+            row["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "the refused client is named by its address: {row}"
+        );
+    }
+
+    // Inside: served (the stand-in provider hangs up, so the router answers
+    // 502 after forwarding, and the tunnel opens), and named.
+    let router_curl = cgroup
+        .command("curl")
+        .args(router_request(daemon.router))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let router_pid = router_curl.id();
+    let text = String::from_utf8(router_curl.wait_with_output().unwrap().stdout).unwrap();
+    assert!(text.ends_with("\n502"), "router, inside: {text}");
+    assert!(text.contains("upstream_connect_failed"), "{text}");
+    let proxy_curl = cgroup
+        .command("curl")
+        .args(proxy_request(daemon.proxy))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let proxy_pid = proxy_curl.id();
+    let text = String::from_utf8(proxy_curl.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(text, "200", "proxy, inside");
+    assert!(provider.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+
+    let named = wait_rows(state.path(), &["--since", "5m", "--comm", "curl"], 2);
+    assert_eq!(
+        named.len(),
+        2,
+        "only the clients inside are curl rows: {named:?}"
+    );
+    let router_row = named.iter().find(|r| r["source"] == "router").unwrap();
+    assert_eq!(router_row["pid"], router_pid, "{router_row}");
+    assert_eq!(router_row["cgroup_id"], cgroup.id(), "{router_row}");
+    let proxy_row = named.iter().find(|r| r["source"] == "proxy").unwrap();
+    assert_eq!(proxy_row["pid"], proxy_pid, "{proxy_row}");
+    assert_eq!(proxy_row["reason"], "allowlisted", "{proxy_row}");
+    let by_pid = wait_rows(state.path(), &["--pid", &router_pid.to_string()], 1);
+    assert_eq!(by_pid.len(), 1, "{by_pid:?}");
+    assert_eq!(by_pid[0]["source"], "router");
+    let by_cgroup = wait_rows(state.path(), &["--cgroup", &cgroup.id().to_string()], 2);
+    assert!(
+        by_cgroup.iter().all(|r| r["cgroup_id"] == cgroup.id()),
+        "{by_cgroup:?}"
+    );
+    drop(daemon);
+}
+
+/// `--serve-outside-clients` opens the router and the proxy to clients
+/// outside the cgroup again, still attributed (as unattributed) and audited.
+#[test]
+fn serve_outside_clients_serves_a_client_outside() {
+    require_root();
+    let cgroup = TestCgroup::new("outside-ok");
+    let state = state_dir("outside-ok");
+    let daemon = Daemon::start(&cgroup, state.path(), &["--serve-outside-clients"]);
+    let output = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_connect}",
+            "--max-time",
+            "10",
+            "-x",
+        ])
+        .arg(format!("http://{}", daemon.proxy))
+        .arg("https://not-allowlisted.test/")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "403");
+    let rows = wait_rows(state.path(), &["--decision", "deny"], 1);
+    assert!(
+        rows.iter().any(|r| r["reason"] == "not_allowlisted"),
+        "past the client check, refused for its destination: {rows:?}"
+    );
+    assert!(
+        !rows.iter().any(|r| r["reason"] == "client_not_enforced"),
+        "{rows:?}"
+    );
+    drop(daemon);
+}

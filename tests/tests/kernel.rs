@@ -17,6 +17,7 @@ use enforcer::kernel::{
     self, AttachOptions, Attachment, CgroupMount, DenyRecord, EndpointSpec, FamilyEnforcement,
     events::{EventReader, boot_now_ns},
     maps::Transport,
+    peers::PeerTable,
 };
 use enforcer_tests::{
     Decoy, HeldListener, PacketWatch, ProbeOutcome, StagedProbe, TestCgroup, enforcer_bin,
@@ -547,6 +548,7 @@ fn enforcement_survives_sigkill_and_reattach_leaves_one_program_per_hook() {
         "setsockopt",
         "skb_egress",
         "sock_create",
+        "sock_peers",
     ];
     if cgroup.pin_dir().join("links/socket_create").exists() {
         // bpftool names an lsm_cgroup attachment after its BTF function.
@@ -959,4 +961,218 @@ fn router_port_taken_while_the_daemon_is_down_stays_denied_and_is_reported() {
     drop(impostor.stdin.take());
     let _ = impostor.kill();
     let _ = impostor.wait();
+}
+
+// === client attribution (issue 13) ===
+
+/// `UID` of [`unprivileged_user`] (`UID:GID`).
+fn unprivileged_uid() -> u32 {
+    unprivileged_user()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A child cgroup of `parent` (what `enforcer run` makes for each command);
+/// declared after `parent`'s guard it is removed first.
+fn child_cgroup(parent: &TestCgroup, name: &str) -> TestCgroup {
+    let child = TestCgroup {
+        name: format!("{}/{name}", parent.name),
+        path: parent.path.join(name),
+    };
+    std::fs::create_dir(&child.path).unwrap();
+    child
+}
+
+/// The peer address a held client printed (`connected ADDR`).
+fn held_address(probe: &mut StagedProbe) -> SocketAddr {
+    let line = probe.read_line();
+    line.strip_prefix("connected ")
+        .unwrap_or_else(|| panic!("probe said {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// The kernel names the process behind a client connection of the cgroup
+/// by the client's own address and port — before the server reads a byte —
+/// and forgets it once the connection is closed; a client outside the
+/// cgroup has no entry. IPv4 and IPv6.
+#[test]
+fn peers_name_the_connecting_process_and_are_forgotten_on_close() {
+    let (listener4, addr4) = outside_listener("127.0.0.1:0");
+    let (listener6, addr6) = outside_listener("[::1]:0");
+    let enforced = Enforced::new(
+        "peers",
+        vec![EndpointSpec::tcp(addr4), EndpointSpec::tcp(addr6)],
+    );
+    let maps = enforced.attachment.maps().unwrap();
+    maps.tag_daemon_socket(&listener4).unwrap();
+    maps.tag_daemon_socket(&listener6).unwrap();
+    let peers = PeerTable::open(&enforced.attachment.pins).unwrap();
+    for (listener, addr) in [(&listener4, addr4), (&listener6, addr6)] {
+        let mut probe = StagedProbe::start(&enforced.cgroup, &["tcp-hold", &addr.to_string()]);
+        let client = held_address(&mut probe);
+        let (stream, peer) = listener.accept().unwrap();
+        assert_eq!(peer, client, "{addr}");
+        let task = peers
+            .lookup(peer, Transport::Tcp)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no PEERS entry for the client at {peer}"));
+        assert_eq!(task.pid, probe.pid(), "{addr}: {task:?}");
+        assert_eq!(task.comm, "enforcer-probe", "{addr}: {task:?}");
+        assert_eq!(task.cgroup_id, enforced.cgroup.id(), "{addr}: {task:?}");
+        assert_eq!(task.uid, unprivileged_uid(), "{addr}: {task:?}");
+        assert_ok(&probe.proceed(), "the held connection");
+        drop(stream);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while peers.lookup(peer, Transport::Tcp).unwrap().is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "{addr}: the entry of the closed client {peer} is still there after 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let outside = std::net::TcpStream::connect(addr).unwrap();
+        let (_stream, peer) = listener.accept().unwrap();
+        assert_eq!(peer, outside.local_addr().unwrap());
+        assert_eq!(
+            peers.lookup(peer, Transport::Tcp).unwrap(),
+            None,
+            "{addr}: a client outside the cgroup has no entry"
+        );
+    }
+}
+
+/// `SO_PEERCRED` of a unix-socket connection: (pid, uid).
+fn peer_cred(stream: &std::os::unix::net::UnixStream) -> (i32, u32) {
+    use std::os::fd::AsRawFd as _;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid for the call; the fd is open.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    (cred.pid, cred.uid)
+}
+
+/// The daemon's attribution: a client in the enforced cgroup or a cgroup
+/// below it (`enforcer run`'s) is enforced and named — pid, uid, comm,
+/// cgroup — over TCP and over a unix socket; the same clients outside (as
+/// root, as another user) are not.
+#[test]
+fn attribution_admits_the_cgroup_and_its_children_and_nobody_outside() {
+    use enforcer::daemon::attribution::KernelAttribution;
+    use proxy::{attribution::ClientAttribution as _, audit::Peer};
+
+    let (listener, addr) = outside_listener("127.0.0.1:0");
+    let enforced = Enforced::new("attribution", vec![EndpointSpec::tcp(addr)]);
+    enforced
+        .attachment
+        .maps()
+        .unwrap()
+        .tag_daemon_socket(&listener)
+        .unwrap();
+    let child = child_cgroup(&enforced.cgroup, "run-1");
+    let mount = CgroupMount::find().unwrap();
+    let attribution = KernelAttribution::new(
+        PeerTable::open(&enforced.attachment.pins).unwrap(),
+        mount.path.clone(),
+        enforced.cgroup.name.clone().into(),
+        enforced.cgroup.path.clone(),
+        enforced.cgroup.id(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket_arg = socket.to_str().unwrap();
+
+    for cgroup in [&enforced.cgroup, &child] {
+        // TCP, inside.
+        let mut probe = StagedProbe::start(cgroup, &["tcp-hold", &addr.to_string()]);
+        let client = held_address(&mut probe);
+        let (_stream, peer) = listener.accept().unwrap();
+        assert_eq!(peer, client);
+        let seen = attribution.attribute(&Peer::Tcp { addr: peer }, Some(addr));
+        assert!(seen.enforced, "{}: {seen:?}", cgroup.name);
+        assert_eq!(seen.identity.pid, Some(probe.pid()), "{seen:?}");
+        assert_eq!(seen.identity.comm.as_deref(), Some("enforcer-probe"));
+        assert_eq!(seen.identity.uid, Some(unprivileged_uid()));
+        assert_eq!(seen.identity.cgroup_id, Some(cgroup.id()));
+        assert_ok(&probe.proceed(), "TCP client inside");
+        // Unix socket, inside.
+        let mut probe = StagedProbe::start(cgroup, &["unix-hold", socket_arg]);
+        assert_eq!(probe.read_line(), "connected");
+        let (stream, _) = unix.accept().unwrap();
+        let (pid, uid) = peer_cred(&stream);
+        let seen = attribution.attribute(
+            &Peer::Unix {
+                pid: Some(pid),
+                uid: Some(uid),
+            },
+            None,
+        );
+        assert!(seen.enforced, "unix {}: {seen:?}", cgroup.name);
+        assert_eq!(seen.identity.pid, Some(probe.pid()), "{seen:?}");
+        assert_eq!(seen.identity.comm.as_deref(), Some("enforcer-probe"));
+        assert_eq!(seen.identity.uid, Some(unprivileged_uid()));
+        assert_eq!(seen.identity.cgroup_id, Some(cgroup.id()));
+        assert_ok(&probe.proceed(), "unix client inside");
+    }
+
+    // Outside, as root (this test process) and as the unprivileged user.
+    let outside = std::net::TcpStream::connect(addr).unwrap();
+    let (_stream, peer) = listener.accept().unwrap();
+    assert_eq!(peer, outside.local_addr().unwrap());
+    let seen = attribution.attribute(&Peer::Tcp { addr: peer }, Some(addr));
+    assert!(!seen.enforced, "root outside: {seen:?}");
+    assert!(seen.identity.is_unknown(), "{seen:?}");
+    let mut as_user = Command::new(probe_bin())
+        .env("ENFORCER_PROBE_USER", unprivileged_user())
+        .args(["unix-hold", socket_arg])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (stream, _) = unix.accept().unwrap();
+    let (pid, uid) = peer_cred(&stream);
+    let seen = attribution.attribute(
+        &Peer::Unix {
+            pid: Some(pid),
+            uid: Some(uid),
+        },
+        None,
+    );
+    assert!(!seen.enforced, "another user outside: {seen:?}");
+    assert_eq!(seen.identity.pid, Some(as_user.id()));
+    assert_eq!(seen.identity.uid, Some(unprivileged_uid()));
+    drop(as_user.stdin.take());
+    as_user.wait().unwrap();
+    let mut as_user = Command::new(probe_bin())
+        .env("ENFORCER_PROBE_USER", unprivileged_user())
+        .args(["tcp-hold", &addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_stream, peer) = listener.accept().unwrap();
+    let seen = attribution.attribute(&Peer::Tcp { addr: peer }, Some(addr));
+    assert!(!seen.enforced, "another user outside over TCP: {seen:?}");
+    drop(as_user.stdin.take());
+    as_user.wait().unwrap();
 }

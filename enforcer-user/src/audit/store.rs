@@ -137,6 +137,27 @@ pub struct EventFilter {
     pub after_id: Option<i64>,
     /// At most this many (the newest), oldest first.
     pub limit: Option<usize>,
+    /// Only records of this process id.
+    pub pid: Option<u32>,
+    /// Only records of this command name (exact).
+    pub comm: Option<String>,
+    /// Only records of this cgroup id.
+    pub cgroup_id: Option<u64>,
+}
+
+impl EventFilter {
+    /// Whether `record` passes the decision, process, command and cgroup
+    /// filters (what `--follow` applies to live records; `query` applies
+    /// the same in SQL).
+    pub fn matches(&self, record: &AuditRecord) -> bool {
+        self.decision.is_none_or(|wanted| record.decision == wanted)
+            && self.pid.is_none_or(|pid| record.pid == Some(pid))
+            && self
+                .comm
+                .as_ref()
+                .is_none_or(|comm| record.comm.as_ref() == Some(comm))
+            && self.cgroup_id.is_none_or(|id| record.cgroup_id == Some(id))
+    }
 }
 
 /// Mode of the audit database (SQLite gives its `-wal` and `-shm` files the
@@ -349,6 +370,9 @@ impl AuditStore {
         let decision = filter.decision.map(Decision::as_str);
         let after = filter.after_id.unwrap_or(0);
         let limit = filter.limit.map_or(i64::MAX, |n| n as i64);
+        let pid = filter.pid;
+        let comm = filter.comm.as_deref();
+        let cgroup_id = filter.cgroup_id.map(|id| id as i64);
         let mut statement = self
             .connection
             .prepare_cached(
@@ -358,38 +382,43 @@ impl AuditStore {
                         first_byte_ms, duration_ms, detail
                     FROM events
                     WHERE time_ms >= ?1 AND (?2 IS NULL OR decision = ?2) AND id > ?3
+                        AND (?5 IS NULL OR pid = ?5) AND (?6 IS NULL OR comm = ?6)
+                        AND (?7 IS NULL OR cgroup_id = ?7)
                     ORDER BY id DESC LIMIT ?4
                  ) ORDER BY id ASC",
             )
             .map_err(sql("preparing the query"))?;
         let rows = statement
-            .query_map(params![since, decision, after, limit], |row| {
-                let source: String = row.get(2)?;
-                let decision: String = row.get(3)?;
-                Ok(AuditRecord {
-                    id: row.get(0)?,
-                    time_ms: row.get(1)?,
-                    source: Source::parse(&source).unwrap_or(Source::Control),
-                    decision: Decision::parse(&decision).unwrap_or(Decision::Deny),
-                    reason: row.get(4)?,
-                    cgroup_id: row.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-                    pid: row.get(6)?,
-                    comm: row.get(7)?,
-                    client: row.get(8)?,
-                    host: row.get(9)?,
-                    port: row.get(10)?,
-                    sni: row.get(11)?,
-                    lane: row.get(12)?,
-                    model: row.get(13)?,
-                    status: row.get(14)?,
-                    upstream: row.get(15)?,
-                    bytes_up: row.get::<_, Option<i64>>(16)?.map(|v| v as u64),
-                    bytes_down: row.get::<_, Option<i64>>(17)?.map(|v| v as u64),
-                    first_byte_ms: row.get(18)?,
-                    duration_ms: row.get(19)?,
-                    detail: row.get(20)?,
-                })
-            })
+            .query_map(
+                params![since, decision, after, limit, pid, comm, cgroup_id],
+                |row| {
+                    let source: String = row.get(2)?;
+                    let decision: String = row.get(3)?;
+                    Ok(AuditRecord {
+                        id: row.get(0)?,
+                        time_ms: row.get(1)?,
+                        source: Source::parse(&source).unwrap_or(Source::Control),
+                        decision: Decision::parse(&decision).unwrap_or(Decision::Deny),
+                        reason: row.get(4)?,
+                        cgroup_id: row.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                        pid: row.get(6)?,
+                        comm: row.get(7)?,
+                        client: row.get(8)?,
+                        host: row.get(9)?,
+                        port: row.get(10)?,
+                        sni: row.get(11)?,
+                        lane: row.get(12)?,
+                        model: row.get(13)?,
+                        status: row.get(14)?,
+                        upstream: row.get(15)?,
+                        bytes_up: row.get::<_, Option<i64>>(16)?.map(|v| v as u64),
+                        bytes_down: row.get::<_, Option<i64>>(17)?.map(|v| v as u64),
+                        first_byte_ms: row.get(18)?,
+                        duration_ms: row.get(19)?,
+                        detail: row.get(20)?,
+                    })
+                },
+            )
             .map_err(sql("querying records"))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(sql("reading a record"))
@@ -534,6 +563,46 @@ mod tests {
         assert_eq!(newest[0].time_ms, 3_000);
         let read_only = AuditStore::open_read_only(&path).unwrap();
         assert_eq!(read_only.query(&EventFilter::default()).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn filters_by_pid_comm_and_cgroup() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = AuditStore::open(&dir.path().join("audit.db")).unwrap();
+        let mut curl = record(1_000, Decision::Allow);
+        curl.pid = Some(42);
+        curl.comm = Some("curl".into());
+        curl.cgroup_id = Some(7);
+        let mut other = record(2_000, Decision::Deny);
+        other.pid = Some(43);
+        other.comm = Some("python3".into());
+        other.cgroup_id = Some(8);
+        let unattributed = record(3_000, Decision::Deny);
+        store
+            .insert(&mut [curl.clone(), other.clone(), unattributed.clone()])
+            .unwrap();
+        let times = |filter: EventFilter| -> Vec<i64> {
+            let rows = store.query(&filter).unwrap();
+            for row in &rows {
+                assert!(filter.matches(row), "the live filter agrees: {row:?}");
+            }
+            rows.iter().map(|r| r.time_ms).collect()
+        };
+        let by = |pid, comm: Option<&str>, cgroup_id| EventFilter {
+            pid,
+            comm: comm.map(str::to_owned),
+            cgroup_id,
+            ..EventFilter::default()
+        };
+        assert_eq!(times(by(Some(42), None, None)), [1_000]);
+        assert_eq!(times(by(None, Some("python3"), None)), [2_000]);
+        assert_eq!(times(by(None, None, Some(7))), [1_000]);
+        assert_eq!(
+            times(by(Some(42), Some("python3"), None)),
+            Vec::<i64>::new()
+        );
+        assert!(!by(None, Some("curl"), None).matches(&unattributed));
+        assert!(by(None, None, None).matches(&unattributed));
     }
 
     #[test]

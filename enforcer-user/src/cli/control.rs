@@ -91,7 +91,7 @@ impl From<DecisionFlag> for Decision {
 
 /// Show audit events: kernel denies and proxy/router decisions.
 ///
-/// Example: sudo enforcer events --since 1h --decision deny --follow
+/// Example: sudo enforcer events --since 1h --decision deny --comm curl --follow
 #[derive(Debug, clap::Args)]
 pub struct EventsArgs {
     /// Only events newer than this (30s, 5m, 1h, 7d), or since this
@@ -110,6 +110,17 @@ pub struct EventsArgs {
     /// At most this many past events (the newest).
     #[arg(long, default_value_t = 1000)]
     limit: usize,
+    /// Only events of this process id (kernel denies, and proxy/router
+    /// clients the kernel attributed).
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+    /// Only events of this command name (exact, as in /proc/PID/comm: at
+    /// most 15 characters).
+    #[arg(long, value_name = "NAME")]
+    comm: Option<String>,
+    /// Only events of this cgroup id (`enforcer status` shows the enforced one's).
+    #[arg(long, value_name = "ID")]
+    cgroup: Option<u64>,
     /// The daemon's state directory (where audit.db is).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -162,6 +173,14 @@ pub fn reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
 /// Runs `enforcer events`.
 pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let path = paths::audit_db(&args.state_dir);
+    // What both the stored query and the live stream filter on.
+    let live = EventFilter {
+        decision: args.decision.map(Decision::from),
+        pid: args.pid,
+        comm: args.comm.clone(),
+        cgroup_id: args.cgroup,
+        ..EventFilter::default()
+    };
     let print = |record: &AuditRecord| {
         if args.json {
             println!("{}", serde_json::to_string(record).unwrap_or_default());
@@ -173,9 +192,8 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         let store = AuditStore::open_read_only(&path)?;
         let filter = EventFilter {
             since: args.since.map(|since| since.resolve(SystemTime::now())),
-            decision: args.decision.map(Decision::from),
-            after_id: None,
             limit: Some(args.limit),
+            ..live.clone()
         };
         for record in store
             .query(&filter)
@@ -192,7 +210,7 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     }
     if args.follow {
         ControlClient::new(&args.socket.control_socket).follow(|record| {
-            if matches(&record, args.decision.map(Decision::from)) {
+            if matches(&record, &live) {
                 print(&record);
             }
             true

@@ -99,6 +99,11 @@ pub struct DaemonFlags {
     /// Forward the kernel programs' aya-log debug output to the log.
     #[arg(long)]
     pub debug_bpf: bool,
+    /// Serve proxy and lane-router clients outside the enforced cgroups
+    /// too. Off by default: any local user could otherwise use a lane's
+    /// key. Outside clients are still attributed and audited.
+    #[arg(long)]
+    pub serve_outside_clients: bool,
 }
 
 impl DaemonFlags {
@@ -179,6 +184,7 @@ impl DaemonFlags {
             debug_bpf: self.debug_bpf,
             // selftest (issue 19): `attach` turns the table on.
             selftest_table: false,
+            serve_outside_clients: self.serve_outside_clients,
         })
     }
 }

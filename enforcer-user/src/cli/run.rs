@@ -530,8 +530,7 @@ fn read_summary(audit_db: &Path, started: SystemTime, scope: &RunScope) -> anyho
         .query(&EventFilter {
             since: Some(started.checked_sub(CLOCK_SLACK).unwrap_or(started)),
             decision: Some(Decision::Deny),
-            after_id: None,
-            limit: None,
+            ..EventFilter::default()
         })
         .with_context(|| format!("reading {}", audit_db.display()))?;
     Ok(Summary::of(&records, scope))

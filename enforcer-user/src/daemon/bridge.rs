@@ -93,7 +93,9 @@ pub fn proxy_record(event: &AuditEvent) -> AuditRecord {
         event.verdict.decision,
         event.verdict.reason,
     );
-    record.cgroup_id = event.cgroup_id;
+    record.cgroup_id = event.identity.cgroup_id;
+    record.pid = event.identity.pid;
+    record.comm = event.identity.comm.clone();
     record.client = Some(event.client.to_string());
     record.host = event.host.clone();
     record.port = event.port;
@@ -113,6 +115,8 @@ pub fn proxy_record(event: &AuditEvent) -> AuditRecord {
             "ech": event.ech,
             "address_class": event.address_class.map(|class| class.as_str()),
             "policy_version": event.policy_version,
+            "uid": event.identity.uid,
+            "thread": event.identity.tid,
         })
         .to_string(),
     );

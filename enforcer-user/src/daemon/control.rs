@@ -18,7 +18,7 @@ use tokio::{
 
 pub use super::protocol::{Request, Response};
 use super::protocol::{STREAMING, StreamItem};
-use crate::audit::{AuditRecord, Decision};
+use crate::audit::{AuditRecord, EventFilter};
 
 /// Longest request line accepted.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -246,7 +246,7 @@ impl ControlClient {
     }
 }
 
-/// Whether `decision` filters `record`.
-pub fn matches(record: &AuditRecord, decision: Option<Decision>) -> bool {
-    decision.is_none_or(|wanted| record.decision == wanted)
+/// Whether `record` passes `filter` (decision, pid, comm, cgroup).
+pub fn matches(record: &AuditRecord, filter: &EventFilter) -> bool {
+    filter.matches(record)
 }

@@ -20,12 +20,14 @@
 //! | `mapsync`   | policy direct rules -> kernel direct maps                  |
 //! | `bridge`    | decisions -> audit records and metrics                     |
 //! | `router`    | the lane router's glue                                     |
+//! | `attribution` | who is behind each accepted connection (kernel `PEERS`)  |
 //! | `paths`     | every daemon-side file path                                |
 //! | `shared_uids` | the attach-time warning about uids inside and outside    |
 //! | `selftest`  | the self-test runner: one at a time, last report, log      |
 //! | `notify`    | `sd_notify(READY=1)` after the self-test passed            |
 //! | `error`     | [`DaemonError`]: why start-up failed                       |
 
+pub mod attribution;
 pub mod bridge;
 pub mod control;
 pub mod error;
@@ -82,6 +84,9 @@ pub struct DaemonOptions {
     /// Print the start-up self-test's table to stderr (`attach`; `run`
     /// only logs it).
     pub selftest_table: bool,
+    /// Serve proxy and router clients outside the enforced cgroups too
+    /// (still attributed and audited); off by default.
+    pub serve_outside_clients: bool,
 }
 
 /// Addresses the daemon actually listens on.

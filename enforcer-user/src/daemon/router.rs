@@ -5,6 +5,7 @@ use std::{future::Future, path::PathBuf, sync::Arc};
 
 use policy::PolicyStore;
 use proxy::{
+    attribution::ClientGate,
     net::resolve::Resolver,
     router::{CredentialSource, Router, RouterAuditSink, RouterConfig, audit::RouterEvent},
 };
@@ -22,6 +23,9 @@ pub fn router_record(event: &RouterEvent) -> AuditRecord {
     };
     let mut record = AuditRecord::new(event.time, Source::Router, decision, event.reason);
     record.client = Some(event.client.to_string());
+    record.cgroup_id = event.identity.cgroup_id;
+    record.pid = event.identity.pid;
+    record.comm = event.identity.comm.clone();
     record.host = event.provider_host.clone();
     record.lane = event.lane.clone();
     record.model = event.model.clone();
@@ -36,6 +40,8 @@ pub fn router_record(event: &RouterEvent) -> AuditRecord {
             "path": event.path,
             "upstream_version": event.upstream_version,
             "policy_version": event.policy_version,
+            "uid": event.identity.uid,
+            "thread": event.identity.tid,
         })
         .to_string(),
     );
@@ -55,6 +61,7 @@ pub async fn serve(
     resolver: Resolver,
     extra_ca: Option<PathBuf>,
     bridge: AuditBridge,
+    gate: ClientGate,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut config = RouterConfig::new(resolver, CredentialSource::from_process());
@@ -65,7 +72,7 @@ pub async fn serve(
         return;
     }
     let router = match Router::new(config, store.subscribe(), Arc::new(bridge)) {
-        Ok(router) => router,
+        Ok(router) => router.with_client_gate(gate),
         Err(error) => {
             tracing::error!(error = %error, "lane router: TLS trust could not be built; not serving");
             return;

@@ -21,7 +21,10 @@ use policy::{
     EgressMode,
     grants::{live_grants, load_grants},
 };
-use proxy::server::{ConnectProxy, ProcPidCgroup, ProxyConfig};
+use proxy::{
+    attribution::{ClientGate, OutsideClients},
+    server::{ConnectProxy, ProxyConfig},
+};
 use tokio::{
     net::TcpListener,
     sync::{Mutex, oneshot, watch},
@@ -29,6 +32,7 @@ use tokio::{
 
 use super::{
     DaemonOptions, Listeners, Ready,
+    attribution::KernelAttribution,
     bridge::AuditBridge,
     control, credential_names,
     error::{DaemonError, KernelStep, Listener},
@@ -44,7 +48,7 @@ use crate::{
     audit::{AuditWriter, Reason, Retention, writer::WriterThread},
     kernel::{
         self, AttachOptions, EndpointSpec, FamilyEnforcement, PinnedMaps, attach::Attachment,
-        events::EventReader, hooks::Layers, maps::Transport, ownership,
+        events::EventReader, hooks::Layers, maps::Transport, ownership, peers::PeerTable,
     },
     policy_source::{Loader, LoaderConfig, StartReport},
 };
@@ -95,7 +99,7 @@ pub async fn run(
         options.resolver.clone(),
         Arc::new(bridge.clone()),
     )
-    .with_peer_cgroup(Arc::new(ProcPidCgroup::new(options.mount.path.clone())));
+    .with_client_gate(kernel.gate.clone());
     let daemon = Arc::new(Daemon {
         cgroup: options.cgroup.clone(),
         cgroup_id: kernel.attachment.cgroup_id,
@@ -135,6 +139,7 @@ pub async fn run(
         options.resolver.clone(),
         options.extra_ca.clone(),
         bridge.clone(),
+        kernel.gate.clone(),
         stop(),
     ));
     if let Some(addr) = options.metrics_listen {
@@ -329,6 +334,8 @@ struct Kernel {
     mapsync: MapSync,
     /// The deny-event ring buffer.
     events: EventReader,
+    /// Client attribution for the proxy and the router.
+    gate: ClientGate,
 }
 
 /// The kernel start-up sequence, in order. Every step runs after the
@@ -391,12 +398,32 @@ fn start_kernel(
         .map_err(step(KernelStep::ClaimEndpoints))?;
     // (f) Agents need a dedicated uid: say so when one is shared.
     super::shared_uids::warn_if_shared(&options.cgroup.absolute);
-    // (g) Further kernel steps go here, before any server accepts.
+    // (g) Client attribution: the listeners look every accepted peer up in
+    //     PEERS and refuse clients outside the enforced cgroups.
+    let peers = PeerTable::open(&attachment.pins).map_err(step(KernelStep::OpenMaps))?;
+    let outside = if options.serve_outside_clients {
+        tracing::warn!(
+            "--serve-outside-clients: proxy and router clients outside the enforced cgroups are served"
+        );
+        OutsideClients::Serve
+    } else {
+        OutsideClients::Refuse
+    };
+    let attribution = KernelAttribution::new(
+        peers,
+        options.mount.path.clone(),
+        options.cgroup.relative.clone(),
+        options.cgroup.absolute.clone(),
+        attachment.cgroup_id,
+    );
+    let gate = ClientGate::new(Arc::new(attribution), outside);
+    // (h) Further kernel steps go here, before any server accepts.
     Ok(Kernel {
         attachment,
         status_maps,
         mapsync,
         events,
+        gate,
     })
 }
 

@@ -17,7 +17,7 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, LsmCgroup,
+        CgroupAttachMode, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, LsmCgroup, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
@@ -239,6 +239,18 @@ fn attach_one(
         }
         HookKind::Sock(_) => {
             let program: &mut CgroupSock = program.try_into().map_err(fail("load"))?;
+            program.load().map_err(fail("load"))?;
+            let id = program
+                .attach(cgroup, LINK_ATTACH_MODE)
+                .map_err(fail("attach"))?;
+            let link = program.take_link(id).map_err(fail("attach"))?;
+            FdLink::try_from(link).map_err(|source| KernelError::PinnedLink {
+                path: hook.program.into(),
+                source,
+            })
+        }
+        HookKind::SockOps => {
+            let program: &mut SockOps = program.try_into().map_err(fail("load"))?;
             program.load().map_err(fail("load"))?;
             let id = program
                 .attach(cgroup, LINK_ATTACH_MODE)

@@ -15,6 +15,8 @@ pub enum HookKind {
     Sockopt(CgroupSockoptAttachType),
     /// `cgroup_skb/egress`.
     Skb(CgroupSkbAttachType),
+    /// `sockops` (`BPF_CGROUP_SOCK_OPS`): client attribution.
+    SockOps,
     /// `lsm_cgroup/<hook>`: needs BPF-LSM, which not every kernel allows.
     LsmCgroup(&'static str),
 }
@@ -30,10 +32,14 @@ pub struct HookSpec {
 
 /// Every program enforcer attaches, in attach order. The LSM program comes
 /// last: it is the one that may fail to load, and the rest stand without it.
-pub const HOOKS: [HookSpec; 8] = [
+pub const HOOKS: [HookSpec; 9] = [
     HookSpec {
         program: "sock_create",
         kind: HookKind::Sock(CgroupSockAttachType::SockCreate),
+    },
+    HookSpec {
+        program: "sock_peers",
+        kind: HookKind::SockOps,
     },
     HookSpec {
         program: "setsockopt",

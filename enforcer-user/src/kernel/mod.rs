@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod maps;
 pub mod ownership;
 pub mod paths;
+pub mod peers;
 pub mod status;
 
 use std::path::PathBuf;

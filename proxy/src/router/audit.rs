@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
+use crate::attribution::ClientIdentity;
 pub use crate::audit::Peer;
 use crate::reason::Reason;
 
@@ -27,6 +28,10 @@ pub struct RouterEvent {
     pub time: SystemTime,
     /// The client.
     pub client: Peer,
+    /// The process behind the client, as far as the daemon could tell
+    /// ([`crate::attribution`]); serialised flat (`cgroup_id`, `pid`, ...).
+    #[serde(flatten)]
+    pub identity: ClientIdentity,
     /// HTTP method.
     pub method: String,
     /// Request path, without the query string.
@@ -106,10 +111,18 @@ pub fn log_event(event: &RouterEvent) {
     let ttfb_us = event.ttfb.map_or(0, as_micros);
     let duration_us = as_micros(event.duration);
     let version = event.upstream_version.unwrap_or("");
+    let pid = event.identity.pid.unwrap_or(0);
+    let comm = event.identity.comm.as_deref().unwrap_or("");
+    let uid = event.identity.uid.map(i64::from).unwrap_or(-1);
+    let cgroup = event.identity.cgroup_id.unwrap_or(0);
     if event.reason.is_allow() {
         tracing::info!(
             outcome = event.reason.as_str(),
             client = %event.client,
+            pid,
+            comm,
+            uid,
+            cgroup,
             method = %event.method,
             path = %event.path,
             model,
@@ -127,6 +140,10 @@ pub fn log_event(event: &RouterEvent) {
         tracing::warn!(
             outcome = event.reason.as_str(),
             client = %event.client,
+            pid,
+            comm,
+            uid,
+            cgroup,
             method = %event.method,
             path = %event.path,
             model,
@@ -165,6 +182,11 @@ mod tests {
             client: Peer::Tcp {
                 addr: "127.0.0.1:5000".parse().unwrap(),
             },
+            identity: ClientIdentity {
+                pid: Some(99),
+                comm: Some("claude".into()),
+                ..ClientIdentity::default()
+            },
             method: "POST".into(),
             path: "/v1/messages".into(),
             model: Some("claude-haiku-4-5".into()),
@@ -185,6 +207,8 @@ mod tests {
         assert_eq!(v["ttfb"], 1500);
         assert_eq!(v["duration"], 2500);
         assert_eq!(v["client"]["kind"], "tcp");
+        assert_eq!(v["pid"], 99);
+        assert_eq!(v["comm"], "claude");
         let sink = MemorySink::new(1);
         sink.record(e.clone());
         sink.record(e);

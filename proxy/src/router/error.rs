@@ -94,6 +94,14 @@ pub enum RouteError {
     /// The body starts with a UTF-8 byte-order mark.
     #[error("the request body starts with a byte-order mark; send plain JSON")]
     BodyBom,
+    /// The client is not a process of an enforced cgroup.
+    #[error(
+        "this client ({client}) is not a process of an enforced cgroup: the lane router serves only enforced agents (run the agent with `enforcer run`; an operator can serve clients outside with --serve-outside-clients)"
+    )]
+    ClientNotEnforced {
+        /// The client's address or unix credentials.
+        client: String,
+    },
     /// Too many requests in flight.
     #[error(
         "the router is handling its limit of {limit} concurrent requests (limits.maxConcurrentRequests); retry shortly"
@@ -183,6 +191,7 @@ impl RouteError {
             | Self::ContentEncoding { .. }
             | Self::BodyBom => StatusCode::BAD_REQUEST,
             Self::PathNotForwarded { .. } => StatusCode::NOT_FOUND,
+            Self::ClientNotEnforced { .. } => StatusCode::FORBIDDEN,
             Self::Lane(LaneError::UnknownModel { .. }) => StatusCode::BAD_REQUEST,
             Self::Lane(LaneError::NoLanes) => StatusCode::BAD_GATEWAY,
             Self::Auth(AuthError::NoClientCredential { .. }) => StatusCode::UNAUTHORIZED,
@@ -201,6 +210,7 @@ impl RouteError {
         match self.status().as_u16() {
             400 | 408 => "invalid_request_error",
             401 => "authentication_error",
+            403 => "permission_error",
             404 => "not_found_error",
             413 => "request_too_large",
             504 => "timeout_error",
@@ -223,6 +233,7 @@ impl RouteError {
             Self::PathNotForwarded { .. } => Reason::PathNotForwarded,
             Self::ContentEncoding { .. } => Reason::ContentEncoding,
             Self::BodyBom => Reason::BodyBom,
+            Self::ClientNotEnforced { .. } => Reason::ClientNotEnforced,
             Self::Auth(AuthError::Credential { .. }) => Reason::MissingCredential,
             Self::Auth(AuthError::NoClientCredential { .. }) => Reason::NoClientCredential,
             Self::Overloaded { .. } => Reason::Overloaded,
@@ -316,6 +327,13 @@ mod tests {
                 "api_error",
             ),
             (RouteError::Overloaded { limit: 1 }, 529, "overloaded_error"),
+            (
+                RouteError::ClientNotEnforced {
+                    client: "127.0.0.1:1".into(),
+                },
+                403,
+                "permission_error",
+            ),
             (
                 RouteError::Auth(AuthError::NoClientCredential {
                     lane: "p".into(),

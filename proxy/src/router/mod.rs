@@ -135,8 +135,32 @@ impl Router {
                 credentials: config.credentials,
                 sink,
                 admission: Admission::new(),
+                gate: None,
             }),
         })
+    }
+
+    /// Attributes every client on accept and answers `403
+    /// permission_error` (`client_not_enforced`) to each request of a
+    /// client the gate refuses, before reading its body. Without a gate
+    /// every client is served. Call before serving.
+    pub fn with_client_gate(mut self, gate: crate::attribution::ClientGate) -> Self {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => shared.gate = Some(gate),
+            None => {
+                // A clone is serving already; build a state of our own.
+                let shared = &self.shared;
+                self.shared = Arc::new(RouterState {
+                    policy: shared.policy.clone(),
+                    client: shared.client.clone(),
+                    credentials: shared.credentials.clone(),
+                    sink: shared.sink.clone(),
+                    admission: shared.admission.clone(),
+                    gate: Some(gate),
+                });
+            }
+        }
+        self
     }
 
     /// Requests in flight now (admitted and not yet finished).

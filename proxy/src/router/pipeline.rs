@@ -1,5 +1,7 @@
 //! One request's path through the router, as a fixed list of phases:
 //!
+//! 0. the client: one outside the enforced cgroups ([`crate::attribution`])
+//!    is refused `403 permission_error` before its body is read;
 //! 1. admit (`limits.maxConcurrentRequests`);
 //! 2. check the surface ([`super::surface`]: method, path, encoding) and
 //!    read the body ([`super::body`]);
@@ -41,6 +43,7 @@ use super::stream::{Pending, RelayBody, RouterBody, StreamLimits};
 use super::surface;
 use super::upstream::{UpstreamClient, connect_error, describe};
 use crate::admission::Admission;
+use crate::attribution::{Admitted, ClientGate};
 use crate::reason::Reason;
 
 /// What every request handler shares.
@@ -55,6 +58,8 @@ pub struct RouterState {
     pub sink: Arc<dyn RouterAuditSink>,
     /// Requests in flight.
     pub admission: Arc<Admission>,
+    /// Client attribution and the outside-clients rule; `None` serves everyone.
+    pub gate: Option<ClientGate>,
 }
 
 fn refuse(mut pending: Pending, err: RouteError) -> Response<RouterBody> {
@@ -63,6 +68,9 @@ fn refuse(mut pending: Pending, err: RouteError) -> Response<RouterBody> {
     pending.event.status = Some(resp.status().as_u16());
     match reason {
         Reason::ClientClosed => tracing::debug!(error = %err, "client went away"),
+        Reason::ClientNotEnforced => {
+            tracing::debug!(outcome = reason.as_str(), error = %err, "client refused")
+        }
         // Problems only the operator can fix (configuration, provider
         // reachability): say what is wrong at warn level.
         Reason::MissingCredential
@@ -106,6 +114,7 @@ pub async fn handle(
     state: &RouterState,
     req: Request<Incoming>,
     peer: Peer,
+    admitted: &Admitted,
 ) -> Response<RouterBody> {
     let start = Instant::now();
     let snapshot = state.policy.borrow().clone();
@@ -113,12 +122,15 @@ pub async fn handle(
     let limits = policy.limits;
     let deadline = start + limits.total_timeout;
     let (parts, mut body) = req.into_parts();
-    let mut pending = Pending::new(
-        arrival_event(&parts, peer, policy),
-        start,
-        state.sink.clone(),
-    );
+    let mut event = arrival_event(&parts, peer, policy);
+    event.identity = admitted.identity.clone();
+    let mut pending = Pending::new(event, start, state.sink.clone());
 
+    // 0. the client (attributed once per connection, on accept)
+    if admitted.verdict.is_err() {
+        let client = pending.event.client.to_string();
+        return refuse(pending, RouteError::ClientNotEnforced { client });
+    }
     // 1. admit
     if let Err(err) = admit(state, &mut pending, &limits) {
         return refuse(pending, err);
@@ -158,6 +170,7 @@ fn arrival_event(parts: &Parts, peer: Peer, policy: &Policy) -> RouterEvent {
     RouterEvent {
         time: SystemTime::now(),
         client: peer,
+        identity: Default::default(),
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().chars().take(512).collect(),
         model: None,

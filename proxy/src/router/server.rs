@@ -25,20 +25,29 @@ use tokio::task::JoinSet;
 
 use super::audit::Peer;
 use super::pipeline::{RouterState, handle};
+use crate::attribution::Admitted;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before
 /// trying again, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves one accepted connection until it closes or shutdown is signalled.
+/// The client is attributed first, once per connection; a client the gate
+/// refuses gets a `403` for each request it sends, and nothing is forwarded.
 async fn serve_connection<IO>(
     shared: Arc<RouterState>,
     io: IO,
     peer: Peer,
+    local: Option<std::net::SocketAddr>,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let admitted: Arc<Admitted> = Arc::new(crate::attribution::check(
+        shared.gate.as_ref(),
+        &peer,
+        local,
+    ));
     let header_timeout = shared.policy.borrow().policy().limits.header_read_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -49,7 +58,8 @@ async fn serve_connection<IO>(
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let shared = shared.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, req, peer).await) }
+        let admitted = admitted.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, req, peer, &admitted).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {
@@ -60,29 +70,31 @@ async fn serve_connection<IO>(
 /// A source of client connections.
 trait Accept {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    async fn accept_one(&self) -> io::Result<(Self::Io, Peer)>;
+    /// The stream, its peer, and our local address (TCP).
+    async fn accept_one(&self) -> io::Result<(Self::Io, Peer, Option<std::net::SocketAddr>)>;
 }
 
 impl Accept for TcpListener {
     type Io = tokio::net::TcpStream;
-    async fn accept_one(&self) -> io::Result<(Self::Io, Peer)> {
+    async fn accept_one(&self) -> io::Result<(Self::Io, Peer, Option<std::net::SocketAddr>)> {
         let (stream, addr) = self.accept().await?;
         // Without Nagle, small responses and SSE frames leave at once.
         let _ = stream.set_nodelay(true);
-        Ok((stream, Peer::Tcp { addr }))
+        let local = stream.local_addr().ok();
+        Ok((stream, Peer::Tcp { addr }, local))
     }
 }
 
 impl Accept for UnixListener {
     type Io = tokio::net::UnixStream;
-    async fn accept_one(&self) -> io::Result<(Self::Io, Peer)> {
+    async fn accept_one(&self) -> io::Result<(Self::Io, Peer, Option<std::net::SocketAddr>)> {
         let (stream, _) = self.accept().await?;
         let cred = stream.peer_cred().ok();
         let peer = Peer::Unix {
             pid: cred.as_ref().and_then(|c| c.pid()),
             uid: cred.as_ref().map(|c| c.uid()),
         };
-        Ok((stream, peer))
+        Ok((stream, peer, None))
     }
 }
 
@@ -99,9 +111,9 @@ async fn serve<L: Accept>(
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept_one() => match accepted {
-                Ok((io, peer)) => {
+                Ok((io, peer, local)) => {
                     let watcher = graceful.watcher();
-                    tasks.spawn(serve_connection(shared.clone(), io, peer, watcher));
+                    tasks.spawn(serve_connection(shared.clone(), io, peer, local, watcher));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "router accept failed");

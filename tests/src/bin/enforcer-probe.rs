@@ -35,6 +35,10 @@
 //! enforcer-probe squat-tcp                  bind a TCP socket to 127.0.0.1:0 with SO_REUSEADDR,
 //!                                           never listen; print `bound PORT`, wait for one stdin
 //!                                           line, then connect 127.0.0.1:PORT and send one byte
+//! enforcer-probe tcp-hold ADDR              connect(2) to ADDR, print `connected LOCAL_ADDR`, keep
+//!                                           the connection until one stdin line, then close it
+//!                                           (client attribution tests: the server looks it up)
+//! enforcer-probe unix-hold PATH             the same on a unix stream socket at PATH (`connected`)
 //! ```
 //!
 //! With `ENFORCER_PROBE_USER=UID:GID` in its environment the probe drops to
@@ -91,6 +95,11 @@ fn main() -> ExitCode {
             _ => Err("v6only-connect needs tcp|udp PORT".into()),
         },
         "squat-tcp" => Ok(squat_tcp()),
+        "tcp-hold" => addr().map(tcp_hold),
+        "unix-hold" => args
+            .get(1)
+            .map(|path| unix_hold(std::path::Path::new(path)))
+            .ok_or_else(|| "unix-hold needs a PATH".to_owned()),
         "rthdr-sockopt" => ip_arg(&args).map(|hop| source_routed(hop, false)),
         "lsrr-sockopt" => ip_arg(&args).map(|hop| source_routed(hop, false)),
         "lsrr-cmsg" => ip_arg(&args).map(|hop| source_routed(hop, true)),
@@ -405,6 +414,28 @@ fn squat_tcp() -> io::Result<()> {
     let mut stream = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
     stream.write_all(b"x")?;
     drop(squatter);
+    Ok(())
+}
+
+/// Connects, says from where, and holds the connection until told to close.
+fn tcp_hold(addr: SocketAddr) -> io::Result<()> {
+    let stream = TcpStream::connect(addr)?;
+    println!("connected {}", stream.local_addr()?);
+    io::stdout().flush()?;
+    let mut line = String::new();
+    io::stdin().lock().read_line(&mut line)?;
+    drop(stream);
+    Ok(())
+}
+
+/// [`tcp_hold`] on a unix stream socket.
+fn unix_hold(path: &std::path::Path) -> io::Result<()> {
+    let stream = std::os::unix::net::UnixStream::connect(path)?;
+    println!("connected");
+    io::stdout().flush()?;
+    let mut line = String::new();
+    io::stdin().lock().read_line(&mut line)?;
+    drop(stream);
     Ok(())
 }
 
