@@ -148,6 +148,11 @@ fn committed_schema_is_in_sync() {
     let path = packs_dir().join("schema.json");
     let generated = tools::schema_json();
     if std::env::var_os("POLICY_UPDATE_SCHEMA").is_some() {
+        // Under CI the committed file is what is checked, never rewritten.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "POLICY_UPDATE_SCHEMA is refused under CI: it would make this test pass by rewriting the file it checks"
+        );
         std::fs::write(&path, &generated).unwrap();
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();

@@ -156,6 +156,7 @@ async fn ip_literals_in_every_spelling_get_403() {
         );
     }
     let events = harness.events(2 * spellings.len()).await;
+    assert_eq!(events.len(), 2 * spellings.len(), "{events:#?}");
     assert!(
         events.iter().all(|e| e.verdict.reason == Reason::IpLiteral),
         "{events:#?}"
