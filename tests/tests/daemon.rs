@@ -275,11 +275,17 @@ fn parse_loop(report: &str) -> LoopTally {
 fn run_passes_exit_status_sets_env_drops_privileges_and_cleans_up() {
     require_root();
     let state = state_dir("run");
-    let script = "id -u; echo \"$HTTPS_PROXY|$HTTP_PROXY|$ALL_PROXY|$NO_PROXY|$ANTHROPIC_BASE_URL\"; cat /proc/self/cgroup | grep '^0::'; exit 7";
+    let mount = enforcer_tests::cgroup_mount();
+    // The last line is the transient cgroup's id (its directory's inode),
+    // to check that its pins are gone afterwards, not only the directory.
+    let script = format!(
+        "id -u; echo \"$HTTPS_PROXY|$HTTP_PROXY|$ALL_PROXY|$NO_PROXY|$ANTHROPIC_BASE_URL\"; cat /proc/self/cgroup | grep '^0::'; stat -c %i \"{}$(sed -n 's/^0:://p' /proc/self/cgroup)\"; exit 7",
+        mount.display()
+    );
     let child = Command::new(enforcer_bin())
         .args(["run", "--user", "enforcer-test", "--state-dir"])
         .arg(state.path())
-        .args(["--", "sh", "-c", script])
+        .args(["--", "sh", "-c", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -305,10 +311,16 @@ fn run_passes_exit_status_sets_env_drops_privileges_and_cleans_up() {
         cgroup_line.contains(&format!("enforcer-run-{pid}")),
         "{cgroup_line}"
     );
-    let mount = enforcer_tests::cgroup_mount();
     assert!(
         !mount.join(format!("enforcer-run-{pid}")).exists(),
         "the transient cgroup is removed"
+    );
+    let cgroup_id: u64 = lines.next().unwrap().trim().parse().unwrap();
+    let pins = Path::new("/sys/fs/bpf/enforcer").join(cgroup_id.to_string());
+    assert!(
+        !pins.exists(),
+        "the transient cgroup's pins are removed: {} remains",
+        pins.display()
     );
 
     let signalled = Command::new(enforcer_bin())

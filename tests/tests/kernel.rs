@@ -587,10 +587,12 @@ fn attaching_to_the_root_cgroup_is_refused() {
     require_root();
     let mount = CgroupMount::find().unwrap();
     for name in [".".to_string(), mount.path.display().to_string()] {
-        let output = Command::new(enforcer_bin())
-            .args(["attach", "--cgroup", &name])
-            .output()
-            .unwrap();
+        // Bounded: a regression that attached would stay running as a
+        // daemon on the root cgroup; it is killed and its pins removed.
+        let output = enforcer_tests::output_within_or_unpin_root(
+            Command::new(enforcer_bin()).args(["attach", "--cgroup", &name]),
+            std::time::Duration::from_secs(30),
+        );
         assert!(!output.status.success());
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
