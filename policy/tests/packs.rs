@@ -148,6 +148,11 @@ fn committed_schema_is_in_sync() {
     let path = packs_dir().join("schema.json");
     let generated = tools::schema_json();
     if std::env::var_os("POLICY_UPDATE_SCHEMA").is_some() {
+        // Under CI the committed file is what is checked, never rewritten.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "POLICY_UPDATE_SCHEMA is refused under CI: it would make this test pass by rewriting the file it checks"
+        );
         std::fs::write(&path, &generated).unwrap();
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
@@ -269,4 +274,44 @@ fn the_fallback_pack_file_validates_as_embedded() {
     parse_pack(&bytes, ValidationMode::Embedded).unwrap();
     // It is not a signable pack (no lifetime).
     assert!(parse_pack(&bytes, ValidationMode::Signed).is_err());
+}
+
+/// A public key, pack and signature made once (`enforcer policy keygen`,
+/// `enforcer policy sign`, private key discarded) and committed with their
+/// key id and digest as literals: a change to what is signed, how the key id
+/// is derived or how the signature is encoded breaks this test instead of
+/// every pack already published.
+#[test]
+fn a_pack_signed_once_verifies_with_its_committed_key() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/signed");
+    let public = read_public_key(&dir.join("key.pub")).unwrap();
+    assert_eq!(
+        policy::signing::KeyId::of(&public).to_string(),
+        "6d9e6bcde382a3ae"
+    );
+    let pack = dir.join("pack.json");
+    assert_eq!(
+        policy::signing::sha256_hex(&std::fs::read(&pack).unwrap()),
+        "4ab32f8af2f1634d087fed3065f604fbb09920ad9b8d4981480d5d2f2b131ee1"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("pack.json.sig")).unwrap(),
+        "MqfXQXgwtjbOjU3QOXuP3wgKdXdNXywmxYhxwcJhPegKxYNxxF4fas6STR35FxLJ/Mbvb8SbZGo1446h4yeRDQ==\n"
+    );
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(1_767_225_600 + 3_600);
+    let report = tools::verify_pack(&pack, &[public], None, at).unwrap();
+    assert_eq!(report.key_id.to_string(), "6d9e6bcde382a3ae");
+    assert_eq!(
+        report.sha256,
+        "4ab32f8af2f1634d087fed3065f604fbb09920ad9b8d4981480d5d2f2b131ee1"
+    );
+    assert_eq!(report.policy.version.to_string(), "fixture-1");
+    // The same bytes with one changed no longer verify.
+    let copy_dir = tempfile::tempdir().unwrap();
+    let changed = copy_dir.path().join("pack.json");
+    let text = std::fs::read_to_string(&pack).unwrap();
+    std::fs::write(&changed, text.replace("fixture-1", "fixture-2")).unwrap();
+    std::fs::copy(dir.join("pack.json.sig"), signature_path(&changed)).unwrap();
+    let error = tools::verify_pack(&changed, &[public], None, at).unwrap_err();
+    assert!(error.to_string().contains("signature"), "{error}");
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::hello::{add_extension, replace_sni, rustls_client_hello};
 use common::mock_dns::MockDns;
 use common::upstream::{
-    PlainUpstream, RawUpstream, TestPki, TlsUpstream, closed_by_peer, raw_connect, read_head,
+    PlainUpstream, RawUpstream, TestPki, TlsUpstream, raw_connect, read_head, read_until_closed,
 };
 use common::{Harness, allowlist, pack_json, run, stderr, stdout};
 use proxy::net::addr_class::AddressClass;
@@ -156,6 +156,7 @@ async fn ip_literals_in_every_spelling_get_403() {
         );
     }
     let events = harness.events(2 * spellings.len()).await;
+    assert_eq!(events.len(), 2 * spellings.len(), "{events:#?}");
     assert!(
         events.iter().all(|e| e.verdict.reason == Reason::IpLiteral),
         "{events:#?}"
@@ -251,15 +252,29 @@ async fn openssl_without_sni_is_closed() {
     assert!(upstream.seen_sni.lock().unwrap().is_empty());
 }
 
-/// CONNECTs to the allowed host, sends `bytes` after the `200`, and returns
-/// whether the proxy closed the tunnel.
-async fn tunnel_then_send(harness: &Harness, port: u16, bytes: &[u8]) -> bool {
+/// CONNECTs to the allowed host, sends `bytes` after the `200`, and
+/// asserts the proxy closed the tunnel itself: within the limit, with no
+/// byte sent back, and with nothing having reached the upstream (a proxy
+/// that forwarded the bytes and relayed the upstream's hang-up fails here).
+async fn assert_closed_before_upstream(harness: &Harness, upstream: &TlsUpstream, bytes: &[u8]) {
+    let port = upstream.addr.port();
     let (mut stream, head) = raw_connect(harness.addr, &format!("{ALLOWED}:{port}")).await;
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     stream.write_all(bytes).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(30), closed_by_peer(&mut stream))
+    let answered = tokio::time::timeout(Duration::from_secs(30), read_until_closed(&mut stream))
         .await
-        .expect("the proxy should close the tunnel")
+        .expect("the proxy should close the tunnel");
+    assert!(
+        answered.is_empty(),
+        "the proxy sent {} bytes back before closing",
+        answered.len()
+    );
+    assert_eq!(
+        (upstream.connections(), upstream.client_hellos()),
+        (0, 0),
+        "the upstream saw a connection or a ClientHello: {:?}",
+        upstream.first_bytes.lock().unwrap()
+    );
 }
 
 #[tokio::test]
@@ -269,7 +284,7 @@ async fn a_client_hello_with_two_server_names_is_closed() {
         &rustls_client_hello(Some(ALLOWED)),
         &[ALLOWED, "other.test"],
     );
-    assert!(tunnel_then_send(&harness, upstream.addr.port(), &hello).await);
+    assert_closed_before_upstream(&harness, &upstream, &hello).await;
     let event = harness.only_event().await;
     assert_eq!(event.verdict.reason, Reason::MultipleSni);
     assert_eq!(
@@ -282,7 +297,7 @@ async fn a_client_hello_with_two_server_names_is_closed() {
 async fn non_tls_bytes_after_200_are_closed() {
     let (_pki, upstream, harness) = setup("", "{}").await;
     let bytes = format!("GET / HTTP/1.1\r\nHost: {ALLOWED}\r\n\r\n");
-    assert!(tunnel_then_send(&harness, upstream.addr.port(), bytes.as_bytes()).await);
+    assert_closed_before_upstream(&harness, &upstream, bytes.as_bytes()).await;
     assert_eq!(harness.only_event().await.verdict.reason, Reason::NotTls);
 }
 
@@ -294,7 +309,7 @@ async fn an_ech_extension_is_closed_unless_the_policy_allows_ech() {
         0xfe0d,
         &[0, 0, 1, 0, 1, 7, 0, 0, 0, 0],
     );
-    assert!(tunnel_then_send(&harness, upstream.addr.port(), &hello).await);
+    assert_closed_before_upstream(&harness, &upstream, &hello).await;
     let event = harness.only_event().await;
     assert_eq!(event.verdict.reason, Reason::Ech);
     assert!(event.ech);

@@ -197,12 +197,17 @@ async fn anthropic_python_sdk_gets_the_same_answers_through_the_router() {
     }
     let direct_seen = &mock.recorded()[2..];
     assert!(
+        !direct_seen.is_empty(),
+        "the direct requests reached the mock"
+    );
+    assert!(
         direct_seen
             .iter()
             .all(|r| r.header("x-api-key") == Some(CLIENT_KEY))
     );
 
     let events = h.wait_events(2).await;
+    assert_eq!(events.len(), 2, "{events:?}");
     assert!(
         events
             .iter()

@@ -37,6 +37,167 @@ pub fn cgroup_mount() -> PathBuf {
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
+/// Where enforcer pins links and maps, one directory per cgroup id.
+const PIN_ROOT: &str = "/sys/fs/bpf/enforcer";
+
+/// Prefix of every cgroup a test makes.
+const TEST_CGROUP_PREFIX: &str = "enforcer-test-";
+
+/// What a sweep removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// Stale test cgroups removed (names under the cgroup v2 mount).
+    pub cgroups: Vec<String>,
+    /// Pin directories removed (cgroup ids whose cgroup no longer exists).
+    pub pins: Vec<String>,
+}
+
+/// The pid a test cgroup name was made by (`enforcer-test-<label>-<pid>-<n>`).
+pub fn test_cgroup_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(TEST_CGROUP_PREFIX)?;
+    let mut parts = rest.rsplitn(3, '-');
+    let (Some(n), Some(pid), Some(label)) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    if label.is_empty() || n.parse::<u32>().is_err() {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Removes what SIGKILLed test binaries left behind, and nothing else:
+/// cgroups named `enforcer-test-*` directly under the cgroup v2 mount whose
+/// creating process is gone and that hold no process (their pins first),
+/// then pin directories under /sys/fs/bpf/enforcer/<id>/ whose cgroup id
+/// no longer exists anywhere in the hierarchy.
+pub fn sweep_stale() -> Swept {
+    let mut swept = Swept::default();
+    let Ok(mount) = enforcer::kernel::CgroupMount::find().map(|m| m.path) else {
+        return swept;
+    };
+    for entry in fs::read_dir(&mount).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(owner) = test_cgroup_owner(&name) else {
+            continue;
+        };
+        let path = entry.path();
+        let owner_alive =
+            owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists();
+        let empty =
+            fs::read_to_string(path.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty());
+        if owner_alive || !empty {
+            continue;
+        }
+        if let Ok(meta) = fs::metadata(&path) {
+            let pins =
+                Path::new(PIN_ROOT).join(std::os::unix::fs::MetadataExt::ino(&meta).to_string());
+            if pins.exists() {
+                let id = pins.file_name().map(|n| n.to_string_lossy().into_owned());
+                let pin_dirs = enforcer::kernel::paths::PinDirs { root: pins };
+                if enforcer::kernel::attach::detach_pins(&pin_dirs).is_ok() {
+                    swept.pins.extend(id);
+                }
+            }
+        }
+        if fs::remove_dir(&path).is_ok() {
+            swept.cgroups.push(name);
+        }
+    }
+    // Pin directories first, then the cgroup ids: a cgroup is made before
+    // its pins, so a pin directory listed here has its cgroup in the walk.
+    let pin_dirs: Vec<(String, PathBuf)> = fs::read_dir(PIN_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.parse::<u64>().ok().map(|_| (name, entry.path()))
+        })
+        .collect();
+    if pin_dirs.is_empty() {
+        return swept;
+    }
+    let live = cgroup_ids(&mount);
+    for (name, path) in pin_dirs {
+        let id: u64 = name.parse().unwrap_or(0);
+        if live.contains(&id) {
+            continue;
+        }
+        let pins = enforcer::kernel::paths::PinDirs { root: path };
+        if enforcer::kernel::attach::detach_pins(&pins).is_ok() {
+            swept.pins.push(name);
+        }
+    }
+    swept
+}
+
+/// Every cgroup id (directory inode) under the cgroup v2 mount.
+fn cgroup_ids(mount: &Path) -> std::collections::HashSet<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut ids = std::collections::HashSet::new();
+    let mut stack = vec![mount.to_owned()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(meta) = fs::metadata(&dir) {
+            ids.insert(meta.ino());
+        }
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    ids
+}
+
+/// Runs `command` to its end within `limit`. Past it the child is killed
+/// and, should it have attached to the root cgroup, the root cgroup's
+/// enforcer pins are removed before the test fails.
+pub fn output_within_or_unpin_root(command: &mut Command, limit: Duration) -> std::process::Output {
+    use std::io::Read as _;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            use std::os::unix::fs::MetadataExt as _;
+            let root_id = fs::metadata(cgroup_mount()).unwrap().ino();
+            let pins = Path::new(PIN_ROOT).join(root_id.to_string());
+            if pins.exists() {
+                let _ = enforcer::kernel::attach::detach_pins(&enforcer::kernel::paths::PinDirs {
+                    root: pins,
+                });
+            }
+            panic!("{command:?} still ran after {limit:?}: killed, root cgroup pins removed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
 /// A uniquely named child cgroup this test made. On drop it kills what is
 /// left in it (only this test's probes can be there), removes the enforcer
 /// pins of its id (detaching every program) and removes the directory.
@@ -48,8 +209,16 @@ pub struct TestCgroup {
 }
 
 impl TestCgroup {
-    /// Creates `enforcer-test-<label>-<pid>-<n>` under the cgroup v2 mount.
+    /// Creates `enforcer-test-<label>-<pid>-<n>` under the cgroup v2 mount
+    /// (the first one in a process sweeps what killed test runs left).
     pub fn new(label: &str) -> Self {
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(|| {
+            let swept = sweep_stale();
+            if swept != Swept::default() {
+                eprintln!("enforcer-tests: swept stale test state: {swept:?}");
+            }
+        });
         let name = format!(
             "enforcer-test-{label}-{}-{}",
             std::process::id(),
@@ -68,7 +237,7 @@ impl TestCgroup {
 
     /// Where enforcer pins this cgroup's links and maps.
     pub fn pin_dir(&self) -> PathBuf {
-        Path::new("/sys/fs/bpf/enforcer").join(self.id().to_string())
+        Path::new(PIN_ROOT).join(self.id().to_string())
     }
 
     /// A command that joins this cgroup between fork and exec.
@@ -140,7 +309,7 @@ impl TestCgroup {
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         let _ = fs::write(self.path.join("cgroup.kill"), "1");
-        let pins = Path::new("/sys/fs/bpf/enforcer").join(
+        let pins = Path::new(PIN_ROOT).join(
             fs::metadata(&self.path)
                 .map(|m| std::os::unix::fs::MetadataExt::ino(&m).to_string())
                 .unwrap_or_default(),
@@ -559,5 +728,23 @@ fn is_source_routed_to(packet: &[u8], destination: std::net::IpAddr) -> bool {
                     .is_some_and(|&kind| kind == 131 || kind == 137)
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_cgroup_owner;
+
+    #[test]
+    fn only_test_cgroup_names_have_an_owner() {
+        assert_eq!(
+            test_cgroup_owner("enforcer-test-restart-4242-0"),
+            Some(4242)
+        );
+        assert_eq!(test_cgroup_owner("enforcer-test-two-words-7-12"), Some(7));
+        assert_eq!(test_cgroup_owner("enforcer-run-4242"), None);
+        assert_eq!(test_cgroup_owner("enforcer-test-4242-0"), None);
+        assert_eq!(test_cgroup_owner("enforcer-test-x-y-0"), None);
+        assert_eq!(test_cgroup_owner("system.slice"), None);
     }
 }

@@ -425,26 +425,41 @@ fn direct_entry_expires_in_the_kernel_with_no_enforcer_running() {
     {
         let path = CgroupMount::find().unwrap().resolve(&cgroup.name).unwrap();
         let attachment = kernel::attach(&path, &AttachOptions::default()).unwrap();
-        let expires = boot_now_ns() + 2_000_000_000;
+        // Live for an hour: the allowing probe has all the time it needs.
         attachment
             .maps()
             .unwrap()
-            .set_direct(addr, Transport::Tcp, expires)
+            .set_direct(addr, Transport::Tcp, boot_now_ns() + 3_600_000_000_000)
             .unwrap();
         // The attachment (and every fd this process had on the object) goes
         // away here: only the pins remain.
     }
     let (outcome, _) = cgroup.probe(&["tcp-connect", &addr.to_string()]);
     assert_ok(&outcome, "a live direct entry allows");
-    // Wait past the expiry by the kernel's own clock.
-    let expiry_passed = Instant::now() + Duration::from_millis(2_200);
-    while Instant::now() < expiry_passed {
-        std::thread::sleep(Duration::from_millis(50));
+    // Now a short expiry through the pins alone; once the kernel's own
+    // clock is past it, the entry (still in the map) no longer allows.
+    let pins = enforcer::kernel::paths::PinDirs::for_cgroup(cgroup.id());
+    let expires = boot_now_ns() + 200_000_000;
+    enforcer::kernel::PinnedMaps::open(&pins)
+        .unwrap()
+        .set_direct(addr, Transport::Tcp, expires)
+        .unwrap();
+    while boot_now_ns() <= expires {
+        std::thread::sleep(Duration::from_millis(20));
     }
     let (outcome, _) = cgroup.probe(&["tcp-connect", &addr.to_string()]);
     assert!(
         outcome.is_eperm(),
         "after its TTL the entry no longer allows: {outcome:?}"
+    );
+    assert!(
+        enforcer::kernel::PinnedMaps::open(&pins)
+            .unwrap()
+            .direct_entries()
+            .unwrap()
+            .iter()
+            .any(|entry| entry.addr == addr),
+        "the entry is still in the map: its expiry, not its removal, refused"
     );
     let maps = enforcer::kernel::PinnedMaps::open(&enforcer::kernel::paths::PinDirs::for_cgroup(
         cgroup.id(),
@@ -628,10 +643,12 @@ fn attaching_to_the_root_cgroup_is_refused() {
     require_root();
     let mount = CgroupMount::find().unwrap();
     for name in [".".to_string(), mount.path.display().to_string()] {
-        let output = Command::new(enforcer_bin())
-            .args(["attach", "--cgroup", &name])
-            .output()
-            .unwrap();
+        // Bounded: a regression that attached would stay running as a
+        // daemon on the root cgroup; it is killed and its pins removed.
+        let output = enforcer_tests::output_within_or_unpin_root(
+            Command::new(enforcer_bin()).args(["attach", "--cgroup", &name]),
+            std::time::Duration::from_secs(30),
+        );
         assert!(!output.status.success());
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(

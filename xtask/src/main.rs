@@ -51,7 +51,9 @@ fn main() -> ExitCode {
         Task::Build => setup::run().and_then(|()| build()),
         Task::Test => setup::run().and_then(|()| test()),
         Task::Lint => lint(),
-        Task::TestVm(args) => setup::run().and_then(|()| vm::run(&args)),
+        Task::TestVm(args) => setup::run().and_then(|()| vm::run(&args)).map(|totals| {
+            println!("{}", totals.closing_line(&[]));
+        }),
         Task::Demo => setup::run()
             .and_then(|()| build())
             .and_then(|()| demo::run()),
@@ -192,9 +194,10 @@ fn lint() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The hygiene gates, then every test. Kernel tests need root: as root
-/// they run natively; without root they are left out with a notice, except
-/// under CI=true where that is an error (they must fail, never skip).
+/// The hygiene gates, then every test. Kernel and daemon tests
+/// (enforcer-tests) need root: as root they run natively; without root and
+/// without CI they are left out and counted as skipped; under CI=true they
+/// run anyway and fail (nothing is skipped under CI).
 fn test() -> anyhow::Result<()> {
     // A failed gate fails `test` at the end; the tests still run, so one
     // run reports every layer.
@@ -219,16 +222,29 @@ fn test() -> anyhow::Result<()> {
         ])
         .env("ENFORCER_BIN", target.join("enforcer"))
         .env("ENFORCER_PROBE", target.join("enforcer-probe"));
-    if !is_root() {
-        if std::env::var_os("CI").is_some() {
-            bail!("kernel tests need root, and under CI=true they must run: run as root");
+    let mut skip_reasons = Vec::new();
+    let mut left_out = 0;
+    match root_tests_plan(is_root(), std::env::var_os("CI").is_some()) {
+        RootTests::Run => {}
+        RootTests::RunToFail => eprintln!(
+            "xtask: not root under CI=true: running enforcer-tests anyway; its root tests fail (nothing is skipped under CI)"
+        ),
+        RootTests::Skip => {
+            left_out = count_listed_tests(cargo().args(["test", "-p", "enforcer-tests"]))?;
+            eprintln!(
+                "xtask: not root: leaving out enforcer-tests ({left_out} kernel, daemon and systemd-unit tests); run `sudo cargo xtask test` for them"
+            );
+            command.args(["--exclude", "enforcer-tests"]);
+            skip_reasons.push(format!(
+                "{left_out} in enforcer-tests (kernel, daemon, systemd units): not root"
+            ));
         }
-        eprintln!(
-            "xtask: not root: leaving out the native kernel tests (enforcer-tests); run `sudo cargo xtask test` for them"
-        );
-        command.args(["--exclude", "enforcer-tests"]);
     }
     let mut totals = run_counting_tests(&mut command)?;
+    if totals.skipped > 0 {
+        skip_reasons.push(format!("{} #[ignore]d", totals.skipped));
+    }
+    totals.skipped += left_out;
     let mut failures = Vec::new();
     if totals.failed > 0 {
         failures.push(format!("cargo test: {} failed", totals.failed));
@@ -245,18 +261,60 @@ fn test() -> anyhow::Result<()> {
         }
     }
     match vm::run(&vm::VmArgs::default()) {
-        Ok(()) => totals.passed += 1,
+        Ok(vm) => {
+            totals.passed += vm.passed;
+            totals.failed += vm.failed;
+        }
         Err(error) => {
             totals.failed += 1;
             failures.push(format!("cargo xtask test-vm: {error:#}"));
         }
     }
     // One plain closing line for whoever reads the log's end.
-    println!("test: {} passed, {} failed", totals.passed, totals.failed);
+    println!("{}", totals.closing_line(&skip_reasons));
     if totals.failed > 0 {
         bail!("{} test(s) failed: {}", totals.failed, failures.join("; "));
     }
     Ok(())
+}
+
+/// What to do with the tests that need root (enforcer-tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RootTests {
+    /// As root: run them.
+    Run,
+    /// Not root, under CI: run them so they fail; CI never skips.
+    RunToFail,
+    /// Not root, no CI: leave them out and count them as skipped.
+    Skip,
+}
+
+fn root_tests_plan(root: bool, ci: bool) -> RootTests {
+    match (root, ci) {
+        (true, _) => RootTests::Run,
+        (false, true) => RootTests::RunToFail,
+        (false, false) => RootTests::Skip,
+    }
+}
+
+/// How many tests `cargo test ... -- --list` names (building them, running none).
+fn count_listed_tests(command: &mut Command) -> anyhow::Result<u64> {
+    let output = command
+        .args(["--", "--list", "--format", "terse"])
+        .current_dir(workspace_root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !output.status.success() {
+        bail!("{command:?} failed with {}", output.status);
+    }
+    Ok(count_list_lines(&String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Lines `NAME: test` in libtest's `--list --format terse` output.
+fn count_list_lines(text: &str) -> u64 {
+    let count = text.lines().filter(|line| line.ends_with(": test")).count();
+    u64::try_from(count).unwrap_or(u64::MAX)
 }
 
 /// The proxy's fuzz targets (proxy/fuzz) and how long each runs in `test`.
@@ -282,14 +340,18 @@ fn fuzz(target: &str) -> anyhow::Result<()> {
 
 /// Test counts summed over every `test result:` line cargo printed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct TestTotals {
-    passed: u64,
-    failed: u64,
+pub(crate) struct TestTotals {
+    /// Tests that passed.
+    pub(crate) passed: u64,
+    /// Tests that failed.
+    pub(crate) failed: u64,
+    /// Tests that did not run (`ignored`, or a layer left out).
+    pub(crate) skipped: u64,
 }
 
 impl TestTotals {
     /// Adds one libtest summary line (`test result: ok. 3 passed; 0 failed; ...`).
-    fn add_line(&mut self, line: &str) {
+    pub(crate) fn add_line(&mut self, line: &str) {
         let Some(rest) = line.trim().strip_prefix("test result: ") else {
             return;
         };
@@ -304,9 +366,22 @@ impl TestTotals {
             match label {
                 "passed" => self.passed += count,
                 "failed" => self.failed += count,
+                "ignored" => self.skipped += count,
                 _ => {}
             }
         }
+    }
+
+    /// `test: N passed, N failed, N skipped`, with why when any were skipped.
+    fn closing_line(&self, skip_reasons: &[String]) -> String {
+        let mut line = format!(
+            "test: {} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        );
+        if self.skipped > 0 && !skip_reasons.is_empty() {
+            line.push_str(&format!(" ({})", skip_reasons.join("; ")));
+        }
+        line
     }
 }
 
@@ -338,22 +413,58 @@ fn run_counting_tests(command: &mut Command) -> anyhow::Result<TestTotals> {
 
 #[cfg(test)]
 mod tests {
-    use super::TestTotals;
+    use super::{RootTests, TestTotals, count_list_lines, root_tests_plan};
 
     #[test]
     fn sums_libtest_summaries() {
         let mut totals = TestTotals::default();
         totals.add_line("test result: ok. 16 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 2.75s");
         totals.add_line(
-            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+            "test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out",
         );
         totals.add_line("running 3 tests");
         assert_eq!(
             totals,
             TestTotals {
                 passed: 19,
-                failed: 2
+                failed: 2,
+                skipped: 1,
             }
         );
+    }
+
+    #[test]
+    fn the_closing_line_counts_skipped_tests_and_says_why() {
+        let totals = TestTotals {
+            passed: 300,
+            failed: 0,
+            skipped: 27,
+        };
+        assert_eq!(
+            totals.closing_line(&["27 in enforcer-tests: not root".into()]),
+            "test: 300 passed, 0 failed, 27 skipped (27 in enforcer-tests: not root)"
+        );
+        let none = TestTotals {
+            skipped: 0,
+            ..totals
+        };
+        assert_eq!(
+            none.closing_line(&[]),
+            "test: 300 passed, 0 failed, 0 skipped"
+        );
+    }
+
+    #[test]
+    fn root_tests_are_skipped_only_without_root_and_without_ci() {
+        assert_eq!(root_tests_plan(true, false), RootTests::Run);
+        assert_eq!(root_tests_plan(true, true), RootTests::Run);
+        assert_eq!(root_tests_plan(false, true), RootTests::RunToFail);
+        assert_eq!(root_tests_plan(false, false), RootTests::Skip);
+    }
+
+    #[test]
+    fn counts_tests_in_a_terse_list() {
+        let text = "restart_works: test\nsystemd_units_verify: test\nsome_bench: bench\n\n";
+        assert_eq!(count_list_lines(text), 2);
     }
 }

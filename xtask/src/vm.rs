@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{run_command, run_command_in, workspace_root};
+use crate::{TestTotals, run_command, run_command_in, workspace_root};
 
 const MUSL: &str = "x86_64-unknown-linux-musl";
 
@@ -75,8 +75,9 @@ struct VmBinary {
     test_args: Option<&'static str>,
 }
 
-/// Runs the VM test layer.
-pub fn run(args: &VmArgs) -> anyhow::Result<()> {
+/// Runs the VM test layer; returns the inner tests' counts (every kernel
+/// test and every sandbox check, not one per binary).
+pub fn run(args: &VmArgs) -> anyhow::Result<TestTotals> {
     let work = workspace_root().join("target/test-vm");
     fs::create_dir_all(&work).context("creating target/test-vm")?;
     let binaries = build_static()?;
@@ -88,13 +89,19 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
     write_initramfs(&initrd, &binaries)?;
     let accel = choose_accel(args.accel, &kernel, &initrd)?;
     let log_path = work.join("console.log");
+    let expected: Vec<&str> = binaries
+        .iter()
+        .filter(|binary| binary.test_args.is_some())
+        .map(VmBinary::name)
+        .collect();
     let outcome = boot_and_watch(
         &kernel,
         &initrd,
         accel,
         Duration::from_secs(args.timeout),
         &log_path,
-    );
+    )
+    .and_then(|console| console.judge(&expected));
     if args.keep {
         eprintln!(
             "test-vm: kept {} and {}",
@@ -105,6 +112,129 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
         let _ = fs::remove_file(&initrd);
     }
     outcome
+}
+
+impl VmBinary {
+    /// The name init reports it under (the last part of its guest path).
+    fn name(&self) -> &'static str {
+        self.guest.rsplit('/').next().unwrap_or(self.guest)
+    }
+}
+
+/// What the console said about the tests, collected while it streamed.
+#[derive(Debug, Default)]
+struct Console {
+    /// Per binary, in the order init ran them: its verdict line and the
+    /// counts of what ran inside it.
+    binaries: Vec<BinaryRun>,
+    /// The binary between its `VMTEST-START` and `VMTEST-RESULT`.
+    current: Option<usize>,
+    /// A `Kernel panic` line.
+    panic_line: Option<String>,
+    /// `VMTEST-DONE` was printed.
+    done: bool,
+    /// The wall-clock limit was reached.
+    timed_out: bool,
+}
+
+/// One test binary's run inside the VM.
+#[derive(Debug, Default)]
+struct BinaryRun {
+    name: String,
+    /// `Some(true)` for `VMTEST-RESULT NAME pass`; None until it printed one.
+    passed: Option<bool>,
+    /// Inner counts: libtest `test result:` lines, or the sandbox probe's
+    /// `summary checks=N failed=N unproven=N`.
+    inner: TestTotals,
+}
+
+impl Console {
+    /// Takes one console line.
+    fn take(&mut self, line: &str) {
+        if let Some(name) = line.strip_prefix("VMTEST-START ") {
+            self.binaries.push(BinaryRun {
+                name: name.trim().to_owned(),
+                ..BinaryRun::default()
+            });
+            self.current = Some(self.binaries.len() - 1);
+        } else if let Some(result) = line.strip_prefix("VMTEST-RESULT ") {
+            let mut words = result.split_whitespace();
+            let name = words.next().unwrap_or("?");
+            let passed = words.next() == Some("pass");
+            match self.current.take() {
+                Some(index) if self.binaries[index].name == name => {
+                    self.binaries[index].passed = Some(passed);
+                }
+                _ => self.binaries.push(BinaryRun {
+                    name: name.to_owned(),
+                    passed: Some(passed),
+                    ..BinaryRun::default()
+                }),
+            }
+        } else if let Some(index) = self.current {
+            let inner = &mut self.binaries[index].inner;
+            if line.trim_start().starts_with("test result: ") {
+                inner.add_line(line);
+            } else if let Some(summary) = line.strip_prefix("summary ") {
+                let field = |key: &str| {
+                    summary
+                        .split_whitespace()
+                        .find_map(|word| word.strip_prefix(key)?.parse::<u64>().ok())
+                };
+                if let (Some(checks), Some(failed)) = (field("checks="), field("failed=")) {
+                    inner.passed += checks.saturating_sub(failed);
+                    inner.failed += failed;
+                }
+            }
+        }
+        if line.contains("Kernel panic") {
+            self.panic_line = Some(line.to_owned());
+        }
+        if line == "VMTEST-DONE" {
+            self.done = true;
+        }
+    }
+
+    /// The inner totals, or why the run does not count: a panic, a failed
+    /// or missing binary, a binary that ran no tests, no end marker.
+    fn judge(&self, expected: &[&str]) -> anyhow::Result<TestTotals> {
+        if let Some(line) = &self.panic_line {
+            bail!("the VM kernel panicked: {line}");
+        }
+        let mut totals = TestTotals::default();
+        let mut problems = Vec::new();
+        for name in expected {
+            let Some(run) = self.binaries.iter().find(|run| run.name == *name) else {
+                problems.push(format!("{name} never ran"));
+                continue;
+            };
+            totals.passed += run.inner.passed;
+            totals.failed += run.inner.failed;
+            totals.skipped += run.inner.skipped;
+            match run.passed {
+                None => problems.push(format!("{name} printed no result")),
+                Some(false) => problems.push(format!("{name} failed")),
+                Some(true) if run.inner.passed == 0 => {
+                    problems.push(format!("{name} passed without running a test"));
+                }
+                Some(true) if run.inner.failed > 0 => {
+                    problems.push(format!("{name} passed but reported failures"));
+                }
+                Some(true) => {}
+            }
+        }
+        if !self.done {
+            problems.push(if self.timed_out {
+                "the VM never printed its end marker (wall-clock limit reached)".to_owned()
+            } else {
+                "the VM never printed its end marker (it stopped early)".to_owned()
+            });
+        }
+        if !problems.is_empty() {
+            bail!("in the VM: {}", problems.join("; "));
+        }
+        Ok(totals)
+    }
 }
 
 /// Builds the VM's binaries for musl and returns them (stripped copies).
@@ -402,8 +532,7 @@ fn write_initramfs(path: &Path, binaries: &[VmBinary]) -> anyhow::Result<()> {
             fs::read(&binary.host).with_context(|| format!("reading {}", binary.host.display()))?;
         cpio.file(binary.guest, 0o755, &body);
         if let Some(args) = binary.test_args {
-            let name = binary.guest.rsplit('/').next().unwrap_or(binary.guest);
-            tests.push_str(&format!("{name} {} {args}\n", binary.guest));
+            tests.push_str(&format!("{} {} {args}\n", binary.name(), binary.guest));
         }
     }
     cpio.file("/vm-tests", 0o644, tests.as_bytes());
@@ -540,7 +669,7 @@ fn boot_and_watch(
     accel: Accel,
     limit: Duration,
     log_path: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Console> {
     let started = Instant::now();
     let mut child = qemu(kernel, initrd, accel, "")
         .spawn()
@@ -548,10 +677,7 @@ fn boot_and_watch(
     let lines = stream_lines(&mut child);
     let deadline = started + limit;
     let mut log = fs::File::create(log_path).ok();
-    let mut failures = Vec::new();
-    let mut passed = 0;
-    let mut done = false;
-    let mut panic_line = None;
+    let mut console = Console::default();
     while let Some(line) = next_line(&lines, deadline) {
         if let Some(log) = log.as_mut() {
             let _ = writeln!(log, "{line}");
@@ -564,53 +690,108 @@ fn boot_and_watch(
         } else if (line.starts_with("test ") && (line.ends_with(" ok") || line.contains(" FAILED")))
             || line.starts_with("check=")
             || line.starts_with("summary checks=")
+            || line.trim_start().starts_with("test result: ")
+            || line.starts_with("VMTEST-WARN")
+            || line.starts_with("qemu:")
+            || line.contains("Kernel panic")
         {
             println!("test-vm: [{elapsed:>4}s] {line}");
         } else if let Some(result) = line.strip_prefix("VMTEST-RESULT ") {
             println!("test-vm: [{elapsed:>4}s] {result}");
-            let mut words = result.split_whitespace();
-            let name = words.next().unwrap_or("?").to_owned();
-            if words.next() == Some("pass") {
-                passed += 1;
-            } else {
-                failures.push(name);
-            }
-        } else if line.starts_with("VMTEST-WARN") || line.starts_with("qemu:") {
-            println!("test-vm: [{elapsed:>4}s] {line}");
-        } else if line.contains("Kernel panic") {
-            panic_line = Some(line.clone());
-            println!("test-vm: [{elapsed:>4}s] {line}");
         } else if line.contains("panicked at") || line.starts_with("thread '") {
             println!("test-vm: [{elapsed:>4}s]   {line}");
-        } else if line == "VMTEST-DONE" {
-            done = true;
         }
+        console.take(&line);
     }
-    let timed_out = Instant::now() >= deadline;
+    console.timed_out = Instant::now() >= deadline;
     let _ = child.kill();
     let _ = child.wait();
     let elapsed = started.elapsed().as_secs();
+    let passed = console
+        .binaries
+        .iter()
+        .filter(|run| run.passed == Some(true))
+        .count();
     println!(
-        "test-vm: {passed} test binaries passed, {} failed, in {elapsed} s ({accel:?}); console log {}",
-        failures.len(),
+        "test-vm: {passed} test binaries passed, {} did not, in {elapsed} s ({accel:?}); console log {}",
+        console.binaries.len() - passed,
         log_path.display()
     );
-    if let Some(line) = panic_line {
-        bail!("the VM kernel panicked: {line}");
+    Ok(console)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Console;
+
+    fn console(lines: &[&str]) -> Console {
+        let mut console = Console::default();
+        for line in lines {
+            console.take(line);
+        }
+        console
     }
-    if !failures.is_empty() {
-        bail!("failed in the VM: {}", failures.join(", "));
+
+    const KERNEL_RUN: &[&str] = &[
+        "VMTEST-START kernel",
+        "running 16 tests",
+        "test result: ok. 16 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 9.1s",
+        "VMTEST-RESULT kernel pass",
+    ];
+    const SANDBOX_RUN: &[&str] = &[
+        "VMTEST-START sandbox",
+        "check=bpf rule=bpf unfiltered=ok filtered=EPERM expect=EPERM result=pass proven=yes",
+        "summary checks=47 failed=0 unproven=0",
+        "VMTEST-RESULT sandbox pass",
+    ];
+
+    #[test]
+    fn counts_every_inner_test_of_both_binaries() {
+        let lines: Vec<&str> = [KERNEL_RUN, SANDBOX_RUN, &["VMTEST-DONE"]].concat();
+        let totals = console(&lines).judge(&["kernel", "sandbox"]).unwrap();
+        assert_eq!((totals.passed, totals.failed), (63, 0));
     }
-    if !done {
-        bail!(
-            "the VM never printed its end marker ({}); see {}",
-            if timed_out {
-                format!("wall-clock limit of {} s reached", limit.as_secs())
-            } else {
-                "it stopped early".into()
-            },
-            log_path.display()
+
+    #[test]
+    fn an_empty_test_list_fails() {
+        let error = console(&["VMTEST-DONE"])
+            .judge(&["kernel", "sandbox"])
+            .unwrap_err();
+        assert!(error.to_string().contains("kernel never ran"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_binary_fails() {
+        let lines: Vec<&str> = [KERNEL_RUN, &["VMTEST-DONE"]].concat();
+        let error = console(&lines).judge(&["kernel", "sandbox"]).unwrap_err();
+        assert!(error.to_string().contains("sandbox never ran"), "{error}");
+    }
+
+    #[test]
+    fn a_binary_that_ran_no_test_fails() {
+        let lines = [
+            "VMTEST-START kernel",
+            "running 0 tests",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 16 filtered out",
+            "VMTEST-RESULT kernel pass",
+            "VMTEST-DONE",
+        ];
+        let error = console(&lines).judge(&["kernel"]).unwrap_err();
+        assert!(
+            error.to_string().contains("without running a test"),
+            "{error}"
         );
     }
-    Ok(())
+
+    #[test]
+    fn a_failed_binary_or_no_end_marker_fails() {
+        let lines = [
+            "VMTEST-START kernel",
+            "test result: FAILED. 15 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+            "VMTEST-RESULT kernel fail exit status: 101",
+            "VMTEST-DONE",
+        ];
+        assert!(console(&lines).judge(&["kernel"]).is_err());
+        assert!(console(KERNEL_RUN).judge(&["kernel"]).is_err());
+    }
 }

@@ -27,7 +27,12 @@ use crate::kernel::{KernelError, PinnedMaps, events::boot_now_ns, maps::Transpor
 
 /// Converts a wall-clock instant to `CLOCK_BOOTTIME` nanoseconds.
 pub fn wall_to_boot_ns(instant: SystemTime, now: SystemTime) -> u64 {
-    let boot_now = boot_now_ns();
+    wall_to_boot_ns_at(instant, now, boot_now_ns())
+}
+
+/// [`wall_to_boot_ns`] with both clocks given: `now` on the wall clock is
+/// `boot_now` on the boot clock.
+pub fn wall_to_boot_ns_at(instant: SystemTime, now: SystemTime, boot_now: u64) -> u64 {
     match instant.duration_since(now) {
         Ok(ahead) => boot_now.saturating_add(u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX)),
         Err(behind) => {
@@ -89,8 +94,10 @@ impl MapSync {
     ) -> Result<SyncReport, KernelError> {
         let mut report = SyncReport::default();
         let mut wanted: Vec<(SocketAddr, Option<SystemTime>, String)> = Vec::new();
-        // This host's interface addresses, read once per sync when DNS answered.
-        let mut local: Option<LocalAddrs> = None;
+        // This host's interface addresses, read once per sync when DNS
+        // answered. When they cannot be read, DNS answers are refused (an
+        // own address could not be told apart from any other).
+        let mut local: Option<Result<LocalAddrs, String>> = None;
         for rule in snapshot
             .direct_rules()
             .iter()
@@ -107,9 +114,20 @@ impl MapSync {
                         // Pinned (`--resolve`) and literal addresses are the operator's own
                         // choice; DNS answers pass the proxy's own address-class check.
                         if resolved.source == AddrSource::Dns {
-                            let local = local.get_or_insert_with(|| {
-                                LocalAddrs::from_system().unwrap_or_else(|_| LocalAddrs::new([]))
-                            });
+                            let local = match local.get_or_insert_with(|| {
+                                LocalAddrs::from_system().map_err(|error| error.to_string())
+                            }) {
+                                Ok(local) => &*local,
+                                Err(error) => {
+                                    report.skipped.push((
+                                        target.clone(),
+                                        format!(
+                                            "{ip} (from DNS): refused, this host's own addresses could not be read: {error}"
+                                        ),
+                                    ));
+                                    continue;
+                                }
+                            };
                             let fronting = &snapshot.policy().fronting;
                             if let Err(class) =
                                 check(ip, |ip| fronting.private_address_allowed(ip), local)
@@ -181,14 +199,21 @@ mod tests {
 
     #[test]
     fn wall_instants_map_to_boot_clock() {
-        let now = SystemTime::now();
-        let boot = boot_now_ns();
-        let later = wall_to_boot_ns(now + Duration::from_secs(10), now);
-        assert!(
-            later >= boot + 9_900_000_000 && later <= boot + 10_500_000_000,
-            "{later} vs {boot}"
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let boot = 50_000_000_000;
+        assert_eq!(
+            wall_to_boot_ns_at(now + Duration::from_secs(10), now, boot),
+            60_000_000_000
         );
-        let earlier = wall_to_boot_ns(now - Duration::from_secs(1), now);
-        assert!(earlier < boot);
+        assert_eq!(
+            wall_to_boot_ns_at(now - Duration::from_millis(1_500), now, boot),
+            48_500_000_000
+        );
+        assert_eq!(wall_to_boot_ns_at(now, now, boot), boot);
+        // Before boot: clamped, never wrapped.
+        assert_eq!(
+            wall_to_boot_ns_at(now - Duration::from_secs(3_600), now, boot),
+            0
+        );
     }
 }

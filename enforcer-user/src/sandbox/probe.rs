@@ -1097,9 +1097,11 @@ impl Report {
     /// The unfiltered result differs from the refusal, so the check shows
     /// the filter at work on this kernel (a refusal the kernel makes anyway,
     /// such as TIOCSTI where legacy TIOCSTI is disabled, proves nothing).
+    /// An `Unchanged` control is proven only when the unfiltered call
+    /// succeeded: a control that fails either way shows nothing let through.
     pub fn proven(&self) -> bool {
         match self.expect {
-            Expect::Unchanged => true,
+            Expect::Unchanged => matches!(self.unfiltered, Outcome::Success(_)),
             _ if self.check.rule == Rule::ForeignAbi => {
                 self.unfiltered != Outcome::Killed(libc::SIGSEGV)
             }
@@ -1219,6 +1221,19 @@ mod tests {
         let r = report(Outcome::Success(0), Outcome::Success(0));
         assert!(!r.passed());
         assert!(r.line().contains("result=FAIL"));
+        let control = |unfiltered, filtered| Report {
+            check: c,
+            unfiltered,
+            filtered,
+            expect: Expect::Unchanged,
+        };
+        let r = control(Outcome::Success(3), Outcome::Success(4));
+        assert!(r.passed() && r.proven(), "a control that went through");
+        let r = control(Outcome::Errno(libc::EPERM), Outcome::Errno(libc::EPERM));
+        assert!(
+            r.passed() && !r.proven(),
+            "a control refused unfiltered too proves nothing"
+        );
         let ia32 = checks().into_iter().find(|c| c.rule == Rule::ForeignAbi);
         if let Some(check) = ia32 {
             let segv = Outcome::Killed(libc::SIGSEGV);

@@ -716,6 +716,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(resolved.source, AddrSource::Dns);
+        assert!(!resolved.addrs.is_empty(), "{resolved:?}");
         assert!(
             resolved.addrs.iter().all(IpAddr::is_loopback),
             "{resolved:?}"

@@ -82,6 +82,10 @@ pub struct TlsUpstream {
     pub addr: SocketAddr,
     /// The SNI of every completed handshake, in order.
     pub seen_sni: Arc<Mutex<Vec<Option<String>>>>,
+    /// The first bytes of every accepted connection (a ClientHello when a
+    /// client spoke TLS), recorded before any handshake, so a hello that
+    /// fails the handshake is seen too.
+    pub first_bytes: Arc<Mutex<Vec<Vec<u8>>>>,
     task: JoinHandle<()>,
 }
 
@@ -106,6 +110,8 @@ impl TlsUpstream {
         let addr = listener.local_addr().unwrap();
         let seen_sni = Arc::new(Mutex::new(Vec::new()));
         let seen = seen_sni.clone();
+        let first_bytes = Arc::new(Mutex::new(Vec::new()));
+        let first = first_bytes.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -113,7 +119,17 @@ impl TlsUpstream {
                 };
                 let acceptor = acceptor.clone();
                 let seen = seen.clone();
+                let first = first.clone();
                 tokio::spawn(async move {
+                    let index = {
+                        let mut all = first.lock().unwrap();
+                        all.push(Vec::new());
+                        all.len() - 1
+                    };
+                    let mut peeked = [0u8; 512];
+                    if let Ok(n) = stream.peek(&mut peeked).await {
+                        first.lock().unwrap()[index].extend_from_slice(&peeked[..n]);
+                    }
                     let Ok(mut tls) = acceptor.accept(stream).await else {
                         return;
                     };
@@ -140,8 +156,24 @@ impl TlsUpstream {
         Self {
             addr,
             seen_sni,
+            first_bytes,
             task,
         }
+    }
+
+    /// Connections that reached this upstream, whatever they sent.
+    pub fn connections(&self) -> usize {
+        self.first_bytes.lock().unwrap().len()
+    }
+
+    /// Connections whose first bytes were a TLS handshake record (a ClientHello).
+    pub fn client_hellos(&self) -> usize {
+        self.first_bytes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|bytes| bytes.first() == Some(&0x16))
+            .count()
     }
 }
 
@@ -285,13 +317,16 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
-/// Reads until EOF (or a reset); true when the proxy closed the connection.
-pub async fn closed_by_peer(stream: &mut TcpStream) -> bool {
+/// Reads until the proxy ends the connection (EOF or a reset) and returns
+/// every byte it sent before that. Waits for ever when it never closes:
+/// callers bound it with a timeout, whose expiry is the failure.
+pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return true,
-            Ok(_) => {}
+            Ok(0) | Err(_) => return received,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
         }
     }
 }

@@ -17,7 +17,7 @@
 //! enforcer-probe serve-self ADDR           bind+listen on ADDR, then connect to it
 //! enforcer-probe listen ADDR               bind+listen, print `listening PORT`, wait for stdin EOF
 //! enforcer-probe connect-loop ADDR [COUNT]  connect(2) COUNT times, or until stdin closes;
-//!                                           prints `attempts=N successes=M` (kernel tests' prober)
+//!                                           prints `attempts=N successes=M eperm=K` (kernel tests' prober)
 //! enforcer-probe v6only-connect tcp|udp PORT
 //!                                           bind [::]:PORT with IPV6_V6ONLY=1 (TCP: and listen),
 //!                                           then connect 127.0.0.1:PORT and send one byte
@@ -271,15 +271,17 @@ fn connect_loop(addr: SocketAddr, count: Option<u64>) -> io::Result<()> {
             STOP.store(true, Ordering::SeqCst);
         });
     }
-    let (mut attempts, mut successes) = (0u64, 0u64);
+    let (mut attempts, mut successes, mut eperm) = (0u64, 0u64, 0u64);
     while count.is_none_or(|n| attempts < n) && !STOP.load(Ordering::SeqCst) {
         attempts += 1;
-        if TcpStream::connect(addr).is_ok() {
-            successes += 1;
+        match TcpStream::connect(addr) {
+            Ok(_) => successes += 1,
+            Err(error) if error.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+            Err(_) => {}
         }
     }
-    eprintln!("attempts={attempts} successes={successes}");
-    println!("attempts={attempts} successes={successes}");
+    eprintln!("attempts={attempts} successes={successes} eperm={eperm}");
+    println!("attempts={attempts} successes={successes} eperm={eperm}");
     io::stdout().flush()?;
     std::process::exit(0);
 }
