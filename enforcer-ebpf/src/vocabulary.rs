@@ -71,6 +71,13 @@ pub enum Reason {
     /// An enforcer endpoint whose listening socket is not the daemon's
     /// (the daemon is down, or another process took its port).
     EndpointNotOwned = 9,
+    /// A unix socket address (path or abstract name) that is neither on the
+    /// pack's `egress.unix` list nor under the enforced command's own
+    /// directories (`cgroup/connect_unix`, `cgroup/sendmsg_unix`).
+    UnixSocket = 10,
+    /// ptrace or process_vm_readv/writev of a task outside the enforced
+    /// cgroup (BPF-LSM `ptrace_access_check`).
+    Ptrace = 11,
 
     // === CONNECT proxy ===
     // === allow ===
@@ -198,7 +205,7 @@ pub enum Reason {
 
 impl Reason {
     /// The reasons the kernel programs give (what `STATS` counts).
-    pub const KERNEL: [Reason; 9] = [
+    pub const KERNEL: [Reason; 11] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -208,10 +215,12 @@ impl Reason {
         Self::Family,
         Self::SourceRoute,
         Self::EndpointNotOwned,
+        Self::UnixSocket,
+        Self::Ptrace,
     ];
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 60] = [
+    pub const ALL: [Reason; 62] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -221,6 +230,8 @@ impl Reason {
         Self::Family,
         Self::SourceRoute,
         Self::EndpointNotOwned,
+        Self::UnixSocket,
+        Self::Ptrace,
         Self::Allowlisted,
         Self::Granted,
         Self::AllowlistedEch,
@@ -321,6 +332,8 @@ impl Reason {
             Self::Family => "socket_family",
             Self::SourceRoute => "source_route",
             Self::EndpointNotOwned => "endpoint_not_owned",
+            Self::UnixSocket => "unix_socket",
+            Self::Ptrace => "ptrace",
             Self::Allowlisted => "allowlisted",
             Self::Granted => "granted",
             Self::AllowlistedEch => "allowlisted_ech",
@@ -395,6 +408,10 @@ impl Reason {
             Self::EndpointNotOwned => {
                 "the enforcer endpoint is not served by the enforcer daemon (is it running?)"
             }
+            Self::UnixSocket => {
+                "this unix socket is not on egress.unix nor under the command's own directories"
+            }
+            Self::Ptrace => "tracing a process outside the enforced cgroup is not allowed",
             Self::Allowlisted => "the destination is allowlisted",
             Self::Granted => "the destination is allowed by a runtime grant",
             Self::AllowlistedEch => {

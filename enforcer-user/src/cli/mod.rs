@@ -7,6 +7,7 @@ pub mod daemon_flags;
 pub mod detach;
 pub mod policy;
 pub mod run;
+pub mod run_unix;
 pub mod sandbox;
 pub mod status;
 

@@ -14,6 +14,7 @@ pub mod maps;
 pub mod ownership;
 pub mod paths;
 pub mod status;
+pub mod unix;
 
 use std::path::PathBuf;
 
@@ -21,6 +22,7 @@ pub use attach::{AttachOptions, Attachment, FamilyEnforcement, attach, detach};
 pub use cgroup::{CgroupMount, CgroupPath};
 pub use events::DenyRecord;
 pub use maps::{EndpointSpec, PinnedMaps};
+pub use unix::UnixEnforcement;
 
 /// Errors of the kernel layer, each naming what was being done and what to try.
 #[derive(Debug, thiserror::Error)]
