@@ -108,6 +108,10 @@ fn judge(ctx: *mut bpf_sock_addr, hook: Hook) -> i32 {
 /// Reads the destination's `sun_path` into `key.data.path` and returns the
 /// address length the kernel will use: up to the first NUL for a path,
 /// every byte for an abstract name. `None` when it cannot be read.
+#[expect(
+    clippy::needless_range_loop,
+    reason = "constant-bound index loops are the shape the verifier is given"
+)]
 #[inline(always)]
 fn read_address(ctx: *mut bpf_sock_addr, key: &mut Key<UnixKey>) -> Option<usize> {
     let cast: unsafe extern "C" fn(*mut c_void) -> *mut c_void =
@@ -205,6 +209,10 @@ fn has_dot_dot(path: &[u8; UNIX_KEY_PATH], len: usize) -> bool {
 }
 
 /// `/` bytes among the first `len`.
+#[expect(
+    clippy::needless_range_loop,
+    reason = "constant-bound index loops are the shape the verifier is given"
+)]
 #[inline(always)]
 fn count_slashes(path: &[u8; UNIX_KEY_PATH], len: usize) -> usize {
     let len = launder(len);
@@ -338,7 +346,7 @@ fn record_deny(ctx: *mut bpf_sock_addr, hook: Hook, path: &[u8; UNIX_KEY_PATH], 
             *head = slot + 1;
             slot
         };
-        let _ = RECENT.set((slot % u64::from(RECENT_DENIES)) as u32, &event, 0);
+        let _ = RECENT.set((slot % u64::from(RECENT_DENIES)) as u32, event, 0);
     }
 }
 
