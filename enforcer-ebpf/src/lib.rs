@@ -202,8 +202,6 @@ pub enum Hook {
     ConnectUnix = 9,
     /// `cgroup/sendmsg_unix`.
     SendmsgUnix = 10,
-    /// `lsm_cgroup/ptrace_access_check`.
-    LsmPtrace = 11,
 }
 
 impl Hook {
@@ -220,7 +218,6 @@ impl Hook {
             8 => Self::SkbEgress,
             9 => Self::ConnectUnix,
             10 => Self::SendmsgUnix,
-            11 => Self::LsmPtrace,
             _ => return None,
         })
     }
@@ -238,7 +235,6 @@ impl Hook {
             Self::SkbEgress => "skb_egress",
             Self::ConnectUnix => "connect_unix",
             Self::SendmsgUnix => "sendmsg_unix",
-            Self::LsmPtrace => "lsm_ptrace_access_check",
         }
     }
 }

@@ -75,9 +75,6 @@ pub enum Reason {
     /// pack's `egress.unix` list nor under the enforced command's own
     /// directories (`cgroup/connect_unix`, `cgroup/sendmsg_unix`).
     UnixSocket = 10,
-    /// ptrace or process_vm_readv/writev of a task outside the enforced
-    /// cgroup (BPF-LSM `ptrace_access_check`).
-    Ptrace = 11,
 
     // === CONNECT proxy ===
     // === allow ===
@@ -205,7 +202,7 @@ pub enum Reason {
 
 impl Reason {
     /// The reasons the kernel programs give (what `STATS` counts).
-    pub const KERNEL: [Reason; 11] = [
+    pub const KERNEL: [Reason; 10] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -216,11 +213,10 @@ impl Reason {
         Self::SourceRoute,
         Self::EndpointNotOwned,
         Self::UnixSocket,
-        Self::Ptrace,
     ];
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 62] = [
+    pub const ALL: [Reason; 61] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -231,7 +227,6 @@ impl Reason {
         Self::SourceRoute,
         Self::EndpointNotOwned,
         Self::UnixSocket,
-        Self::Ptrace,
         Self::Allowlisted,
         Self::Granted,
         Self::AllowlistedEch,
@@ -333,7 +328,6 @@ impl Reason {
             Self::SourceRoute => "source_route",
             Self::EndpointNotOwned => "endpoint_not_owned",
             Self::UnixSocket => "unix_socket",
-            Self::Ptrace => "ptrace",
             Self::Allowlisted => "allowlisted",
             Self::Granted => "granted",
             Self::AllowlistedEch => "allowlisted_ech",
@@ -411,7 +405,6 @@ impl Reason {
             Self::UnixSocket => {
                 "this unix socket is not on egress.unix nor under the command's own directories"
             }
-            Self::Ptrace => "tracing a process outside the enforced cgroup is not allowed",
             Self::Allowlisted => "the destination is allowlisted",
             Self::Granted => "the destination is allowed by a runtime grant",
             Self::AllowlistedEch => {

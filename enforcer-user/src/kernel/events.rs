@@ -72,11 +72,7 @@ impl DenyRecord {
         let unix_hook = matches!(hook, Some(Hook::ConnectUnix | Hook::SendmsgUnix));
         let destination = match hook {
             Some(
-                Hook::SockCreate
-                | Hook::LsmSocketCreate
-                | Hook::ConnectUnix
-                | Hook::SendmsgUnix
-                | Hook::LsmPtrace,
+                Hook::SockCreate | Hook::LsmSocketCreate | Hook::ConnectUnix | Hook::SendmsgUnix,
             )
             | None => None,
             Some(_) => Some(SocketAddr::new(ip_from_bytes(event.addr), event.port)),
