@@ -37,8 +37,13 @@ pub mod map_names {
     /// socket closes. The daemon's listeners look their peers up here.
     pub const PEERS: &str = "PEERS";
 
+    /// LPM trie of [`crate::UnixKey`] to [`crate::UnixRule`]: the unix
+    /// sockets the cgroup may reach (`egress.unix` and the enforced
+    /// command's own directories). Used by the second object's unix programs.
+    pub const UNIX_ALLOW: &str = "UNIX_ALLOW";
+
     /// Every map that is pinned (by name) so enforcement state outlives the loader.
-    pub const PINNED: [&str; 9] = [
+    pub const PINNED: [&str; 10] = [
         CONFIG,
         ALLOW4,
         ALLOW6,
@@ -48,6 +53,7 @@ pub mod map_names {
         RECENT,
         RECENT_HEAD,
         PEERS,
+        UNIX_ALLOW,
     ];
 }
 
@@ -225,6 +231,10 @@ pub enum Hook {
     SetSockopt = 7,
     /// `cgroup_skb/egress`.
     SkbEgress = 8,
+    /// `cgroup/connect_unix`.
+    ConnectUnix = 9,
+    /// `cgroup/sendmsg_unix`.
+    SendmsgUnix = 10,
 }
 
 impl Hook {
@@ -239,6 +249,8 @@ impl Hook {
             6 => Self::LsmSocketCreate,
             7 => Self::SetSockopt,
             8 => Self::SkbEgress,
+            9 => Self::ConnectUnix,
+            10 => Self::SendmsgUnix,
             _ => return None,
         })
     }
@@ -254,6 +266,8 @@ impl Hook {
             Self::LsmSocketCreate => "lsm_socket_create",
             Self::SetSockopt => "setsockopt",
             Self::SkbEgress => "skb_egress",
+            Self::ConnectUnix => "connect_unix",
+            Self::SendmsgUnix => "sendmsg_unix",
         }
     }
 }
@@ -312,6 +326,77 @@ impl DenyEvent {
     };
 }
 
+// === unix sockets (cgroup/connect_unix, cgroup/sendmsg_unix) ===
+
+/// `sizeof(sockaddr_un.sun_path)`: the address bytes the unix programs compare.
+pub const UNIX_PATH_MAX: usize = 108;
+/// Literal bytes a [`unix_rule::SEGMENT_GLOB`] rule can require after its `*`.
+pub const UNIX_SUFFIX_MAX: usize = 64;
+/// Bytes of [`UnixKey::path`]: `sun_path` plus zero padding to a power of
+/// two, so the programs' masked indexes always stay inside it.
+pub const UNIX_KEY_PATH: usize = 128;
+/// Capacity of `UNIX_ALLOW`.
+pub const MAX_UNIX_RULES: u32 = 4096;
+/// Bits of [`UnixKey::cgroup_id`] in an LPM prefix length.
+pub const UNIX_KEY_CGROUP_BITS: u32 = 64;
+
+/// The data of a `UNIX_ALLOW` key (after the LPM prefix length): which
+/// cgroup a rule is for and the address bytes it starts with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixKey {
+    /// cgroup v2 id, big-endian bytes (0: every cgroup the programs run for,
+    /// i.e. the pack's `egress.unix`). Always matched in full.
+    pub cgroup_id: [u8; 8],
+    /// `sun_path` as passed: a path, or NUL and an abstract name; NUL padded
+    /// (only the first [`UNIX_PATH_MAX`] bytes ever hold an address).
+    pub path: [u8; UNIX_KEY_PATH],
+}
+
+impl UnixKey {
+    /// An all-zero key.
+    pub const ZERO: UnixKey = UnixKey {
+        cgroup_id: [0; 8],
+        path: [0; UNIX_KEY_PATH],
+    };
+}
+
+/// How a `UNIX_ALLOW` rule matches ([`UnixRule::kind`]).
+pub mod unix_rule {
+    /// The address is exactly the key's `prefix_len` bytes.
+    pub const EXACT: u8 = 1;
+    /// The address starts with the key's bytes (a directory and everything below).
+    pub const PREFIX: u8 = 2;
+    /// The key's bytes, then bytes without `/`, then [`crate::UnixRule::suffix`].
+    pub const SEGMENT_GLOB: u8 = 3;
+}
+
+/// Value of `UNIX_ALLOW`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixRule {
+    /// One of [`unix_rule`].
+    pub kind: u8,
+    /// Always zero.
+    pub pad: u8,
+    /// Address bytes of the key (its LPM prefix length is 64 + 8 × this).
+    pub prefix_len: u16,
+    /// Bytes of the text after the `*` ([`unix_rule::SEGMENT_GLOB`]).
+    pub suffix_len: u16,
+    /// `/` bytes in the key's address bytes.
+    pub prefix_slashes: u16,
+    /// `/` bytes in the text after the `*`. An address matches a glob when
+    /// its `/` count is `prefix_slashes + suffix_slashes`: the `*` took none.
+    pub suffix_slashes: u16,
+    /// Always zero.
+    pub pad2: [u8; 2],
+    /// The text after the `*`, right-aligned (its last byte at the end).
+    pub suffix: [u8; UNIX_SUFFIX_MAX],
+    /// 0xff where `suffix` holds text, 0 elsewhere: the program compares
+    /// the address's last bytes with no loop bound depending on the rule.
+    pub suffix_mask: [u8; UNIX_SUFFIX_MAX],
+}
+
 /// Maps an IPv4 address (network order bytes) to its IPv4-mapped IPv6 form.
 pub const fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
     [
@@ -337,4 +422,8 @@ mod pod {
     unsafe impl aya::Pod for super::DenyEvent {}
     // SAFETY: PeerInfo is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::PeerInfo {}
+    // SAFETY: UnixKey is #[repr(C)] byte arrays, no padding.
+    unsafe impl aya::Pod for super::UnixKey {}
+    // SAFETY: UnixRule is #[repr(C)] plain data with explicit padding.
+    unsafe impl aya::Pod for super::UnixRule {}
 }

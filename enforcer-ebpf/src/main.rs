@@ -40,7 +40,7 @@ use aya_ebpf::{
         btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, map,
         sock_ops,
     },
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{
         LsmContext, SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext,
     },
@@ -48,8 +48,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use enforcer_ebpf::{
     Allow4Key, AllowValue, DenyEvent, EVENTS_BYTES, Endpoint, Hook, MAX_ALLOW_ENTRIES,
-    MAX_ENDPOINTS, MAX_PEERS, PeerInfo, RECENT_DENIES, Reason, SockTag, SocketKey, family, owner,
-    protocol, stat, v4_mapped,
+    MAX_ENDPOINTS, MAX_PEERS, MAX_UNIX_RULES, PeerInfo, RECENT_DENIES, Reason, SockTag, SocketKey,
+    UnixKey, UnixRule, family, owner, protocol, stat, v4_mapped,
 };
 
 /// Verdicts of cgroup socket programs.
@@ -76,6 +76,12 @@ static RECENT: Array<DenyEvent> = Array::pinned(RECENT_DENIES, 0);
 static RECENT_HEAD: Array<u64> = Array::pinned(1, 0);
 #[map]
 static PEERS: LruHashMap<SocketKey, PeerInfo> = LruHashMap::pinned(MAX_PEERS, 0);
+
+// === unix sockets: the map of the second object's programs (src/unix.rs) ===
+// Declared here so aya creates and pins it with the others; no program of
+// this object uses it.
+#[map]
+static UNIX_ALLOW: LpmTrie<UnixKey, UnixRule> = LpmTrie::pinned(MAX_UNIX_RULES, 0);
 
 // === SOCK_TAGS: a BTF socket-storage map, pinned by name ===
 

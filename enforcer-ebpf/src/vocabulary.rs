@@ -71,6 +71,10 @@ pub enum Reason {
     /// An enforcer endpoint whose listening socket is not the daemon's
     /// (the daemon is down, or another process took its port).
     EndpointNotOwned = 9,
+    /// A unix socket address (path or abstract name) that is neither on the
+    /// pack's `egress.unix` list nor under the enforced command's own
+    /// directories (`cgroup/connect_unix`, `cgroup/sendmsg_unix`).
+    UnixSocket = 10,
 
     // === CONNECT proxy ===
     // === allow ===
@@ -202,7 +206,7 @@ pub enum Reason {
 
 impl Reason {
     /// The reasons the kernel programs give (what `STATS` counts).
-    pub const KERNEL: [Reason; 9] = [
+    pub const KERNEL: [Reason; 10] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -212,10 +216,11 @@ impl Reason {
         Self::Family,
         Self::SourceRoute,
         Self::EndpointNotOwned,
+        Self::UnixSocket,
     ];
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 61] = [
+    pub const ALL: [Reason; 62] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -225,6 +230,7 @@ impl Reason {
         Self::Family,
         Self::SourceRoute,
         Self::EndpointNotOwned,
+        Self::UnixSocket,
         Self::Allowlisted,
         Self::Granted,
         Self::AllowlistedEch,
@@ -326,6 +332,7 @@ impl Reason {
             Self::Family => "socket_family",
             Self::SourceRoute => "source_route",
             Self::EndpointNotOwned => "endpoint_not_owned",
+            Self::UnixSocket => "unix_socket",
             Self::Allowlisted => "allowlisted",
             Self::Granted => "granted",
             Self::AllowlistedEch => "allowlisted_ech",
@@ -400,6 +407,9 @@ impl Reason {
             }
             Self::EndpointNotOwned => {
                 "the enforcer endpoint is not served by the enforcer daemon (is it running?)"
+            }
+            Self::UnixSocket => {
+                "this unix socket is not on egress.unix nor under the command's own directories"
             }
             Self::Allowlisted => "the destination is allowlisted",
             Self::Granted => "the destination is allowed by a runtime grant",

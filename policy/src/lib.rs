@@ -36,6 +36,7 @@ pub mod snapshot;
 pub mod store;
 pub mod timestamp;
 pub mod tools;
+pub mod unix;
 pub mod version;
 
 pub use addr::Cidr;
@@ -60,4 +61,5 @@ pub use signing::{KeyId, SigningKey, VerifyingKey};
 pub use snapshot::{Origin, Snapshot};
 pub use store::{Candidate, Offered, PolicyStore, Refusal};
 pub use timestamp::{format_timestamp, parse_timestamp};
+pub use unix::{UnixMatch, UnixPatternError, UnixSocketPattern};
 pub use version::Version;

@@ -14,6 +14,7 @@ use crate::duration::{format_duration, parse_duration};
 use crate::host::{Host, HostPort, HostPortPattern, normalize_host};
 use crate::raw::{self, PackFile, SCHEMA_ID};
 use crate::timestamp::{format_timestamp, parse_timestamp};
+use crate::unix::UnixSocketPattern;
 use crate::version::Version;
 
 pub use crate::raw::{
@@ -575,6 +576,8 @@ pub struct Egress {
     pub loopback: LoopbackMode,
     /// Direct entries.
     pub direct: Vec<DirectEntry>,
+    /// Unix sockets the cgroup may reach (`egress.unix`).
+    pub unix: Vec<UnixSocketPattern>,
 }
 
 /// A checked direct egress entry (exact host or IP, no wildcard).
@@ -1015,11 +1018,19 @@ impl Validator {
                 Err(err) => self.fail(format!("{path}.hostport"), err.to_string()),
             }
         }
+        let mut unix = Vec::new();
+        for (i, text) in e.unix.iter().enumerate() {
+            match UnixSocketPattern::parse(text) {
+                Ok(pattern) => unix.push(pattern),
+                Err(err) => self.fail(format!("egress.unix[{i}]"), err.to_string()),
+            }
+        }
         Egress {
             mode: e.mode,
             dns: e.dns,
             loopback: e.loopback,
             direct,
+            unix,
         }
     }
 

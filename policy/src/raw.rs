@@ -258,6 +258,8 @@ pub struct Egress {
     pub loopback: LoopbackMode,
     /// Destinations reached directly (no proxy, no SNI check), e.g. `github.com:22` for git over SSH. Exact host or IP, no wildcard; names are resolved by the daemon.
     pub direct: Vec<DirectEntry>,
+    /// Unix sockets a process in the enforced cgroup may connect or send to, besides those under the enforced command's own directories: absolute paths (`/run/foo.sock`; one `*` matches within one path segment, a final `/**` matches a whole subtree) or abstract names (`@name`, exact). Enforced where the kernel has the cgroup unix hooks (6.7+).
+    pub unix: Vec<String>,
 }
 
 /// One direct egress entry.

@@ -24,6 +24,10 @@ use enforcer_tests::{
     host_address, probe_bin, require_root, unprivileged_user,
 };
 
+// === issue 14: unix sockets and ptrace (tests/kernel/unix_sockets.rs) ===
+#[path = "kernel/unix_sockets.rs"]
+mod unix_sockets;
+
 /// A test cgroup with the programs attached through the library API.
 /// Fields drop in order: events, attachment, then the cgroup guard (which
 /// detaches and removes everything).

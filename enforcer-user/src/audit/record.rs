@@ -142,6 +142,10 @@ impl AuditRecord {
         record.comm = Some(deny.comm.clone());
         record.host = deny.destination.map(|d| d.ip().to_string());
         record.port = deny.destination.map(|d| d.port());
+        // A unix deny's "host" is the socket's address (issue 14).
+        if record.host.is_none() {
+            record.host.clone_from(&deny.unix_address);
+        }
         record.detail = Some(
             serde_json::json!({
                 "hook": deny.hook,

@@ -9,6 +9,7 @@ pub mod logging;
 pub mod policy;
 pub mod run;
 pub mod run_summary;
+pub mod run_unix;
 pub mod sandbox;
 pub mod selftest;
 pub mod status;

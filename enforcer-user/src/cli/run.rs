@@ -658,15 +658,23 @@ async fn spawn_and_wait(
         tokio::signal::unix::SignalKind::quit(),
     ]
     .map(tokio::signal::unix::signal);
-    let mut child = child
+    // Unix sockets: the command's own directories (issue 14, run_unix.rs).
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let own_dirs = super::run_unix::OwnDirs::prepare(cgroup, &cwd, identity.uid, identity.gid)?;
+    child.env("TMPDIR", &own_dirs.tmpdir);
+    let spawned = child
         .spawn()
-        .with_context(|| format!("starting {:?}", command[0]))?;
+        .with_context(|| format!("starting {:?}", command[0]));
     drop(seccomp_fds);
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .context("waiting for the command")?
-        .context("waiting for the command")?;
-    Ok(exit_code(status))
+    let status = match spawned {
+        Ok(mut child) => tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .context("waiting for the command")
+            .and_then(|waited| waited.context("waiting for the command")),
+        Err(error) => Err(error),
+    };
+    own_dirs.finish();
+    Ok(exit_code(status?))
 }
 
 /// The command's exit status, or 128 + the signal that ended it.

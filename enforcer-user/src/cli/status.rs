@@ -112,6 +112,20 @@ fn render(status: &CgroupStatus) -> String {
             status.families_not_enforced.join(", ")
         );
     }
+    // === unix sockets (issue 14) ===
+    if status.unix_enforced {
+        let _ = writeln!(
+            out,
+            "  unix sockets: enforced (allowed: {})",
+            or_none(&status.unix_rules)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  unix sockets: not enforced ({})",
+            status.unix_not_enforced.as_deref().unwrap_or("unknown")
+        );
+    }
     let endpoints: Vec<String> = status
         .endpoints
         .iter()

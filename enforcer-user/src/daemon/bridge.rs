@@ -48,6 +48,7 @@ impl AuditBridge {
             cgroup_id = deny.cgroup_id,
             family = %deny.family,
             destination = deny.destination.map(|d| d.to_string()),
+            unix_address = deny.unix_address.as_deref(),
             "kernel deny"
         );
         self.metrics

@@ -63,6 +63,12 @@ impl Daemon {
             }
             Err(error) => tracing::error!(error = %error, "syncing the direct maps"),
         }
+        // Unix sockets: the pack's egress.unix, for every cgroup (id 0).
+        let pins = crate::kernel::paths::PinDirs::for_cgroup(self.cgroup_id);
+        if let Err(error) = crate::kernel::unix::set_rules(&pins, 0, &snapshot.policy().egress.unix)
+        {
+            tracing::error!(error = %error, "syncing the unix socket rules");
+        }
     }
 
     /// The Prometheus text: the bridge's counters plus the gauges read now.

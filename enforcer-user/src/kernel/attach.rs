@@ -29,6 +29,7 @@ use super::{
     hooks::{HOOKS, HookKind, HookSpec, LSM_SOCKET_CREATE},
     maps::{EndpointSpec, PinnedMaps},
     paths::PinDirs,
+    unix::{self, UNIX_PROGRAMS, UnixEnforcement},
 };
 
 /// The BPF object built from enforcer-ebpf by build.rs.
@@ -91,6 +92,8 @@ pub struct Attachment {
     pub pins: PinDirs,
     /// Whether other socket families are enforced.
     pub families: FamilyEnforcement,
+    /// Whether unix sockets are enforced (the second object's programs).
+    pub unix: UnixEnforcement,
     ebpf: Ebpf,
 }
 
@@ -100,6 +103,7 @@ impl std::fmt::Debug for Attachment {
             .field("cgroup", &self.cgroup)
             .field("cgroup_id", &self.cgroup_id)
             .field("families", &self.families)
+            .field("unix", &self.unix)
             .finish_non_exhaustive()
     }
 }
@@ -142,7 +146,10 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
         })?;
     }
     settle_interrupted_swaps(&pins)?;
-    let fresh = !HOOKS.iter().any(|hook| pins.link(hook.program).exists());
+    let fresh = !HOOKS.iter().any(|hook| pins.link(hook.program).exists())
+        && !UNIX_PROGRAMS
+            .iter()
+            .any(|program| pins.link(program.program).exists());
 
     let log_level: u8 = if options.debug_log { 0xff } else { 0 };
     let mut ebpf = EbpfLoader::new()
@@ -186,9 +193,37 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
             }
         }
     }
+    // === unix sockets: the second object (kernel 6.7+); absent hooks leave
+    // unix sockets not enforced, the rest stands ===
+    let unix_staged = match unix::stage(&pins, &cgroup_file) {
+        Ok(links) => Ok(links),
+        Err(error) => {
+            for program in &UNIX_PROGRAMS {
+                let swap = pins.swap_link(program.program);
+                if swap.exists() {
+                    let _ = unpin_and_drop(&swap);
+                }
+            }
+            Err(error_chain(&error))
+        }
+    };
     for (hook, pinned) in staged {
         replace_link(&pins, hook.program, pinned)?;
     }
+    let unix = match unix_staged {
+        Ok(links) => {
+            for (program, pinned) in links {
+                replace_link(&pins, program, pinned)?;
+            }
+            UnixEnforcement::Enforced
+        }
+        Err(failure) => {
+            tracing::debug!(error = %failure, "unix-socket programs not attached");
+            UnixEnforcement::NotEnforced {
+                reason: format!("{}: {failure}", unix::not_enforced_reason()),
+            }
+        }
+    };
 
     let families = if pins.link(LSM_SOCKET_CREATE).exists() {
         FamilyEnforcement::Enforced
@@ -202,6 +237,7 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
         cgroup_id,
         pins,
         families,
+        unix,
         ebpf,
     })
 }
@@ -335,7 +371,11 @@ fn attach_sockopt_pinned(
 }
 
 /// `BPF_LINK_CREATE` with no flags (a cgroup link is always multi-attach).
-fn bpf_link_create(prog_fd: i32, target_fd: i32, attach_type: u32) -> std::io::Result<OwnedFd> {
+pub(super) fn bpf_link_create(
+    prog_fd: i32,
+    target_fd: i32,
+    attach_type: u32,
+) -> std::io::Result<OwnedFd> {
     const BPF_LINK_CREATE: libc::c_long = 28;
     // union bpf_attr, link_create member: { __u32 prog_fd; __u32 target_fd;
     // __u32 attach_type; __u32 flags; ... }; the rest zero.
@@ -364,7 +404,7 @@ fn bpf_link_create(prog_fd: i32, target_fd: i32, attach_type: u32) -> std::io::R
 }
 
 /// `BPF_OBJ_PIN`: pins a BPF object (here a link) at `path` on bpffs.
-fn bpf_obj_pin(object: &OwnedFd, path: &Path) -> std::io::Result<()> {
+pub(super) fn bpf_obj_pin(object: &OwnedFd, path: &Path) -> std::io::Result<()> {
     const BPF_OBJ_PIN: libc::c_long = 6;
     let c_path = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
@@ -423,7 +463,7 @@ fn unpin_and_drop(path: &Path) -> Result<(), KernelError> {
 }
 
 /// `BPF_OBJ_GET`: opens a pinned object.
-fn bpf_obj_get(path: &Path) -> std::io::Result<OwnedFd> {
+pub(super) fn bpf_obj_get(path: &Path) -> std::io::Result<OwnedFd> {
     const BPF_OBJ_GET: libc::c_long = 7;
     let c_path = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
@@ -475,12 +515,16 @@ fn bpf_link_detach(link: &OwnedFd) -> std::io::Result<()> {
 /// an old one is dropped (the old one still enforces); a lone swap link
 /// takes the hook's place.
 fn settle_interrupted_swaps(pins: &PinDirs) -> Result<(), KernelError> {
-    for hook in &HOOKS {
-        let swap_path = pins.swap_link(hook.program);
+    let programs = HOOKS
+        .iter()
+        .map(|hook| hook.program)
+        .chain(UNIX_PROGRAMS.iter().map(|program| program.program));
+    for program in programs {
+        let swap_path = pins.swap_link(program);
         if !swap_path.exists() {
             continue;
         }
-        let final_path = pins.link(hook.program);
+        let final_path = pins.link(program);
         if final_path.exists() {
             unpin_and_drop(&swap_path)?;
         } else {

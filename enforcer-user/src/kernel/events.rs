@@ -59,14 +59,22 @@ pub struct DenyRecord {
     pub destination: Option<SocketAddr>,
     /// Machine-readable reason.
     pub reason: String,
+    /// The unix socket address of a unix deny: the whole path (or `@name`)
+    /// when at most 16 bytes, else its first and last 8 bytes around `…`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_address: Option<String>,
 }
 
 impl DenyRecord {
     /// Decodes a raw event.
     pub fn from_event(event: &DenyEvent) -> Self {
         let hook = Hook::from_u8(event.hook);
+        let unix_hook = matches!(hook, Some(Hook::ConnectUnix | Hook::SendmsgUnix));
         let destination = match hook {
-            Some(Hook::SockCreate | Hook::LsmSocketCreate) | None => None,
+            Some(
+                Hook::SockCreate | Hook::LsmSocketCreate | Hook::ConnectUnix | Hook::SendmsgUnix,
+            )
+            | None => None,
             Some(_) => Some(SocketAddr::new(ip_from_bytes(event.addr), event.port)),
         };
         let comm_len = event
@@ -93,6 +101,7 @@ impl DenyRecord {
                 || format!("reason-{}", event.reason),
                 |r| r.as_str().to_owned(),
             ),
+            unix_address: unix_hook.then(|| unix_address(&event.addr, usize::from(event.port))),
         }
     }
 
@@ -112,7 +121,29 @@ impl std::fmt::Display for DenyRecord {
         if let Some(destination) = self.destination {
             write!(f, " dst={destination}")?;
         }
+        if let Some(address) = &self.unix_address {
+            write!(f, " path={address}")?;
+        }
         write!(f, " hook={}", self.hook)
+    }
+}
+
+/// A unix deny's address from the event's 16 bytes (see
+/// `enforcer-ebpf` unix.rs `record_deny`) and its length.
+fn unix_address(bytes: &[u8; 16], len: usize) -> String {
+    let text = |part: &[u8]| String::from_utf8_lossy(part).replace('\0', "@");
+    if len <= 16 {
+        let part = &bytes[..len.min(16)];
+        match part.split_first() {
+            Some((0, name)) => format!("@{}", text(name)),
+            _ => text(part),
+        }
+    } else {
+        let head = match bytes[..8].split_first() {
+            Some((0, name)) => format!("@{}", text(name)),
+            _ => text(&bytes[..8]),
+        };
+        format!("{head}…{}", text(&bytes[8..]))
     }
 }
 

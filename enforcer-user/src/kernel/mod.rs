@@ -15,6 +15,7 @@ pub mod ownership;
 pub mod paths;
 pub mod peers;
 pub mod status;
+pub mod unix;
 
 use std::path::PathBuf;
 
@@ -22,6 +23,7 @@ pub use attach::{AttachOptions, Attachment, FamilyEnforcement, attach, detach};
 pub use cgroup::{CgroupMount, CgroupPath};
 pub use events::DenyRecord;
 pub use maps::{EndpointSpec, PinnedMaps};
+pub use unix::UnixEnforcement;
 
 /// Errors of the kernel layer, each naming what was being done and what to try.
 #[derive(Debug, thiserror::Error)]

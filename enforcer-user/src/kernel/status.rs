@@ -10,6 +10,7 @@ use super::{
     hooks::{HOOKS, LSM_SOCKET_CREATE},
     maps::{Counters, DirectEntry, EndpointSpec, PinnedMaps},
     paths::{PIN_ROOT, PinDirs},
+    unix::{self, UnixEnforcement},
 };
 
 /// One hook and whether its link is pinned.
@@ -34,6 +35,13 @@ pub struct CgroupStatus {
     pub families_enforced: bool,
     /// Families the kernel programs do not cover, if any.
     pub families_not_enforced: Vec<String>,
+    /// True when the cgroup unix programs (connect_unix, sendmsg_unix) are attached.
+    pub unix_enforced: bool,
+    /// Why unix sockets are not enforced, when they are not.
+    pub unix_not_enforced: Option<String>,
+    /// The `UNIX_ALLOW` rules: `egress.unix` entries, and `own(<cgroup id>): <dir>/**`
+    /// for an enforced command's own directories.
+    pub unix_rules: Vec<String>,
     /// Enforcer endpoints in the `CONFIG` map.
     pub endpoints: Vec<EndpointSpec>,
     /// Direct allow entries.
@@ -112,12 +120,30 @@ pub fn one(
             .display()
             .to_string()
     });
+    let unix = UnixEnforcement::from_pins(pins);
+    let unix_rules = unix::rules(pins)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(owner, rule)| {
+            if owner == 0 {
+                rule
+            } else {
+                format!("own({owner}): {rule}")
+            }
+        })
+        .collect();
     Ok(CgroupStatus {
         cgroup_id,
         cgroup,
         hooks,
         families_enforced,
         families_not_enforced,
+        unix_enforced: unix.is_enforced(),
+        unix_not_enforced: match unix {
+            UnixEnforcement::Enforced => None,
+            UnixEnforcement::NotEnforced { reason } => Some(reason),
+        },
+        unix_rules,
         endpoints: maps.endpoints()?,
         direct: maps.direct_entries()?,
         counters: maps.counters()?,

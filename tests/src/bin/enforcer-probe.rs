@@ -39,6 +39,15 @@
 //!                                           the connection until one stdin line, then close it
 //!                                           (client attribution tests: the server looks it up)
 //! enforcer-probe unix-hold PATH             the same on a unix stream socket at PATH (`connected`)
+//! enforcer-probe unix-connect KIND ADDR    a unix socket to ADDR (a path, or @name for an abstract
+//!                                           name); KIND: stream (connect), dgram (connect),
+//!                                           dgram-sendto (sendto on an unconnected socket)
+//! enforcer-probe unix-own-server PATH      bind+listen a unix stream server at PATH, connect to it,
+//!                                           one byte each way (the socket file is removed after)
+//! enforcer-probe ptrace-attach PID         PTRACE_ATTACH to PID (detached again at once)
+//! enforcer-probe process-vm-read PID       process_vm_readv of 1 byte at PID's auxv-free stack top
+//!                                           (any address: EFAULT still means access was granted)
+//! enforcer-probe ptrace-child              fork a child and PTRACE_ATTACH to it
 //! ```
 //!
 //! With `ENFORCER_PROBE_USER=UID:GID` in its environment the probe drops to
@@ -111,6 +120,17 @@ fn main() -> ExitCode {
                 .and_then(|a| own_server(kind, a)),
             _ => Err("own-server needs KIND ADDR".into()),
         },
+        "unix-connect" => match (args.get(1).map(String::as_str), args.get(2)) {
+            (Some(kind), Some(target)) => unix_connect(kind, target),
+            _ => Err("unix-connect needs KIND ADDR".into()),
+        },
+        "unix-own-server" => args
+            .get(1)
+            .map(|path| unix_own_server(path))
+            .ok_or_else(|| "unix-own-server needs PATH".into()),
+        "ptrace-attach" => port_pid(&args).map(ptrace_attach),
+        "process-vm-read" => port_pid(&args).map(process_vm_read),
+        "ptrace-child" => Ok(ptrace_child()),
         other => Err(format!("unknown command {other:?}")),
     };
     match result {
@@ -618,4 +638,115 @@ fn big_sockopt() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+// === unix sockets and ptrace (issue 14) ===
+
+fn unix_addr(target: &str) -> io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt as _;
+    match target.strip_prefix('@') {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()),
+        None => std::os::unix::net::SocketAddr::from_pathname(target),
+    }
+}
+
+fn unix_connect(kind: &str, target: &str) -> Result<io::Result<()>, String> {
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    let attempt = |addr: std::os::unix::net::SocketAddr| match kind {
+        "stream" => UnixStream::connect_addr(&addr).map(drop),
+        "dgram" => UnixDatagram::unbound().and_then(|s| s.connect_addr(&addr)),
+        "dgram-sendto" => {
+            UnixDatagram::unbound().and_then(|s| s.send_to_addr(b"probe", &addr).map(drop))
+        }
+        _ => Err(io::Error::other("unknown kind")),
+    };
+    if !["stream", "dgram", "dgram-sendto"].contains(&kind) {
+        return Err(format!(
+            "unix-connect KIND must be stream, dgram or dgram-sendto, not {kind:?}"
+        ));
+    }
+    Ok(unix_addr(target).and_then(attempt))
+}
+
+fn unix_own_server(path: &str) -> io::Result<()> {
+    use std::io::Read as _;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let listener = UnixListener::bind(path)?;
+    let result = (|| {
+        let mut client = UnixStream::connect(path)?;
+        let (mut server, _) = listener.accept()?;
+        client.write_all(b"x")?;
+        let mut byte = [0u8; 1];
+        server.read_exact(&mut byte)?;
+        server.write_all(b"y")?;
+        client.read_exact(&mut byte)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(path);
+    result
+}
+
+fn port_pid(args: &[String]) -> Result<libc::pid_t, String> {
+    let text = args.get(1).ok_or("needs a PID")?;
+    text.parse().map_err(|_| format!("{text:?} is not a pid"))
+}
+
+fn ptrace_attach(pid: libc::pid_t) -> io::Result<()> {
+    // SAFETY: PTRACE_ATTACH takes no pointers; a success is undone below.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0usize, 0usize) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut status = 0;
+    // SAFETY: waits for the attach stop of the tracee we just attached to.
+    unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+    // SAFETY: detaching the tracee we attached; no pointers.
+    unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize) };
+    Ok(())
+}
+
+fn process_vm_read(pid: libc::pid_t) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    let local = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Any address: the access check comes before the read, so EFAULT (an
+    // unmapped address) still means the check let us through.
+    let remote = libc::iovec {
+        iov_base: 0x1000 as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: local points at one writable byte; remote is only read by
+    // the kernel from the other process (and checked there).
+    let rc = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    if rc < 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EFAULT) {
+            return Ok(());
+        }
+        return Err(error);
+    }
+    Ok(())
+}
+
+fn ptrace_child() -> io::Result<()> {
+    // SAFETY: the child only sleeps (async-signal-safe) until killed.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        loop {
+            // SAFETY: pause(2) is async-signal-safe.
+            unsafe { libc::pause() };
+        }
+    }
+    let result = ptrace_attach(pid);
+    // SAFETY: killing and reaping our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    result
 }
