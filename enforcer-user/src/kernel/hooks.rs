@@ -74,10 +74,10 @@ pub const HOOKS: [HookSpec; 9] = [
 /// The LSM program's name (its absence means other families are unenforced).
 pub const LSM_SOCKET_CREATE: &str = "socket_create";
 
-/// The cgroup unix-socket programs, by pin name. None are built yet; the
-/// unix-hooks work lists its programs here, and [`Layers::unix_sockets`]
-/// (what the self-test and `status` report) follows.
-pub const UNIX_HOOKS: &[&str] = &[];
+/// The cgroup unix-socket programs, by pin name (the second object's,
+/// [`super::unix::UNIX_PROGRAMS`]); [`Layers::unix_sockets`] (what the
+/// self-test and `status` report) follows their links.
+pub const UNIX_HOOKS: &[&str] = &["connect_unix", "sendmsg_unix"];
 
 /// Which optional layers this kernel's attached programs provide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
