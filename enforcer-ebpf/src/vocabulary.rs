@@ -71,6 +71,10 @@ pub enum Reason {
     /// An enforcer endpoint whose listening socket is not the daemon's
     /// (the daemon is down, or another process took its port).
     EndpointNotOwned = 9,
+    // 10 is taken by `unix_socket` on another branch (issue 12d took 11).
+    /// A packet whose destination is not one its socket's connect or
+    /// sendmsg was judged for (dropped at egress).
+    DestinationMismatch = 11,
 
     // === CONNECT proxy ===
     // === allow ===
@@ -198,7 +202,7 @@ pub enum Reason {
 
 impl Reason {
     /// The reasons the kernel programs give (what `STATS` counts).
-    pub const KERNEL: [Reason; 9] = [
+    pub const KERNEL: [Reason; 10] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -208,10 +212,11 @@ impl Reason {
         Self::Family,
         Self::SourceRoute,
         Self::EndpointNotOwned,
+        Self::DestinationMismatch,
     ];
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 60] = [
+    pub const ALL: [Reason; 61] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -221,6 +226,7 @@ impl Reason {
         Self::Family,
         Self::SourceRoute,
         Self::EndpointNotOwned,
+        Self::DestinationMismatch,
         Self::Allowlisted,
         Self::Granted,
         Self::AllowlistedEch,
@@ -321,6 +327,7 @@ impl Reason {
             Self::Family => "socket_family",
             Self::SourceRoute => "source_route",
             Self::EndpointNotOwned => "endpoint_not_owned",
+            Self::DestinationMismatch => "destination_mismatch",
             Self::Allowlisted => "allowlisted",
             Self::Granted => "granted",
             Self::AllowlistedEch => "allowlisted_ech",
@@ -394,6 +401,9 @@ impl Reason {
             }
             Self::EndpointNotOwned => {
                 "the enforcer endpoint is not served by the enforcer daemon (is it running?)"
+            }
+            Self::DestinationMismatch => {
+                "the packet's destination is not the one its socket's connect or send was allowed for"
             }
             Self::Allowlisted => "the destination is allowlisted",
             Self::Granted => "the destination is allowed by a runtime grant",

@@ -767,9 +767,9 @@ fn unjudged(kind: &str, first: SocketAddr, second: SocketAddr) -> Result<io::Res
     };
     Ok((|| {
         let fd = new_socket(family, socket_type)?;
-        let judged = if tcp {
-            connect_fd_timeout(&fd, first)
-        } else if connected {
+        // A blocking connect: a refused non-blocking one leaves the socket
+        // `SS_CONNECTING`, and the next connect fails ECONNABORTED.
+        let judged = if connected {
             connect_fd(&fd, first).and_then(|()| send_fd(&fd, None))
         } else {
             send_fd(&fd, Some(first))
