@@ -23,6 +23,11 @@ pub mod map_names {
     /// the cgroup (tagged at `sock_create`) and the daemon's own listeners
     /// (tagged from userspace by fd).
     pub const SOCK_TAGS: &str = "SOCK_TAGS";
+    /// BTF socket-storage map of [`crate::Judged`]: the destinations a
+    /// socket's connect and sendmsg were last judged and allowed for, which
+    /// `cgroup_skb/egress` holds every packet of the socket to (issue 12d).
+    /// Not cloned: an accepted socket carries none.
+    pub const JUDGED: &str = "JUDGED";
     /// Ring buffer of [`crate::DenyEvent`].
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of u64 counters, indexed by [`crate::stat`].
@@ -43,11 +48,12 @@ pub mod map_names {
     pub const UNIX_ALLOW: &str = "UNIX_ALLOW";
 
     /// Every map that is pinned (by name) so enforcement state outlives the loader.
-    pub const PINNED: [&str; 10] = [
+    pub const PINNED: [&str; 11] = [
         CONFIG,
         ALLOW4,
         ALLOW6,
         SOCK_TAGS,
+        JUDGED,
         EVENTS,
         STATS,
         RECENT,
@@ -199,6 +205,34 @@ pub struct PeerInfo {
     pub pad: u32,
     /// Its command name, NUL padded.
     pub comm: [u8; 16],
+}
+
+/// One destination a connect/sendmsg program judged and allowed, as the
+/// kernel will use it (after the programs' own rewrite of `0.0.0.0`/`::`
+/// to loopback).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct JudgedDestination {
+    /// Address, network order; IPv4 as IPv4-mapped IPv6.
+    pub addr: [u8; 16],
+    /// Port, host order.
+    pub port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u8,
+    /// 1 when this slot holds a destination, 0 when empty.
+    pub in_use: u8,
+}
+
+/// Value of the `JUDGED` socket-storage map: what a socket's packets may
+/// go to. A packet passes `cgroup_skb/egress` when its destination is one
+/// of the two (issue 12d).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Judged {
+    /// Set by `connect4`/`connect6` (TCP, connected UDP, TCP fast open).
+    pub connect: JudgedDestination,
+    /// Set by `sendmsg4`/`sendmsg6` (a UDP datagram with an address).
+    pub sendmsg: JudgedDestination,
 }
 
 /// Value of the direct allow maps.
@@ -418,6 +452,10 @@ mod pod {
     unsafe impl aya::Pod for super::AllowValue {}
     // SAFETY: SockTag is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::SockTag {}
+    // SAFETY: JudgedDestination is #[repr(C)] plain data with no padding.
+    unsafe impl aya::Pod for super::JudgedDestination {}
+    // SAFETY: Judged is #[repr(C)] plain data with no padding.
+    unsafe impl aya::Pod for super::Judged {}
     // SAFETY: DenyEvent is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::DenyEvent {}
     // SAFETY: PeerInfo is #[repr(C)] plain data with explicit padding.

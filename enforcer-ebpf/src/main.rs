@@ -47,9 +47,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use enforcer_ebpf::{
-    Allow4Key, AllowValue, DenyEvent, EVENTS_BYTES, Endpoint, Hook, MAX_ALLOW_ENTRIES,
-    MAX_ENDPOINTS, MAX_PEERS, MAX_UNIX_RULES, PeerInfo, RECENT_DENIES, Reason, SockTag, SocketKey,
-    UnixKey, UnixRule, family, owner, protocol, stat, v4_mapped,
+    Allow4Key, AllowValue, DenyEvent, EVENTS_BYTES, Endpoint, Hook, Judged, JudgedDestination,
+    MAX_ALLOW_ENTRIES, MAX_ENDPOINTS, MAX_PEERS, MAX_UNIX_RULES, PeerInfo, RECENT_DENIES, Reason,
+    SockTag, SocketKey, UnixKey, UnixRule, family, owner, protocol, stat, v4_mapped,
 };
 
 /// Verdicts of cgroup socket programs.
@@ -66,6 +66,8 @@ static ALLOW4: HashMap<Allow4Key, AllowValue> = HashMap::pinned(MAX_ALLOW_ENTRIE
 static ALLOW6: HashMap<SocketKey, AllowValue> = HashMap::pinned(MAX_ALLOW_ENTRIES, 0);
 #[btf_map]
 static SOCK_TAGS: SockTagMap = SockTagMap::new();
+#[btf_map]
+static JUDGED: JudgedMap = JudgedMap::new();
 #[map]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 #[map]
@@ -268,6 +270,9 @@ fn judge_sock_addr4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     if verdict.is_ok() && hook == Hook::Connect4 {
         note_connector(ctx);
     }
+    if verdict.is_ok() {
+        remember_judged(ctx, hook, &destination);
+    }
     if verdict.is_ok() && unspecified {
         // SAFETY: user_ip4 is writable in connect4/sendmsg4 contexts.
         unsafe {
@@ -320,6 +325,9 @@ fn judge_sock_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let verdict = decide(ctx, &destination);
     if verdict.is_ok() && hook == Hook::Connect6 {
         note_connector(ctx);
+    }
+    if verdict.is_ok() {
+        remember_judged(ctx, hook, &destination);
     }
     if verdict.is_ok() && unspecified {
         // SAFETY: user_ip6 is writable in connect6/sendmsg6 contexts.
@@ -888,11 +896,15 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     } else {
         return ALLOW;
     };
-    if !routed {
-        return ALLOW;
+    if routed {
+        deny_packet(&ctx, Reason::SourceRoute, fam, &addr, 0, 0);
+        return DENY;
     }
-    deny_packet(&ctx, Reason::SourceRoute, fam, &addr);
-    DENY
+    if let Some((proto, port)) = judged_mismatch(&ctx, fam, &addr) {
+        deny_packet(&ctx, Reason::DestinationMismatch, fam, &addr, proto, port);
+        return DENY;
+    }
+    ALLOW
 }
 
 fn ipv6_routing_header(ctx: &SkBuffContext) -> bool {
@@ -971,7 +983,16 @@ fn ipv4_destination(ctx: &SkBuffContext) -> [u8; 16] {
 
 /// A packet-level deny: no task is current here (the packet may leave from
 /// softirq), so the event names the socket's creator from its tag.
-fn deny_packet(ctx: &SkBuffContext, reason: Reason, fam: u16, addr: &[u8; 16]) {
+/// Inlined: a BPF call takes at most five arguments.
+#[inline(always)]
+fn deny_packet(
+    ctx: &SkBuffContext,
+    reason: Reason,
+    fam: u16,
+    addr: &[u8; 16],
+    proto: u16,
+    port: u16,
+) {
     let skb = ctx.skb.skb;
     // SAFETY: skb is the program's context; sk is readable (may be null).
     let sk = unsafe { core::ptr::read_volatile(&raw const (*skb).__bindgen_anon_2.sk) };
@@ -997,9 +1018,9 @@ fn deny_packet(ctx: &SkBuffContext, reason: Reason, fam: u16, addr: &[u8; 16]) {
         // SAFETY: skb is the program's context.
         uid: unsafe { bpf_get_socket_uid(skb) },
         family: fam,
-        protocol: 0,
+        protocol: proto,
         socket_type: 0,
-        port: 0,
+        port,
         hook: Hook::SkbEgress as u8,
         reason: reason as u8,
         pad: [0; 2],
@@ -1007,6 +1028,217 @@ fn deny_packet(ctx: &SkBuffContext, reason: Reason, fam: u16, addr: &[u8; 16]) {
         comm: tag.comm,
     };
     emit_deny(ctx, &event);
+}
+
+// === judged destinations (issue 12d) ===
+//
+// connect4/6 and sendmsg4/6 keep what they allowed in the socket's
+// `JUDGED` storage; `cgroup_skb/egress` drops every packet of a socket that
+// has one whose destination (address, and the TCP/UDP port where the
+// packet carries it) is neither. Sockets without one pass: accepted
+// sockets (the map is not BPF_F_CLONE, and they never connect) and sockets
+// that have not connected or sent with an address since the first attach.
+
+/// `BPF_F_NO_PREALLOC` only: unlike `SOCK_TAGS`, an accepted socket must
+/// not inherit its listener's judged destinations.
+const JUDGED_FLAGS: usize = BPF_F_NO_PREALLOC as usize;
+const TCP_LISTEN: u32 = 10;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+
+/// BTF definition of `JUDGED` (`BPF_MAP_TYPE_SK_STORAGE`, key `int`, value
+/// [`Judged`]), pinned by name like `SOCK_TAGS` and for the same reason
+/// written out by hand.
+#[repr(C)]
+struct JudgedMap {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const Judged,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; JUDGED_FLAGS],
+    pinning: *const [i32; PIN_BY_NAME],
+}
+
+// SAFETY: the fields are null placeholders that only describe the map in
+// BTF; no code reads or writes through them, so sharing is sound.
+unsafe impl Sync for JudgedMap {}
+
+impl JudgedMap {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+            pinning: core::ptr::null(),
+        }
+    }
+
+    /// The map as the helpers want it (the loader relocates this address).
+    #[inline(always)]
+    fn as_ptr(&'static self) -> *mut c_void {
+        core::ptr::from_ref(self).cast_mut().cast()
+    }
+}
+
+/// Keeps an allowed connect/sendmsg destination in the socket's `JUDGED`
+/// storage (connect and sendmsg each have their slot: a connected UDP
+/// socket may also `sendto` another address and keep sending to its
+/// connected one). Written only when it changes, so threads sending to the
+/// same destination never tear it. If the storage cannot be allocated the
+/// socket has none and its packets are held to the connect/sendmsg verdict
+/// alone, as before this check.
+#[inline(always)]
+fn remember_judged(ctx: &SockAddrContext, hook: Hook, destination: &Destination) {
+    // SAFETY: ctx.sk is the (non-null) socket being connected or sent on.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    // SAFETY: sk is the context's socket; a null value with F_CREATE makes
+    // zeroed storage; the result is null or this socket's Judged.
+    let judged = unsafe {
+        bpf_sk_storage_get(
+            JUDGED.as_ptr(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
+    }
+    .cast::<Judged>();
+    if judged.is_null() {
+        return;
+    }
+    let new = JudgedDestination {
+        addr: destination.addr,
+        port: destination.port,
+        protocol: destination.protocol,
+        in_use: 1,
+    };
+    // SAFETY: judged points at this socket's Judged value in the map.
+    unsafe {
+        let slot = match hook {
+            Hook::Sendmsg4 | Hook::Sendmsg6 => &raw mut (*judged).sendmsg,
+            _ => &raw mut (*judged).connect,
+        };
+        if *slot != new {
+            *slot = new;
+        }
+    }
+}
+
+/// For a packet of a socket with judged destinations: `None` when it goes
+/// to one of them, else its (protocol, destination port) for the deny
+/// event. Packets of sockets with none, and of listeners (SYN-ACKs leave
+/// with the listener as their socket), pass.
+fn judged_mismatch(ctx: &SkBuffContext, fam: u16, addr: &[u8; 16]) -> Option<(u16, u16)> {
+    let skb = ctx.skb.skb;
+    // SAFETY: skb is the program's context; sk is readable (may be null).
+    let sk = unsafe { core::ptr::read_volatile(&raw const (*skb).__bindgen_anon_2.sk) };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: sk is the packet's (non-null) socket.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return None;
+    }
+    // SAFETY: full is a full socket the verifier knows; state is readable.
+    let state = unsafe { core::ptr::read_volatile(&raw const (*full).state) };
+    if state == TCP_LISTEN {
+        return None;
+    }
+    // SAFETY: flags 0 never creates; a null value pointer is allowed.
+    let judged =
+        unsafe { bpf_sk_storage_get(JUDGED.as_ptr(), full.cast(), core::ptr::null_mut(), 0) }
+            .cast::<Judged>();
+    if judged.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null result points at this socket's Judged.
+    let judged = unsafe { *judged };
+    if judged.connect.in_use == 0 && judged.sendmsg.in_use == 0 {
+        return None;
+    }
+    let (proto, port) = if fam == family::INET6 {
+        ipv6_transport(ctx)
+    } else {
+        ipv4_transport(ctx)
+    };
+    let goes_to = |slot: &JudgedDestination| {
+        slot.in_use == 1
+            && slot.addr == *addr
+            && match port {
+                // A TCP/UDP header: its port and protocol must match too.
+                Some(port) => slot.port == port && slot.protocol == proto,
+                // A later fragment (no transport header): the address decides.
+                None => true,
+            }
+    };
+    if goes_to(&judged.connect) || goes_to(&judged.sendmsg) {
+        return None;
+    }
+    Some((u16::from(proto), port.unwrap_or(0)))
+}
+
+/// Protocol and, for TCP/UDP with its header in this packet, the
+/// destination port of an IPv4 packet.
+fn ipv4_transport(ctx: &SkBuffContext) -> (u8, Option<u16>) {
+    let Ok(header) = ctx.load::<[u8; 10]>(0) else {
+        return (0, None);
+    };
+    let proto = header[9];
+    let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & IP_OFFSET_MASK;
+    if fragment_offset != 0 || (proto != protocol::TCP && proto != protocol::UDP) {
+        return (proto, None);
+    }
+    let l4 = (header[0] & 0x0f) as usize * 4;
+    (
+        proto,
+        ctx.load::<[u8; 2]>(l4 + 2).ok().map(u16::from_be_bytes),
+    )
+}
+
+/// The same for IPv6, past the extension headers an unprivileged sender
+/// can add (routing headers never get here: they were dropped above).
+fn ipv6_transport(ctx: &SkBuffContext) -> (u8, Option<u16>) {
+    let Ok(mut next) = ctx.load::<u8>(6) else {
+        return (0, None);
+    };
+    let mut offset = 40usize;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            NEXTHDR_HOP | NEXTHDR_DEST => {
+                let Ok(header) = ctx.load::<[u8; 2]>(offset) else {
+                    return (next, None);
+                };
+                next = header[0];
+                offset += (header[1] as usize + 1) * 8;
+            }
+            NEXTHDR_AUTH => {
+                let Ok(header) = ctx.load::<[u8; 2]>(offset) else {
+                    return (next, None);
+                };
+                next = header[0];
+                offset += (header[1] as usize + 2) * 4;
+            }
+            NEXTHDR_FRAGMENT => {
+                let Ok(header) = ctx.load::<[u8; 4]>(offset) else {
+                    return (next, None);
+                };
+                if u16::from_be_bytes([header[2], header[3]]) >> 3 != 0 {
+                    return (header[0], None);
+                }
+                next = header[0];
+                offset += 8;
+            }
+            _ => break,
+        }
+    }
+    if next != protocol::TCP && next != protocol::UDP {
+        return (next, None);
+    }
+    (
+        next,
+        ctx.load::<[u8; 2]>(offset + 2).ok().map(u16::from_be_bytes),
+    )
 }
 
 #[cfg(not(test))]

@@ -75,6 +75,9 @@ pub enum Reason {
     /// pack's `egress.unix` list nor under the enforced command's own
     /// directories (`cgroup/connect_unix`, `cgroup/sendmsg_unix`).
     UnixSocket = 10,
+    /// A packet whose destination is not one its socket's connect or
+    /// sendmsg was judged for (dropped at egress).
+    DestinationMismatch = 11,
 
     // === CONNECT proxy ===
     // === allow ===
@@ -206,7 +209,7 @@ pub enum Reason {
 
 impl Reason {
     /// The reasons the kernel programs give (what `STATS` counts).
-    pub const KERNEL: [Reason; 10] = [
+    pub const KERNEL: [Reason; 11] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -217,10 +220,11 @@ impl Reason {
         Self::SourceRoute,
         Self::EndpointNotOwned,
         Self::UnixSocket,
+        Self::DestinationMismatch,
     ];
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 62] = [
+    pub const ALL: [Reason; 63] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -231,6 +235,7 @@ impl Reason {
         Self::SourceRoute,
         Self::EndpointNotOwned,
         Self::UnixSocket,
+        Self::DestinationMismatch,
         Self::Allowlisted,
         Self::Granted,
         Self::AllowlistedEch,
@@ -333,6 +338,7 @@ impl Reason {
             Self::SourceRoute => "source_route",
             Self::EndpointNotOwned => "endpoint_not_owned",
             Self::UnixSocket => "unix_socket",
+            Self::DestinationMismatch => "destination_mismatch",
             Self::Allowlisted => "allowlisted",
             Self::Granted => "granted",
             Self::AllowlistedEch => "allowlisted_ech",
@@ -410,6 +416,9 @@ impl Reason {
             }
             Self::UnixSocket => {
                 "this unix socket is not on egress.unix nor under the command's own directories"
+            }
+            Self::DestinationMismatch => {
+                "the packet's destination is not the one its socket's connect or send was allowed for"
             }
             Self::Allowlisted => "the destination is allowlisted",
             Self::Granted => "the destination is allowed by a runtime grant",

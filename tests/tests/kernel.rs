@@ -1197,3 +1197,300 @@ fn attribution_admits_the_cgroup_and_its_children_and_nobody_outside() {
     drop(as_user.stdin.take());
     as_user.wait().unwrap();
 }
+
+// === judged destinations (issue 12d) ===
+
+/// A server of the test (outside the cgroup) that answers every byte or
+/// datagram with one byte: the allowed destination of the judged-destination
+/// tests.
+struct Echo {
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    fn tcp(addr: &str) -> Self {
+        use std::io::{Read as _, Write as _};
+        let listener = TcpListener::bind(addr).unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        Self::run(addr, move || match listener.accept() {
+            Ok((mut stream, _)) => {
+                stream.set_nonblocking(false).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                std::thread::spawn(move || {
+                    let mut byte = [0u8; 1];
+                    while matches!(stream.read(&mut byte), Ok(1)) {
+                        if stream.write_all(b"a").is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        })
+    }
+
+    fn udp(addr: &str) -> Self {
+        let socket = UdpSocket::bind(addr).unwrap();
+        let addr = socket.local_addr().unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        Self::run(addr, move || {
+            let mut buf = [0u8; 64];
+            if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(b"a", from);
+            }
+        })
+    }
+
+    fn run(addr: SocketAddr, mut step: impl FnMut() + Send + 'static) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    step();
+                }
+            })
+        };
+        Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Enforced {
+    /// Detaches one of this cgroup's programs (its pinned link), as if that
+    /// layer were absent; the guard's cleanup still removes the pin.
+    fn detach_program(&self, program: &str) {
+        let link = self.cgroup.pin_dir().join("links").join(program);
+        let detach = Command::new("bpftool")
+            .args(["link", "detach", "pinned"])
+            .arg(&link)
+            .output()
+            .expect("bpftool (installed by cargo xtask setup)");
+        assert!(detach.status.success(), "{detach:?}");
+    }
+
+    fn allow_direct(&self, addr: SocketAddr, transport: Transport) {
+        self.attachment
+            .maps()
+            .unwrap()
+            .set_direct(addr, transport, enforcer_ebpf::NEVER_EXPIRES)
+            .unwrap();
+    }
+
+    fn denied_count(&self, reason: &str) -> u64 {
+        let counters = self.attachment.maps().unwrap().counters().unwrap();
+        counters
+            .denied
+            .iter()
+            .find(|(name, _)| name == reason)
+            .unwrap_or_else(|| panic!("no counter {reason}: {counters:?}"))
+            .1
+    }
+}
+
+/// The judged-destination escape: a socket judged for one destination
+/// whose packets go to another. Shown here with the layer that judges
+/// that step detached (no kernel tested on lets an unprivileged socket
+/// change its destination without a connect/sendmsg program seeing it,
+/// beyond the source routes dropped above), so only the packet-level check
+/// (`cgroup_skb/egress` comparing each packet with the destination kept
+/// in the socket's `JUDGED` storage) stands between the byte and the
+/// decoy. As the unprivileged user; IPv4, IPv6, unconnected and
+/// connected UDP, TCP.
+#[test]
+fn packets_to_a_destination_other_than_the_judged_one_are_dropped() {
+    let cases: [(&str, &str, &str, bool); 4] = [
+        ("udp-sendto", "127.0.0.2:0", "sendmsg4", false),
+        ("udp-sendto", "[::1]:0", "sendmsg6", true),
+        ("udp-connect", "127.0.0.2:0", "connect4", false),
+        ("tcp", "127.0.0.2:0", "connect4", false),
+    ];
+    for (kind, first, detached, v6) in cases {
+        let tcp = kind == "tcp";
+        let mut enforced = Enforced::new("judged", vec![]);
+        // The judged destination: an allowed UDP server, or for TCP an
+        // allowed port nothing listens on (the connect is refused, and the
+        // socket may connect again).
+        let (first, _echo) = if tcp {
+            let port = TcpListener::bind(first)
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            (
+                SocketAddr::new(first.parse::<SocketAddr>().unwrap().ip(), port),
+                None,
+            )
+        } else {
+            let echo = Echo::udp(first);
+            (echo.addr, Some(echo))
+        };
+        let what = format!("{kind} judged for {first}, {detached} detached");
+        let transport = if tcp { Transport::Tcp } else { Transport::Udp };
+        enforced.allow_direct(first, transport);
+        let decoy_at = if v6 { "[::1]:0" } else { "127.0.0.1:0" };
+        let new_decoy = || {
+            if tcp {
+                Decoy::tcp(TcpListener::bind(decoy_at).unwrap())
+            } else {
+                Decoy::udp(UdpSocket::bind(decoy_at).unwrap())
+            }
+        };
+
+        // Control: the same steps outside the cgroup reach a decoy.
+        let control = new_decoy();
+        let (first_text, control_text) = (first.to_string(), control.addr.to_string());
+        let mut probe = Command::new(probe_bin())
+            .args(["unjudged", kind, &first_text, &control_text])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write as _;
+            let mut stdin = probe.stdin.take().unwrap();
+            stdin.write_all(b"go\n").unwrap();
+        }
+        let output = probe.wait_with_output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&output.stdout).ends_with("ok\n"),
+            "{what}: outside control: {output:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(control.hits() > 0, "{what}: the control reached its decoy");
+
+        let decoy = new_decoy();
+        let decoy_text = decoy.addr.to_string();
+        let args = ["unjudged", kind, &first_text, &decoy_text];
+        let mut probe = StagedProbe::start(&enforced.cgroup, &args);
+        let judged = probe.read_line();
+        let expected = if tcp {
+            format!("judged err {}", libc::ECONNREFUSED)
+        } else {
+            "judged ok".to_owned()
+        };
+        assert_eq!(
+            judged, expected,
+            "{what}: the first destination is allowed (TCP: refused at once by the closed port)"
+        );
+        enforced.detach_program(detached);
+        let pid = probe.pid();
+        let outcome = probe.proceed();
+        decoy.assert_untouched(&what);
+        assert!(
+            outcome != ProbeOutcome::Ok,
+            "{what}: the send to the decoy failed"
+        );
+        let record = enforced.wait_event(pid);
+        assert_eq!(record.reason, "destination_mismatch", "{what}: {record}");
+        assert_eq!(record.hook, "skb_egress", "{what}: {record}");
+        assert_eq!(record.cgroup_id, enforced.cgroup.id(), "{what}: {record}");
+        assert_eq!(record.destination, Some(decoy.addr), "{what}: {record}");
+        assert_eq!(record.comm, "enforcer-probe", "{what}: {record}");
+        if !tcp {
+            assert!(outcome.is_eperm(), "{what}: {outcome:?}");
+        }
+    }
+}
+
+/// What the packet-level check must leave alone: TCP and UDP (unconnected
+/// and connected) to allowed destinations, IPv4, IPv6, IPv4-mapped and the
+/// unspecified addresses the programs turn into loopback, one byte each way;
+/// a refused connect to an allowed closed port is still refused at once.
+#[test]
+fn packets_to_the_judged_destination_pass() {
+    let enforced = Enforced::new("judgedok", vec![]);
+    let servers = [
+        (Echo::tcp("127.0.0.2:0"), Transport::Tcp),
+        (Echo::tcp("[::1]:0"), Transport::Tcp),
+        (Echo::tcp("127.0.0.1:0"), Transport::Tcp),
+        (Echo::udp("127.0.0.2:0"), Transport::Udp),
+        (Echo::udp("[::1]:0"), Transport::Udp),
+        (Echo::udp("127.0.0.1:0"), Transport::Udp),
+    ];
+    for (echo, transport) in &servers {
+        enforced.allow_direct(echo.addr, *transport);
+    }
+    for (echo, transport) in &servers {
+        let port = echo.addr.port();
+        let mut targets = vec![echo.addr.to_string()];
+        match echo.addr.ip().to_string().as_str() {
+            "127.0.0.2" => targets.push(format!("[::ffff:127.0.0.2]:{port}")),
+            "127.0.0.1" => targets.push(format!("0.0.0.0:{port}")),
+            _ => targets.push(format!("[::]:{port}")),
+        }
+        let kinds: &[&str] = if *transport == Transport::Tcp {
+            &["tcp"]
+        } else {
+            &["udp-sendto", "udp-connect"]
+        };
+        for target in &targets {
+            for kind in kinds {
+                let (outcome, _) = enforced.cgroup.probe_as_user(&["exchange", kind, target]);
+                assert_ok(&outcome, &format!("{kind} exchange with {target}"));
+            }
+        }
+    }
+    let closed = SocketAddr::from(([127, 0, 0, 2], free_port()));
+    enforced.allow_direct(closed, Transport::Tcp);
+    let (outcome, _) = enforced
+        .cgroup
+        .probe_as_user(&["tcp-connect", &closed.to_string()]);
+    assert!(
+        matches!(outcome, ProbeOutcome::Err(errno, _) if errno == libc::ECONNREFUSED),
+        "an allowed closed port refuses the connect: {outcome:?}"
+    );
+    assert_eq!(enforced.denied_count("destination_mismatch"), 0);
+}
+
+/// Expiry of a direct entry stops new connects only: a TCP connection
+/// made while the entry was live keeps working after it expires, and a new
+/// connect to the same destination is denied.
+#[test]
+fn a_live_connection_outlives_the_expiry_of_its_direct_entry() {
+    let mut enforced = Enforced::new("judgedttl", vec![]);
+    let echo = Echo::tcp("127.0.0.2:0");
+    let expires = boot_now_ns() + 2_000_000_000;
+    enforced
+        .attachment
+        .maps()
+        .unwrap()
+        .set_direct(echo.addr, Transport::Tcp, expires)
+        .unwrap();
+    let target = echo.addr.to_string();
+    let mut held = StagedProbe::start(&enforced.cgroup, &["hold-tcp", &target]);
+    assert_eq!(held.read_line(), "connected", "the connection is made");
+    // Wait past the expiry by the kernel's own clock.
+    while boot_now_ns() < expires + 100_000_000 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    enforced.assert_denied(
+        &["tcp-connect", &target],
+        "direct_entry_expired",
+        "connect4",
+    );
+    assert_ok(
+        &held.proceed(),
+        "the live connection still carries bytes both ways",
+    );
+    assert_eq!(enforced.denied_count("destination_mismatch"), 0);
+}

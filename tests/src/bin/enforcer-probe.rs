@@ -48,6 +48,15 @@
 //! enforcer-probe process-vm-read PID       process_vm_readv of 1 byte at PID's auxv-free stack top
 //!                                           (any address: EFAULT still means access was granted)
 //! enforcer-probe ptrace-child              fork a child and PTRACE_ATTACH to it
+//! enforcer-probe exchange KIND ADDR         send `q` to ADDR and read one reply byte (2 s timeout);
+//!                                           KIND: tcp, udp-sendto, udp-connect
+//! enforcer-probe hold-tcp ADDR              connect ADDR, one byte each way, print `connected`,
+//!                                           wait for one stdin line, one byte each way again
+//! enforcer-probe unjudged KIND FIRST SECOND  one socket: send to FIRST (judged by the connect/
+//!                                           sendmsg programs), print `judged ok|err ERRNO`, wait
+//!                                           for one stdin line, then send one byte to SECOND on the
+//!                                           same socket; KIND: udp-sendto, udp-connect (connect
+//!                                           again), tcp (connect again after FIRST refused; 2 s)
 //! ```
 //!
 //! With `ENFORCER_PROBE_USER=UID:GID` in its environment the probe drops to
@@ -113,6 +122,19 @@ fn main() -> ExitCode {
         "lsrr-sockopt" => ip_arg(&args).map(|hop| source_routed(hop, false)),
         "lsrr-cmsg" => ip_arg(&args).map(|hop| source_routed(hop, true)),
         "big-sockopt" => Ok(big_sockopt()),
+        "exchange" => match (args.get(1).map(String::as_str), addr_arg(&args, 2)) {
+            (Some(kind), Ok(a)) => exchange(kind, a),
+            _ => Err("exchange needs KIND ADDR".into()),
+        },
+        "hold-tcp" => addr().map(hold_tcp),
+        "unjudged" => match (
+            args.get(1).map(String::as_str),
+            addr_arg(&args, 2),
+            addr_arg(&args, 3),
+        ) {
+            (Some(kind), Ok(first), Ok(second)) => unjudged(kind, first, second),
+            _ => Err("unjudged needs KIND FIRST SECOND".into()),
+        },
         "own-server" => match (args.get(1).map(String::as_str), args.get(2)) {
             (Some(kind), Some(text)) => text
                 .parse()
@@ -749,4 +771,187 @@ fn ptrace_child() -> io::Result<()> {
         libc::waitpid(pid, std::ptr::null_mut(), 0);
     }
     result
+}
+
+fn addr_arg(args: &[String], index: usize) -> Result<SocketAddr, String> {
+    let text = args
+        .get(index)
+        .ok_or_else(|| format!("argument {index} must be ADDR:PORT"))?;
+    text.parse()
+        .map_err(|_| format!("{text:?} is not ADDR:PORT"))
+}
+
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One byte there and one back: TCP, unconnected UDP (`sendto`) or
+/// connected UDP (`connect` + `send`).
+fn exchange(kind: &str, addr: SocketAddr) -> Result<io::Result<()>, String> {
+    use std::io::Read as _;
+    let mut byte = [0u8; 1];
+    Ok(match kind {
+        "tcp" => (|| {
+            let mut stream = TcpStream::connect(addr)?;
+            stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+            stream.write_all(b"q")?;
+            stream.read_exact(&mut byte)
+        })(),
+        "udp-sendto" => (|| {
+            let socket = udp_for(addr)?;
+            socket.set_read_timeout(Some(REPLY_TIMEOUT))?;
+            socket.send_to(b"q", addr)?;
+            socket.recv_from(&mut byte).map(drop)
+        })(),
+        "udp-connect" => (|| {
+            let socket = udp_for(addr)?;
+            socket.set_read_timeout(Some(REPLY_TIMEOUT))?;
+            socket.connect(addr)?;
+            socket.send(b"q")?;
+            socket.recv(&mut byte).map(drop)
+        })(),
+        other => return Err(format!("unknown exchange kind {other:?}")),
+    })
+}
+
+fn wait_for_go() -> io::Result<()> {
+    let mut line = String::new();
+    io::stdin().lock().read_line(&mut line)?;
+    Ok(())
+}
+
+/// A TCP connection that stays open across a pause the caller controls.
+fn hold_tcp(addr: SocketAddr) -> io::Result<()> {
+    use std::io::Read as _;
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    let mut byte = [0u8; 1];
+    stream.write_all(b"1")?;
+    stream.read_exact(&mut byte)?;
+    println!("connected");
+    io::stdout().flush()?;
+    wait_for_go()?;
+    stream.write_all(b"2")?;
+    stream.read_exact(&mut byte)
+}
+
+fn connect_fd(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+    let (_, storage, len) = sockaddr(addr);
+    // SAFETY: storage holds a sockaddr of length len.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const storage).cast(), len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Connects `fd` (a TCP socket) to `addr`, giving up after [`REPLY_TIMEOUT`].
+fn connect_fd_timeout(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    match connect_fd(fd, addr) {
+        Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        other => return other,
+    }
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let millis = i32::try_from(REPLY_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: poll on one valid pollfd.
+    let ready = unsafe { libc::poll(&raw mut poll, 1, millis) };
+    if ready == 0 {
+        return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+    }
+    let mut error: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: error and len are valid for writing.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut error).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if error != 0 {
+        return Err(io::Error::from_raw_os_error(error));
+    }
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) };
+    Ok(())
+}
+
+fn send_fd(fd: &OwnedFd, to: Option<SocketAddr>) -> io::Result<()> {
+    let data = b"x";
+    let rc = match to {
+        Some(addr) => {
+            let (_, storage, len) = sockaddr(addr);
+            // SAFETY: data and storage are valid for the lengths given.
+            unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    0,
+                    (&raw const storage).cast(),
+                    len,
+                )
+            }
+        }
+        // SAFETY: data is valid for its length.
+        None => unsafe { libc::send(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), 0) },
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The judged-destination escape's probe: one socket is judged for `first`
+/// and then sends to `second`. With the connect/sendmsg program of that step
+/// detached by the test, only the packet-level check stands between the
+/// byte and `second`.
+fn unjudged(kind: &str, first: SocketAddr, second: SocketAddr) -> Result<io::Result<()>, String> {
+    let family = if second.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let (socket_type, tcp, connected) = match kind {
+        "udp-sendto" => (libc::SOCK_DGRAM, false, false),
+        "udp-connect" => (libc::SOCK_DGRAM, false, true),
+        "tcp" => (libc::SOCK_STREAM, true, true),
+        other => return Err(format!("unknown unjudged kind {other:?}")),
+    };
+    Ok((|| {
+        let fd = new_socket(family, socket_type)?;
+        // A blocking connect: a refused non-blocking one leaves the socket
+        // `SS_CONNECTING`, and the next connect fails ECONNABORTED.
+        let judged = if connected {
+            connect_fd(&fd, first).and_then(|()| send_fd(&fd, None))
+        } else {
+            send_fd(&fd, Some(first))
+        };
+        match judged {
+            Ok(()) => println!("judged ok"),
+            Err(error) => println!("judged err {}", error.raw_os_error().unwrap_or(0)),
+        }
+        io::stdout().flush()?;
+        wait_for_go()?;
+        if tcp {
+            connect_fd_timeout(&fd, second)?;
+            send_fd(&fd, None)
+        } else if connected {
+            connect_fd(&fd, second)?;
+            send_fd(&fd, None)
+        } else {
+            send_fd(&fd, Some(second))
+        }
+    })())
 }
