@@ -1122,6 +1122,14 @@ fn attribution_admits_the_cgroup_and_its_children_and_nobody_outside() {
     let unix = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
     let socket_arg = socket.to_str().unwrap();
+    // The unix-socket programs (issue 14) deny host sockets: this stand-in
+    // for the proxy's unix listener is allowed like an egress.unix entry.
+    enforcer::kernel::unix::set_rules(
+        &enforced.attachment.pins,
+        0,
+        &[policy::UnixSocketPattern::parse(socket_arg).unwrap()],
+    )
+    .unwrap();
 
     for cgroup in [&enforced.cgroup, &child] {
         // TCP, inside.
