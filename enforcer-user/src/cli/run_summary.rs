@@ -2,10 +2,11 @@
 //! back from the audit log, grouped by destination and reason, and the
 //! commands that show or open them.
 //!
-//! Which records belong to the run ([`RunScope::contains`]): kernel denies
-//! by the run's cgroup id; proxy and router decisions by that cgroup id
-//! too, or, while a record carries no cgroup id (a TCP client the proxy
-//! could not attribute), by the run's time window (docs/DECISIONS.md).
+//! Which records belong to the run ([`RunScope::contains`]): those that
+//! carry the run's cgroup id. Kernel denies always do; proxy and router
+//! decisions do since clients are attributed (issue 13), and one that
+//! carries none came from a client outside every enforced cgroup (refused as
+//! `client_not_enforced`), never from the command (docs/DECISIONS.md).
 
 use std::{
     collections::BTreeMap,
@@ -47,11 +48,8 @@ impl RunScope {
         match (record.source, record.cgroup_id) {
             (Source::Control, _) => false,
             (_, Some(id)) => id == self.cgroup_id,
-            // Not attributed: counted when it happened while the command ran.
-            (Source::Proxy | Source::Router, None) => {
-                (self.start_ms..=self.end_ms).contains(&record.time_ms)
-            }
-            (Source::Kernel, None) => false,
+            // Not attributed: a client outside the enforced cgroups.
+            (_, None) => false,
         }
     }
 }
@@ -314,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn scope_takes_the_runs_cgroup_and_unattributed_proxy_records_in_its_window() {
+    fn scope_takes_the_runs_cgroup_only() {
         let scope = scope();
         let kernel = record(
             Source::Kernel,
@@ -328,11 +326,10 @@ mod tests {
         other.cgroup_id = Some(RUN + 1);
         assert!(!scope.contains(&other), "another cgroup's deny");
         let mut proxy = record(Source::Proxy, Reason::NotAllowlisted, "a.test", 443, None);
-        assert!(scope.contains(&proxy), "unattributed, during the run");
-        proxy.time_ms = START - 1;
-        assert!(!scope.contains(&proxy), "unattributed, before the run");
-        proxy.time_ms = START + 60_001;
-        assert!(!scope.contains(&proxy), "unattributed, after the run");
+        assert!(
+            !scope.contains(&proxy),
+            "unattributed: a client outside the enforced cgroups"
+        );
         proxy.cgroup_id = Some(RUN);
         assert!(scope.contains(&proxy), "attributed: the cgroup decides");
         let control = record(Source::Control, Reason::PolicyFallback, "x", 1, None);
@@ -357,7 +354,7 @@ mod tests {
                 Reason::NotAllowlisted,
                 "a.test",
                 443,
-                None,
+                Some(RUN),
             ));
         }
         records.push(record(
@@ -372,7 +369,7 @@ mod tests {
             Reason::UnknownModel,
             "api.test",
             443,
-            None,
+            Some(RUN),
         ));
         // Not counted: an allow, another cgroup's deny, a control record.
         records.push(record(
@@ -380,7 +377,7 @@ mod tests {
             Reason::Allowlisted,
             "b.test",
             443,
-            None,
+            Some(RUN),
         ));
         records.push(record(
             Source::Kernel,
@@ -421,7 +418,7 @@ mod tests {
                     Reason::NotAllowlisted,
                     &format!("h{i}.test"),
                     443,
-                    None,
+                    Some(RUN),
                 ));
             }
         }
@@ -518,7 +515,7 @@ mod tests {
                 Reason::NotAllowlisted,
                 "a.test",
                 443,
-                None,
+                Some(RUN),
             )],
             &scope(),
         );
