@@ -269,6 +269,8 @@ pub enum Hook {
     ConnectUnix = 9,
     /// `cgroup/sendmsg_unix`.
     SendmsgUnix = 10,
+    /// `lsm_cgroup/ptrace_access_check`.
+    LsmPtrace = 11,
 }
 
 impl Hook {
@@ -285,6 +287,7 @@ impl Hook {
             8 => Self::SkbEgress,
             9 => Self::ConnectUnix,
             10 => Self::SendmsgUnix,
+            11 => Self::LsmPtrace,
             _ => return None,
         })
     }
@@ -302,8 +305,43 @@ impl Hook {
             Self::SkbEgress => "skb_egress",
             Self::ConnectUnix => "connect_unix",
             Self::SendmsgUnix => "sendmsg_unix",
+            Self::LsmPtrace => "lsm_ptrace_access_check",
         }
     }
+}
+
+/// Deepest cgroup level the ptrace program looks for the enforced cgroup at.
+pub const MAX_CGROUP_DEPTH: u32 = 32;
+
+/// Where this kernel keeps a task's cgroup: byte offsets of the fields the
+/// ptrace program follows (`task->cgroups->dfl_cgrp->ancestors[level]->kn->id`),
+/// read from the running kernel's BTF by the loader, since they differ
+/// between kernel builds and aya's Rust programs have no CO-RE field
+/// relocations. `valid == 0` means unknown: the program then denies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TaskLayout {
+    /// `task_struct.cgroups` (a `struct css_set *`).
+    pub task_cgroups: u32,
+    /// `task_struct.tgid`.
+    pub task_tgid: u32,
+    /// `css_set.dfl_cgrp` (the cgroup v2 `struct cgroup *`).
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.level` (`int`; the root cgroup is level 0).
+    pub cgroup_level: u32,
+    /// `cgroup.ancestors` (`struct cgroup *[]`, 6.0+) or, when
+    /// [`TaskLayout::ancestor_ids`] is 1, `cgroup.ancestor_ids` (`u64[]`).
+    pub cgroup_ancestors: u32,
+    /// 1 when [`TaskLayout::cgroup_ancestors`] is the older `ancestor_ids[]`.
+    pub ancestor_ids: u32,
+    /// `cgroup.kn` (a `struct kernfs_node *`).
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (`u64`; the cgroup id).
+    pub kernfs_node_id: u32,
+    /// 1 when every offset above was found.
+    pub valid: u32,
+    /// Always zero.
+    pub pad: u32,
 }
 
 /// One denied operation, sent through the `EVENTS` ring buffer and kept in `RECENT`.
@@ -334,7 +372,9 @@ pub struct DenyEvent {
     pub reason: u8,
     /// Always zero.
     pub pad: [u8; 2],
-    /// Destination address, network order; IPv4 as IPv4-mapped IPv6.
+    /// Destination address, network order; IPv4 as IPv4-mapped IPv6. For
+    /// [`Hook::LsmPtrace`], the target's tgid in the first four bytes
+    /// (native order) and the ptrace mode in `socket_type`.
     pub addr: [u8; 16],
     /// The task's command name, NUL padded.
     pub comm: [u8; 16],
@@ -464,4 +504,6 @@ mod pod {
     unsafe impl aya::Pod for super::UnixKey {}
     // SAFETY: UnixRule is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::UnixRule {}
+    // SAFETY: TaskLayout is #[repr(C)] u32 fields only, no padding.
+    unsafe impl aya::Pod for super::TaskLayout {}
 }

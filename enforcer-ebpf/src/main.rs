@@ -30,10 +30,11 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_socket_uid, bpf_ktime_get_boot_ns, bpf_sk_fullsock,
-            bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release, bpf_sk_storage_get,
-            bpf_skb_cgroup_id,
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_uid,
+            bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_lookup_tcp, bpf_sk_lookup_udp,
+            bpf_sk_release, bpf_sk_storage_get, bpf_skb_cgroup_id,
         },
     },
     macros::{
@@ -48,8 +49,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use enforcer_ebpf::{
     Allow4Key, AllowValue, DenyEvent, EVENTS_BYTES, Endpoint, Hook, Judged, JudgedDestination,
-    MAX_ALLOW_ENTRIES, MAX_ENDPOINTS, MAX_PEERS, MAX_UNIX_RULES, PeerInfo, RECENT_DENIES, Reason,
-    SockTag, SocketKey, UnixKey, UnixRule, family, owner, protocol, stat, v4_mapped,
+    MAX_ALLOW_ENTRIES, MAX_CGROUP_DEPTH, MAX_ENDPOINTS, MAX_PEERS, MAX_UNIX_RULES, PeerInfo,
+    RECENT_DENIES, Reason, SockTag, SocketKey, TaskLayout, UnixKey, UnixRule, family, owner,
+    protocol, stat, v4_mapped,
 };
 
 /// Verdicts of cgroup socket programs.
@@ -584,6 +586,142 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
         &[0; 16],
         0,
     );
+    DENY
+}
+
+// === ptrace: tasks outside the cgroup are out of reach ===
+
+/// Where this kernel keeps a task's cgroup, set by the loader from vmlinux
+/// BTF before load (read-only data: a constant for the verifier).
+#[unsafe(no_mangle)]
+static TASK_LAYOUT: TaskLayout = TaskLayout {
+    task_cgroups: 0,
+    task_tgid: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_level: 0,
+    cgroup_ancestors: 0,
+    ancestor_ids: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    valid: 0,
+    pad: 0,
+};
+
+/// The enforced cgroup's id (the cgroup this copy of the object attaches
+/// to), set by the loader.
+#[unsafe(no_mangle)]
+static ENFORCED_CGROUP_ID: u64 = 0;
+
+/// `PTRACE_MODE_NOAUDIT`: the caller only asks (`/proc/<pid>/stat` and
+/// the like); such checks are denied without an event.
+const PTRACE_MODE_NOAUDIT: u32 = 0x04;
+
+/// Reads a kernel value at `base + offset`; None when the read faults.
+#[inline(always)]
+fn kernel_read<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel copies into its own stack value and
+    // returns an error instead of faulting on a bad address.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T).ok() }
+}
+
+/// The task's cgroup v2 cgroup (`task->cgroups->dfl_cgrp`).
+#[inline(always)]
+fn task_cgroup(task: u64, layout: &TaskLayout) -> Option<u64> {
+    let css_set: u64 = kernel_read(task, layout.task_cgroups)?;
+    kernel_read(css_set, layout.css_set_dfl_cgrp)
+}
+
+/// The id of `cgroup`'s ancestor at `level` (its own id at its own level);
+/// None when `cgroup` is shallower than `level` or a read faults.
+#[inline(always)]
+fn ancestor_id(cgroup: u64, level: u32, layout: &TaskLayout) -> Option<u64> {
+    let own_level: i32 = kernel_read(cgroup, layout.cgroup_level)?;
+    if own_level < 0 || (own_level as u32) < level {
+        return None;
+    }
+    let slot = layout.cgroup_ancestors + level * 8;
+    if layout.ancestor_ids == 1 {
+        return kernel_read(cgroup, slot);
+    }
+    let ancestor: u64 = kernel_read(cgroup, slot)?;
+    let kernfs_node: u64 = kernel_read(ancestor, layout.cgroup_kn)?;
+    kernel_read(kernfs_node, layout.kernfs_node_id)
+}
+
+/// The level at which `cgroup` descends from the cgroup `root`.
+#[inline(always)]
+fn level_of(cgroup: u64, root: u64, layout: &TaskLayout) -> Option<u32> {
+    let mut level = 0;
+    while level < MAX_CGROUP_DEPTH {
+        match ancestor_id(cgroup, level, layout) {
+            Some(id) if id == root => return Some(level),
+            Some(_) => level += 1,
+            None => return None,
+        }
+    }
+    None
+}
+
+/// Whether `target` is in the enforced cgroup or below it, like the
+/// current task (the only kind this program runs for). Unknown is no.
+#[inline(always)]
+fn target_is_inside(target: u64) -> bool {
+    // SAFETY: read_volatile of the loader-set read-only globals.
+    let (layout, root) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const TASK_LAYOUT),
+            core::ptr::read_volatile(&raw const ENFORCED_CGROUP_ID),
+        )
+    };
+    if layout.valid != 1 || root == 0 {
+        return false;
+    }
+    // SAFETY: bpf_get_current_task has no preconditions; its value is
+    // only ever read through bpf_probe_read_kernel.
+    let current = unsafe { bpf_get_current_task() };
+    let Some(level) = task_cgroup(current, &layout).and_then(|cg| level_of(cg, root, &layout))
+    else {
+        return false;
+    };
+    task_cgroup(target, &layout).and_then(|cg| ancestor_id(cg, level, &layout)) == Some(root)
+}
+
+/// ptrace, `process_vm_readv/writev`, `/proc/<pid>/mem` and `pidfd_getfd`
+/// all ask `ptrace_access_check`: a task of the enforced cgroup may reach
+/// only tasks of the same cgroup (or below). Anything else would run code,
+/// or take sockets and secrets, outside the enforcement.
+#[lsm_cgroup(hook = "ptrace_access_check")]
+pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
+    // int ptrace_access_check(struct task_struct *child, unsigned int mode)
+    let target: u64 = ctx.arg(0);
+    let mode: u32 = ctx.arg(1);
+    if target_is_inside(target) {
+        return ALLOW;
+    }
+    if mode & PTRACE_MODE_NOAUDIT == 0 {
+        // SAFETY: read_volatile of the loader-set read-only global.
+        let layout = unsafe { core::ptr::read_volatile(&raw const TASK_LAYOUT) };
+        let tgid: u32 = kernel_read(target, layout.task_tgid).unwrap_or(0);
+        let mut who = [0u8; 16];
+        let bytes = tgid.to_ne_bytes();
+        who[0] = bytes[0];
+        who[1] = bytes[1];
+        who[2] = bytes[2];
+        who[3] = bytes[3];
+        record_deny(
+            &ctx,
+            Hook::LsmPtrace,
+            Reason::PtraceOutside,
+            0,
+            mode as u16,
+            0,
+            &who,
+            0,
+        );
+    }
     DENY
 }
 

@@ -78,6 +78,10 @@ pub enum Reason {
     /// A packet whose destination is not one its socket's connect or
     /// sendmsg was judged for (dropped at egress).
     DestinationMismatch = 11,
+    /// Tracing, or reading or writing the memory of, a process outside the
+    /// enforced cgroup (`ptrace`, `process_vm_*`, `/proc/<pid>/mem`,
+    /// `pidfd_getfd`; `lsm_cgroup/ptrace_access_check`).
+    PtraceOutside = 12,
 
     // === CONNECT proxy ===
     // === allow ===
@@ -209,7 +213,7 @@ pub enum Reason {
 
 impl Reason {
     /// The reasons the kernel programs give (what `STATS` counts).
-    pub const KERNEL: [Reason; 11] = [
+    pub const KERNEL: [Reason; 12] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -221,10 +225,11 @@ impl Reason {
         Self::EndpointNotOwned,
         Self::UnixSocket,
         Self::DestinationMismatch,
+        Self::PtraceOutside,
     ];
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 63] = [
+    pub const ALL: [Reason; 64] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -236,6 +241,7 @@ impl Reason {
         Self::EndpointNotOwned,
         Self::UnixSocket,
         Self::DestinationMismatch,
+        Self::PtraceOutside,
         Self::Allowlisted,
         Self::Granted,
         Self::AllowlistedEch,
@@ -339,6 +345,7 @@ impl Reason {
             Self::EndpointNotOwned => "endpoint_not_owned",
             Self::UnixSocket => "unix_socket",
             Self::DestinationMismatch => "destination_mismatch",
+            Self::PtraceOutside => "ptrace_outside_cgroup",
             Self::Allowlisted => "allowlisted",
             Self::Granted => "granted",
             Self::AllowlistedEch => "allowlisted_ech",
@@ -419,6 +426,9 @@ impl Reason {
             }
             Self::DestinationMismatch => {
                 "the packet's destination is not the one its socket's connect or send was allowed for"
+            }
+            Self::PtraceOutside => {
+                "tracing or reading the memory of a process outside the enforced cgroup is not allowed"
             }
             Self::Allowlisted => "the destination is allowlisted",
             Self::Granted => "the destination is allowed by a runtime grant",

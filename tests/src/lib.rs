@@ -365,7 +365,8 @@ pub enum ProbeOutcome {
 }
 
 impl ProbeOutcome {
-    fn parse(stdout: &[u8], args: &[&str]) -> Self {
+    /// Reads the probe's last stdout line (`ok` or `err ERRNO MESSAGE`).
+    pub fn parse(stdout: &[u8], args: &[&str]) -> Self {
         let text = String::from_utf8_lossy(stdout);
         let line = text.lines().last().unwrap_or("").trim();
         if line == "ok" {

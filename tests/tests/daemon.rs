@@ -1135,6 +1135,29 @@ fn a_direct_entry_left_for_a_decoy_stops_the_daemon_from_becoming_ready() {
     ] {
         assert_eq!(verdict(&report, id), "passed", "{id}: {report:#}");
     }
+    // The ptrace rows: proven where BPF-LSM loads (the VM), listed as not
+    // enforced where it does not, never skipped.
+    let ptrace_enforced = status_json(state.path())["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cgroup_id"] == cgroup.id())
+        .map(|c| c["ptrace_enforced"] == true)
+        .expect("our cgroup in status");
+    if std::env::var_os("ENFORCER_EXPECT_BPF_LSM").is_some() {
+        assert!(
+            ptrace_enforced,
+            "BPF-LSM was expected to enforce ptrace here"
+        );
+    }
+    for id in ["process_vm_read_outside", "ptrace_attach_outside"] {
+        let want = if ptrace_enforced {
+            "passed"
+        } else {
+            "not enforced"
+        };
+        assert_eq!(verdict(&report, id), want, "{id}: {report:#}");
+    }
     eprintln!(
         "start-up self-test: {} ms, not enforced: {}",
         report["duration_seconds"].as_f64().unwrap() * 1000.0,

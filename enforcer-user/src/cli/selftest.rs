@@ -51,13 +51,22 @@ pub fn run(args: SelftestArgs) -> anyhow::Result<ExitCode> {
 
 /// The self-test probe (started by the daemon; not for people).
 #[derive(Debug, clap::Args)]
-pub struct ProbeArgs {}
+pub struct ProbeArgs {
+    /// Be the ptrace rows' target outside the cgroup instead: wait for
+    /// stdin to close.
+    #[arg(long)]
+    hold: bool,
+}
 
 /// Runs `enforcer selftest-probe`: plan on stdin, report on stdout.
-pub fn probe(_args: ProbeArgs) -> anyhow::Result<ExitCode> {
+pub fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     probe::set_comm();
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
-    probe::run(&mut stdin.lock(), &mut stdout.lock())?;
+    if args.hold {
+        probe::hold(&mut stdin.lock(), &mut stdout.lock())?;
+    } else {
+        probe::run(&mut stdin.lock(), &mut stdout.lock())?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -112,6 +112,17 @@ fn render(status: &CgroupStatus) -> String {
             status.families_not_enforced.join(", ")
         );
     }
+    if status.ptrace_enforced {
+        let _ = writeln!(
+            out,
+            "  ptrace: enforced by BPF-LSM (processes outside the cgroup cannot be traced or read)"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  ptrace: NOT enforced: a process in the cgroup can trace a same-uid process outside it (the BPF-LSM program is not attached on this kernel; run agents under a dedicated uid; `enforcer run` adds a seccomp rule)"
+        );
+    }
     // === unix sockets (issue 14) ===
     if status.unix_enforced {
         let _ = writeln!(

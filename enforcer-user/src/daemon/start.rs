@@ -47,8 +47,9 @@ use super::{
 use crate::{
     audit::{AuditWriter, Reason, Retention, writer::WriterThread},
     kernel::{
-        self, AttachOptions, EndpointSpec, FamilyEnforcement, PinnedMaps, attach::Attachment,
-        events::EventReader, hooks::Layers, maps::Transport, ownership, peers::PeerTable,
+        self, AttachOptions, EndpointSpec, FamilyEnforcement, PinnedMaps, PtraceEnforcement,
+        attach::Attachment, events::EventReader, hooks::Layers, maps::Transport, ownership,
+        peers::PeerTable,
     },
     policy_source::{Loader, LoaderConfig, StartReport},
 };
@@ -374,6 +375,12 @@ fn start_kernel(
         FamilyEnforcement::Enforced => tracing::info!("{}", attachment.families.describe()),
         FamilyEnforcement::NotEnforced { .. } => {
             tracing::warn!("{}", attachment.families.describe())
+        }
+    }
+    match &attachment.ptrace {
+        PtraceEnforcement::Enforced => tracing::info!("{}", attachment.ptrace.describe()),
+        PtraceEnforcement::NotEnforced { .. } => {
+            tracing::warn!("{}", attachment.ptrace.describe())
         }
     }
     if report.snapshot.policy().egress.mode != EgressMode::ProxyOnly {

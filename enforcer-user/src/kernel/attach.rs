@@ -26,9 +26,10 @@ use enforcer_ebpf::map_names;
 use super::{
     CgroupPath, KernelError, bpffs,
     events::EventReader,
-    hooks::{HOOKS, HookKind, HookSpec, LSM_SOCKET_CREATE},
+    hooks::{HOOKS, HookKind, HookSpec, LSM_PTRACE, LSM_SOCKET_CREATE},
     maps::{EndpointSpec, PinnedMaps},
     paths::PinDirs,
+    task_layout,
     unix::{self, UNIX_PROGRAMS, UnixEnforcement},
 };
 
@@ -81,6 +82,38 @@ impl FamilyEnforcement {
     }
 }
 
+/// Whether ptrace and `process_vm_*` of tasks outside the cgroup are
+/// refused (BPF-LSM `ptrace_access_check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PtraceEnforcement {
+    /// `lsm_cgroup/ptrace_access_check` is attached.
+    Enforced,
+    /// The program could not be attached: a process of the cgroup can trace
+    /// (and so run code in) a process of the same uid outside it.
+    NotEnforced {
+        /// Why it could not load or attach.
+        reason: String,
+    },
+}
+
+impl PtraceEnforcement {
+    /// One line for humans.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Enforced => {
+                "ptrace: enforced by BPF-LSM (processes outside the cgroup cannot be \
+                               traced or have their memory read)"
+                    .into()
+            }
+            Self::NotEnforced { reason } => format!(
+                "ptrace: NOT enforced — a process in the cgroup can trace a same-uid process outside \
+                 it (BPF-LSM unavailable: {reason}); run agents under a dedicated uid, and \
+                 `enforcer run` closes this gap with seccomp"
+            ),
+        }
+    }
+}
+
 /// A live attachment: the loaded object (holding the event ring buffer and
 /// the log buffer) and what was attached.
 pub struct Attachment {
@@ -92,6 +125,8 @@ pub struct Attachment {
     pub pins: PinDirs,
     /// Whether other socket families are enforced.
     pub families: FamilyEnforcement,
+    /// Whether tasks outside the cgroup are out of ptrace's reach.
+    pub ptrace: PtraceEnforcement,
     /// Whether unix sockets are enforced (the second object's programs).
     pub unix: UnixEnforcement,
     ebpf: Ebpf,
@@ -103,6 +138,7 @@ impl std::fmt::Debug for Attachment {
             .field("cgroup", &self.cgroup)
             .field("cgroup_id", &self.cgroup_id)
             .field("families", &self.families)
+            .field("ptrace", &self.ptrace)
             .field("unix", &self.unix)
             .finish_non_exhaustive()
     }
@@ -152,9 +188,15 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
             .any(|program| pins.link(program.program).exists());
 
     let log_level: u8 = if options.debug_log { 0xff } else { 0 };
+    // Unknown offsets leave TASK_LAYOUT invalid (the program would deny
+    // every trace); the ptrace program is then not attached at all.
+    let task_layout = task_layout::from_sys_fs();
+    let layout_value = task_layout.as_ref().copied().unwrap_or_default();
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps())
         .override_global("AYA_LOG_LEVEL", &log_level, false)
+        .override_global("TASK_LAYOUT", &layout_value, true)
+        .override_global("ENFORCED_CGROUP_ID", &cgroup_id, true)
         .load(OBJECT)
         .map_err(KernelError::Load)?;
 
@@ -165,8 +207,14 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
     let cgroup_file = cgroup.open()?;
     let btf = Btf::from_sys_fs().ok();
     let mut staged: Vec<(&HookSpec, PinnedLink)> = Vec::new();
-    let mut lsm_failure = None;
+    let mut lsm_failures: Vec<(&'static str, String)> = Vec::new();
     for hook in &HOOKS {
+        if hook.program == LSM_PTRACE
+            && let Err(error) = &task_layout
+        {
+            lsm_failures.push((hook.program, format!("task layout: {error}")));
+            continue;
+        }
         let path = pins.swap_link(hook.program);
         let result = if let HookKind::Sockopt(_) = hook.kind {
             attach_sockopt_pinned(&mut ebpf, hook, &cgroup_file, &path)
@@ -179,7 +227,7 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
         match result {
             Ok(pinned) => staged.push((hook, pinned)),
             Err(error) if matches!(hook.kind, HookKind::LsmCgroup(_)) => {
-                lsm_failure = Some(error_chain(&error));
+                lsm_failures.push((hook.program, error_chain(&error)));
             }
             Err(error) => {
                 // Undo: drop the new links; the old ones (if any) still enforce.
@@ -225,11 +273,24 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
         }
     };
 
+    let lsm_failure = |program: &str| {
+        lsm_failures
+            .iter()
+            .find(|(failed, _)| *failed == program)
+            .map_or_else(|| "not attached".to_owned(), |(_, why)| why.clone())
+    };
     let families = if pins.link(LSM_SOCKET_CREATE).exists() {
         FamilyEnforcement::Enforced
     } else {
         FamilyEnforcement::NotEnforced {
-            reason: lsm_failure.unwrap_or_else(|| "not attached".into()),
+            reason: lsm_failure(LSM_SOCKET_CREATE),
+        }
+    };
+    let ptrace = if pins.link(LSM_PTRACE).exists() {
+        PtraceEnforcement::Enforced
+    } else {
+        PtraceEnforcement::NotEnforced {
+            reason: lsm_failure(LSM_PTRACE),
         }
     };
     Ok(Attachment {
@@ -237,6 +298,7 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
         cgroup_id,
         pins,
         families,
+        ptrace,
         unix,
         ebpf,
     })

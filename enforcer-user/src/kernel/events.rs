@@ -63,6 +63,9 @@ pub struct DenyRecord {
     /// when at most 16 bytes, else its first and last 8 bytes around `…`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unix_address: Option<String>,
+    /// The process a ptrace deny was aimed at (its pid; 0 when unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ptrace_target: Option<u32>,
 }
 
 impl DenyRecord {
@@ -72,7 +75,11 @@ impl DenyRecord {
         let unix_hook = matches!(hook, Some(Hook::ConnectUnix | Hook::SendmsgUnix));
         let destination = match hook {
             Some(
-                Hook::SockCreate | Hook::LsmSocketCreate | Hook::ConnectUnix | Hook::SendmsgUnix,
+                Hook::SockCreate
+                | Hook::LsmSocketCreate
+                | Hook::ConnectUnix
+                | Hook::SendmsgUnix
+                | Hook::LsmPtrace,
             )
             | None => None,
             Some(_) => Some(SocketAddr::new(ip_from_bytes(event.addr), event.port)),
@@ -102,6 +109,9 @@ impl DenyRecord {
                 |r| r.as_str().to_owned(),
             ),
             unix_address: unix_hook.then(|| unix_address(&event.addr, usize::from(event.port))),
+            ptrace_target: (hook == Some(Hook::LsmPtrace)).then(|| {
+                u32::from_ne_bytes([event.addr[0], event.addr[1], event.addr[2], event.addr[3]])
+            }),
         }
     }
 
@@ -123,6 +133,9 @@ impl std::fmt::Display for DenyRecord {
         }
         if let Some(address) = &self.unix_address {
             write!(f, " path={address}")?;
+        }
+        if let Some(target) = self.ptrace_target {
+            write!(f, " target_pid={target}")?;
         }
         write!(f, " hook={}", self.hook)
     }

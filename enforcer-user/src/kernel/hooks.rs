@@ -30,9 +30,10 @@ pub struct HookSpec {
     pub kind: HookKind,
 }
 
-/// Every program enforcer attaches, in attach order. The LSM program comes
-/// last: it is the one that may fail to load, and the rest stand without it.
-pub const HOOKS: [HookSpec; 9] = [
+/// Every program enforcer attaches, in attach order. The LSM programs come
+/// last: they are the ones that may fail to load, and the rest stand
+/// without them.
+pub const HOOKS: [HookSpec; 10] = [
     HookSpec {
         program: "sock_create",
         kind: HookKind::Sock(CgroupSockAttachType::SockCreate),
@@ -69,10 +70,17 @@ pub const HOOKS: [HookSpec; 9] = [
         program: "socket_create",
         kind: HookKind::LsmCgroup("socket_create"),
     },
+    HookSpec {
+        program: "ptrace_access_check",
+        kind: HookKind::LsmCgroup("ptrace_access_check"),
+    },
 ];
 
 /// The LSM program's name (its absence means other families are unenforced).
 pub const LSM_SOCKET_CREATE: &str = "socket_create";
+
+/// The ptrace LSM program's name (its absence means ptrace is unenforced).
+pub const LSM_PTRACE: &str = "ptrace_access_check";
 
 /// The cgroup unix-socket programs, by pin name (the second object's,
 /// [`super::unix::UNIX_PROGRAMS`]); [`Layers::unix_sockets`] (what the
@@ -86,6 +94,10 @@ pub struct Layers {
     pub socket_families: bool,
     /// Every unix-socket hook is attached.
     pub unix_sockets: bool,
+    /// `lsm_cgroup/ptrace_access_check` is attached (tasks outside the
+    /// cgroup cannot be traced). Absent in reports of older daemons.
+    #[serde(default)]
+    pub ptrace: bool,
 }
 
 impl Layers {
@@ -93,6 +105,7 @@ impl Layers {
     pub fn from_pins(pins: &super::paths::PinDirs) -> Self {
         Self {
             socket_families: pins.link(LSM_SOCKET_CREATE).exists(),
+            ptrace: pins.link(LSM_PTRACE).exists(),
             unix_sockets: !UNIX_HOOKS.is_empty()
                 && UNIX_HOOKS.iter().all(|hook| pins.link(hook).exists()),
         }

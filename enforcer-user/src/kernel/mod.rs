@@ -15,11 +15,12 @@ pub mod ownership;
 pub mod paths;
 pub mod peers;
 pub mod status;
+pub mod task_layout;
 pub mod unix;
 
 use std::path::PathBuf;
 
-pub use attach::{AttachOptions, Attachment, FamilyEnforcement, attach, detach};
+pub use attach::{AttachOptions, Attachment, FamilyEnforcement, PtraceEnforcement, attach, detach};
 pub use cgroup::{CgroupMount, CgroupPath};
 pub use events::DenyRecord;
 pub use maps::{EndpointSpec, PinnedMaps};

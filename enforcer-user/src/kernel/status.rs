@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{
     CgroupMount, KernelError,
     events::DenyRecord,
-    hooks::{HOOKS, LSM_SOCKET_CREATE},
+    hooks::{HOOKS, LSM_PTRACE, LSM_SOCKET_CREATE},
     maps::{Counters, DirectEntry, EndpointSpec, PinnedMaps},
     paths::{PIN_ROOT, PinDirs},
     unix::{self, UnixEnforcement},
@@ -35,6 +35,8 @@ pub struct CgroupStatus {
     pub families_enforced: bool,
     /// Families the kernel programs do not cover, if any.
     pub families_not_enforced: Vec<String>,
+    /// True when BPF-LSM keeps processes outside the cgroup out of ptrace's reach.
+    pub ptrace_enforced: bool,
     /// True when the cgroup unix programs (connect_unix, sendmsg_unix) are attached.
     pub unix_enforced: bool,
     /// Why unix sockets are not enforced, when they are not.
@@ -138,6 +140,7 @@ pub fn one(
         hooks,
         families_enforced,
         families_not_enforced,
+        ptrace_enforced: pins.link(LSM_PTRACE).exists(),
         unix_enforced: unix.is_enforced(),
         unix_not_enforced: match unix {
             UnixEnforcement::Enforced => None,

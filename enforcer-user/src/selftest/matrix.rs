@@ -31,6 +31,9 @@ pub enum Layer {
     LsmSocketCreate,
     /// cgroup unix-socket hooks (not built on every kernel).
     UnixHooks,
+    /// `lsm_cgroup/ptrace_access_check` (ptrace and `process_vm_*` of
+    /// processes outside the cgroup; needs BPF-LSM).
+    LsmPtrace,
 }
 
 impl Layer {
@@ -45,6 +48,7 @@ impl Layer {
             Self::Setsockopt => "setsockopt",
             Self::LsmSocketCreate => "socket_create (BPF-LSM)",
             Self::UnixHooks => "unix hooks",
+            Self::LsmPtrace => "ptrace_access_check (BPF-LSM)",
         }
     }
 
@@ -53,6 +57,7 @@ impl Layer {
         match self {
             Self::LsmSocketCreate => layers.socket_families,
             Self::UnixHooks => layers.unix_sockets,
+            Self::LsmPtrace => layers.ptrace,
             _ => true,
         }
     }
@@ -114,6 +119,10 @@ pub enum Target {
     Router,
     /// The transparent listener (redirect mode only).
     Transparent,
+    /// A process the daemon starts outside the cgroup, of the probe's uid,
+    /// that any process may trace were it not for the kernel program
+    /// (`PR_SET_PTRACER_ANY`, so Yama does not stand in for it).
+    OutsideProcess,
     /// Nothing outside the probe (socket creation, its own servers).
     None,
 }
@@ -146,6 +155,10 @@ pub enum Method {
     Ipv4SourceRoute,
     /// `connect(2)` a unix stream socket.
     UnixConnect,
+    /// `process_vm_readv(2)` of one byte of another process.
+    ProcessVmRead,
+    /// `ptrace(PTRACE_ATTACH)` to another process (detached at once).
+    PtraceAttach,
     /// Its own TCP server on loopback, a client to it, one byte each way.
     OwnTcpServer,
     /// Its own UDP server on loopback, one datagram each way.
@@ -358,6 +371,20 @@ pub const MATRIX: &[AttemptSpec] = &[
         M::UnixConnect,
         Target::Decoy(P::StateDir, Proto::Unix),
     ),
+    deny(
+        "process_vm_read_outside",
+        "process_vm_readv of a process outside the cgroup",
+        L::LsmPtrace,
+        M::ProcessVmRead,
+        Target::OutsideProcess,
+    ),
+    deny(
+        "ptrace_attach_outside",
+        "ptrace(PTRACE_ATTACH) to a process outside the cgroup",
+        L::LsmPtrace,
+        M::PtraceAttach,
+        Target::OutsideProcess,
+    ),
     reach(
         "proxy_reachable",
         "TCP connect to the CONNECT proxy",
@@ -422,6 +449,9 @@ pub struct PlanInputs {
     pub router: Option<SocketAddr>,
     /// The transparent listener (redirect mode; none yet).
     pub transparent: Option<SocketAddr>,
+    /// The pid of the process the daemon started outside the cgroup as
+    /// the ptrace rows' target.
+    pub outside_process: Option<u32>,
     /// Whether `[::1]` exists (IPv6 enabled).
     pub ipv6: bool,
 }
@@ -481,6 +511,16 @@ pub enum Action {
     UnixConnect {
         /// Socket path.
         path: PathBuf,
+    },
+    /// `process_vm_readv` of `pid`.
+    ProcessVmRead {
+        /// The target.
+        pid: u32,
+    },
+    /// `PTRACE_ATTACH` to `pid`.
+    PtraceAttach {
+        /// The target.
+        pid: u32,
     },
     /// Own TCP server.
     OwnTcpServer {
@@ -543,6 +583,17 @@ pub fn plan_one(spec: &AttemptSpec, inputs: &PlanInputs) -> Planned {
                 );
             }
         },
+        Target::OutsideProcess => {
+            let Some(pid) = inputs.outside_process else {
+                return Planned::NotApplicable(
+                    "no process could be started outside the cgroup".into(),
+                );
+            };
+            return match spec.method {
+                Method::PtraceAttach => Planned::Run(Action::PtraceAttach { pid }),
+                _ => Planned::Run(Action::ProcessVmRead { pid }),
+            };
+        }
         Target::None => None,
     };
     let need = |addr: Option<SocketAddr>| {
@@ -569,6 +620,9 @@ pub fn plan_one(spec: &AttemptSpec, inputs: &PlanInputs) -> Planned {
         Method::Ipv6RoutingHeader => Ok(Action::Ipv6RoutingHeader {}),
         Method::Ipv4SourceRoute => Ok(Action::Ipv4SourceRoute {}),
         Method::UnixConnect => Err(Planned::NotApplicable(missing_decoy(Place::StateDir))),
+        Method::ProcessVmRead | Method::PtraceAttach => Err(Planned::NotApplicable(
+            "no process outside the cgroup to aim at".into(),
+        )),
         Method::OwnTcpServer if spec.v6 && !inputs.ipv6 => Err(Planned::NotApplicable(
             "IPv6 is not enabled on this host".into(),
         )),
@@ -731,6 +785,7 @@ mod tests {
             proxy: Some("127.0.0.1:3128".parse().unwrap()),
             router: Some("127.0.0.1:8787".parse().unwrap()),
             transparent: None,
+            outside_process: Some(4242),
             ipv6: true,
         }
     }
@@ -751,6 +806,7 @@ mod tests {
             Layer::Setsockopt,
             Layer::LsmSocketCreate,
             Layer::UnixHooks,
+            Layer::LsmPtrace,
         ] {
             assert!(
                 MATRIX.iter().any(|s| s.expect == Expect::Denied(layer)),
@@ -779,12 +835,41 @@ mod tests {
     }
 
     #[test]
+    fn ptrace_rows_aim_at_the_outside_process_or_are_not_applicable() {
+        let read = spec("process_vm_read_outside").unwrap();
+        let attach = spec("ptrace_attach_outside").unwrap();
+        assert_eq!(
+            plan_one(read, &inputs()),
+            Planned::Run(Action::ProcessVmRead { pid: 4242 })
+        );
+        assert_eq!(
+            plan_one(attach, &inputs()),
+            Planned::Run(Action::PtraceAttach { pid: 4242 })
+        );
+        let none = PlanInputs {
+            outside_process: None,
+            ..inputs()
+        };
+        assert!(matches!(plan_one(read, &none), Planned::NotApplicable(_)));
+        // A read that got past the access check is a bypass.
+        assert_eq!(judge(read, Some(&Outcome::Ok {}), 0, true), Verdict::Bypass);
+        assert_eq!(judge(read, Some(&eperm()), 0, true), Verdict::Passed);
+    }
+
+    #[test]
     fn unclaimed_layers_are_not_enforced_never_skipped_or_failed() {
         let layers = Layers {
             socket_families: false,
             unix_sockets: false,
+            ptrace: false,
         };
-        for id in ["packet_socket", "vsock_socket", "unix_host_socket"] {
+        for id in [
+            "packet_socket",
+            "vsock_socket",
+            "unix_host_socket",
+            "process_vm_read_outside",
+            "ptrace_attach_outside",
+        ] {
             let row = spec(id).unwrap();
             let Expect::Denied(layer) = row.expect else {
                 panic!("{id} is a deny row")
@@ -797,6 +882,7 @@ mod tests {
         let enforced = Layers {
             socket_families: true,
             unix_sockets: true,
+            ptrace: true,
         };
         let row = spec("vsock_socket").unwrap();
         assert_eq!(

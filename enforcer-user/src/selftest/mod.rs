@@ -123,11 +123,16 @@ pub async fn run(config: &SelftestConfig) -> Result<SelftestReport, SelftestErro
         &paths::selftest_decoys(&config.state_dir),
         &decoys.remembered(),
     );
+    let outside = OutsideProcess::start(&config.probe_exe).await;
+    if let Err(error) = &outside {
+        tracing::warn!(error = %error, "self-test: no process outside the cgroup for the ptrace rows");
+    }
     let inputs = PlanInputs {
         decoys: decoys.addresses(),
         proxy: Some(config.proxy),
         router: Some(config.router),
         transparent: config.transparent,
+        outside_process: outside.as_ref().ok().and_then(OutsideProcess::pid),
         ipv6: std::net::UdpSocket::bind("[::1]:0").is_ok(),
     };
     let planned: Vec<(&matrix::AttemptSpec, Planned)> = MATRIX
@@ -197,6 +202,7 @@ pub async fn run(config: &SelftestConfig) -> Result<SelftestReport, SelftestErro
         })
         .collect();
     drop(decoys);
+    drop(outside);
     Ok(SelftestReport::new(
         config.cgroup_name.clone(),
         attempts,
@@ -300,6 +306,53 @@ async fn run_probe(
     tokio::time::sleep(Duration::from_millis(10)).await;
     let squat_hits = squat.as_ref().map_or(0, decoys::tcp_hits);
     result.map(|report| (report, squat_hits))
+}
+
+/// The ptrace rows' target: `enforcer selftest-probe --hold`, a child of
+/// the daemon outside the cgroup, killed (by its pid) on drop.
+struct OutsideProcess {
+    child: tokio::process::Child,
+    _stdin: Option<tokio::process::ChildStdin>,
+}
+
+impl OutsideProcess {
+    async fn start(exe: &Path) -> Result<Self, String> {
+        let mut child = tokio::process::Command::new(exe)
+            .args([PROBE_SUBCOMMAND, "--hold"])
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| {
+                format!(
+                    "starting {} {PROBE_SUBCOMMAND} --hold: {error}",
+                    exe.display()
+                )
+            })?;
+        let stdin = child.stdin.take();
+        let Some(stdout) = child.stdout.take() else {
+            return Err("no stdout pipe".into());
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        match tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await {
+            Ok(Ok(Some(line))) if line.trim() == probe::HOLD_READY => Ok(Self {
+                child,
+                _stdin: stdin,
+            }),
+            Ok(Ok(other)) => Err(format!(
+                "it said {other:?} instead of {:?}",
+                probe::HOLD_READY
+            )),
+            Ok(Err(error)) => Err(format!("reading it: {error}")),
+            Err(_) => Err("it did not get ready within 5 s".into()),
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
 }
 
 /// The probe's leaf cgroup: created fresh, removed on [`Self::remove`] or drop.

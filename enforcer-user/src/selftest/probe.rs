@@ -115,6 +115,8 @@ fn attempt_one(action: &Action, input: &mut impl BufRead, output: &mut impl Writ
         Action::Ipv6RoutingHeader {} => routing_header(),
         Action::Ipv4SourceRoute {} => source_route(),
         Action::UnixConnect { path } => std::os::unix::net::UnixStream::connect(path).map(drop),
+        Action::ProcessVmRead { pid } => process_vm_read(*pid),
+        Action::PtraceAttach { pid } => ptrace_attach(*pid),
         Action::OwnTcpServer { v6 } => own_tcp_server(*v6),
         Action::OwnUdpServer { v6 } => own_udp_server(*v6),
     };
@@ -125,6 +127,70 @@ fn attempt_one(action: &Action, input: &mut impl BufRead, output: &mut impl Writ
             message: error.to_string(),
         },
     }
+}
+
+/// The line the outside process prints once it may be traced.
+pub const HOLD_READY: &str = "ready";
+
+/// The ptrace rows' target (`enforcer selftest-probe --hold`, started by
+/// the daemon outside the cgroup): lets any process trace it, so that
+/// only the kernel program (not Yama) can refuse the probe, says
+/// [`HOLD_READY`], and waits for its stdin to close.
+pub fn hold(input: &mut impl BufRead, output: &mut impl Write) -> io::Result<()> {
+    // SAFETY: PR_SET_PTRACER takes an integer argument, no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::PR_SET_PTRACER_ANY) } != 0 {
+        let error = io::Error::last_os_error();
+        // EINVAL: Yama is not built in, so nothing needs lifting.
+        if error.raw_os_error() != Some(libc::EINVAL) {
+            return Err(error);
+        }
+    }
+    writeln!(output, "{HOLD_READY}")?;
+    output.flush()?;
+    io::copy(input, &mut io::sink()).map(drop)
+}
+
+/// `process_vm_readv` of one byte of `pid`. The access check comes before
+/// the copy, so `EFAULT` (the address is not mapped there) means the check
+/// let the call through, the same as a success.
+fn process_vm_read(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    let mut byte = [0u8; 1];
+    let local = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let remote = libc::iovec {
+        iov_base: 0x1000 as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: `local` points at one writable byte of ours; `remote` is only
+    // read by the kernel in the other process, after its access check.
+    let copied = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    if copied < 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EFAULT) {
+            return Ok(());
+        }
+        return Err(error);
+    }
+    Ok(())
+}
+
+/// `PTRACE_ATTACH` to `pid`; a success is undone at once.
+fn ptrace_attach(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: PTRACE_ATTACH takes no pointers.
+    if unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0usize, 0usize) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut status = 0;
+    // SAFETY: waits for the attach stop of the tracee just attached;
+    // status is a valid out pointer.
+    unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+    // SAFETY: detaches the tracee just attached; no pointers.
+    unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize) };
+    Ok(())
 }
 
 /// `Some(precondition)` when this process lacks `CAP_NET_RAW` (raw and

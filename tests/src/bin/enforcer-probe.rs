@@ -48,6 +48,8 @@
 //! enforcer-probe process-vm-read PID       process_vm_readv of 1 byte at PID's auxv-free stack top
 //!                                           (any address: EFAULT still means access was granted)
 //! enforcer-probe ptrace-child              fork a child and PTRACE_ATTACH to it
+//! enforcer-probe traceable                 let any process trace it (PR_SET_PTRACER_ANY, so Yama
+//!                                           does not decide), print `ready`, wait for stdin EOF
 //! enforcer-probe exchange KIND ADDR         send `q` to ADDR and read one reply byte (2 s timeout);
 //!                                           KIND: tcp, udp-sendto, udp-connect
 //! enforcer-probe hold-tcp ADDR              connect ADDR, one byte each way, print `connected`,
@@ -153,6 +155,7 @@ fn main() -> ExitCode {
         "ptrace-attach" => port_pid(&args).map(ptrace_attach),
         "process-vm-read" => port_pid(&args).map(process_vm_read),
         "ptrace-child" => Ok(ptrace_child()),
+        "traceable" => Ok(traceable_until_eof()),
         other => Err(format!("unknown command {other:?}")),
     };
     match result {
@@ -752,17 +755,55 @@ fn process_vm_read(pid: libc::pid_t) -> io::Result<()> {
     Ok(())
 }
 
+fn traceable_until_eof() -> io::Result<()> {
+    // SAFETY: PR_SET_PTRACER takes an integer, no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::PR_SET_PTRACER_ANY) } != 0 {
+        let error = io::Error::last_os_error();
+        // EINVAL: no Yama, nothing to lift.
+        if error.raw_os_error() != Some(libc::EINVAL) {
+            return Err(error);
+        }
+    }
+    println!("ready");
+    io::stdout().flush()?;
+    let mut line = String::new();
+    while io::stdin().lock().read_line(&mut line)? > 0 {
+        line.clear();
+    }
+    Ok(())
+}
+
 fn ptrace_child() -> io::Result<()> {
-    // SAFETY: the child only sleeps (async-signal-safe) until killed.
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe(2) writes.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let [read_end, write_end] = fds;
+    // SAFETY: the child makes only async-signal-safe calls until killed.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
-        loop {
-            // SAFETY: pause(2) is async-signal-safe.
-            unsafe { libc::pause() };
+        // A probe that dropped its uid after exec is not dumpable, and
+        // neither is its child: undo that, or only root could trace it.
+        // SAFETY: prctl, write and pause are async-signal-safe; the byte
+        // written is a local.
+        unsafe {
+            libc::prctl(libc::PR_SET_DUMPABLE, 1);
+            libc::write(write_end, b"r".as_ptr().cast(), 1);
+            loop {
+                libc::pause();
+            }
         }
+    }
+    let mut byte = 0u8;
+    // SAFETY: reads one byte into a local; both pipe ends are ours.
+    unsafe {
+        libc::close(write_end);
+        libc::read(read_end, (&raw mut byte).cast(), 1);
+        libc::close(read_end);
     }
     let result = ptrace_attach(pid);
     // SAFETY: killing and reaping our own child.
