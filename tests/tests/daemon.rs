@@ -1154,7 +1154,7 @@ fn a_direct_entry_left_for_a_decoy_stops_the_daemon_from_becoming_ready() {
         let want = if ptrace_enforced {
             "passed"
         } else {
-            "not enforced"
+            "not_enforced"
         };
         assert_eq!(verdict(&report, id), want, "{id}: {report:#}");
     }
