@@ -247,5 +247,13 @@ fn python_packages() -> anyhow::Result<()> {
     if installed {
         return Ok(());
     }
-    run_command(Command::new("python3").args(["-m", "pip", "install", "--quiet", ANTHROPIC_SDK]))
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "install", "--quiet"]);
+    if !is_root() {
+        // A normal user's python3 is often Debian's, which refuses pip
+        // (PEP 668) outside a venv: install into the user's own site
+        // directory (~/.local), which no system package reads.
+        pip.args(["--user", "--break-system-packages"]);
+    }
+    run_command(pip.arg(ANTHROPIC_SDK))
 }
