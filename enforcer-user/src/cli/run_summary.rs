@@ -224,9 +224,10 @@ pub fn render(summary: &Summary, mode: SummaryMode, hints: &Hints, quiet: bool) 
         SummaryMode::Full => summary.groups.len(),
         _ => SHORT_LINES.min(summary.groups.len()),
     };
+    // In characters, as `{:<width$}` pads: a unix path carries a `…`.
     let width = summary.groups[..shown]
         .iter()
-        .map(|group| group.destination.len())
+        .map(|group| group.destination.chars().count())
         .max()
         .unwrap_or(0);
     let reason_width = summary.groups[..shown]
@@ -447,7 +448,7 @@ mod tests {
         let mut unix = record(
             Source::Kernel,
             Reason::UnixSocket,
-            "/var/run…d/socket",
+            "/var/run/nsc…d/socket",
             0,
             Some(RUN),
         );
@@ -473,12 +474,17 @@ mod tests {
             [
                 ("127.0.0.2:9", "loopback_port_not_owned", 3),
                 ("a.test:443", "not_allowlisted", 2),
-                ("/var/run…d/socket", "unix_socket", 1),
+                ("/var/run/nsc…d/socket", "unix_socket", 1),
                 ("10.0.0.1:53", "dns_not_enforcer", 1),
                 ("api.test:443", "unknown_model", 1),
             ]
         );
         let text = render(&summary, SummaryMode::Full, &hints(), false).unwrap();
+        // The widest destination gets two spaces, its `…` one column.
+        assert!(
+            text.contains("\n      1x /var/run/nsc…d/socket  unix_socket              (kernel)\n"),
+            "{text}"
+        );
         assert_eq!(
             text.lines().next(),
             Some(
