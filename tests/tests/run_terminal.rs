@@ -68,6 +68,11 @@ impl Tmux {
     /// Starts `command` (argv) in a detached 120x40 session whose panes stay
     /// after their command exits (to read the exit status and the screen).
     fn start(dir: &Path, command: &[String]) -> Self {
+        Self::start_in(dir, dir, command)
+    }
+
+    /// [`Tmux::start`] with the pane's working directory `cwd`.
+    fn start_in(dir: &Path, cwd: &Path, command: &[String]) -> Self {
         let config = dir.join("tmux.conf");
         std::fs::write(
             &config,
@@ -102,7 +107,9 @@ impl Tmux {
                 "120",
                 "-y",
                 "40",
+                "-c",
             ])
+            .arg(cwd)
             // NO_COLOR unset: only the enforcer's own rules keep the terminal clean.
             // The shell around the command prints its exit status: tmux's own
             // record of a dead pane's status was seen missing (the pane's
@@ -181,6 +188,12 @@ impl Tmux {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Types `text` as it is (no key names).
+    fn send_text(&self, text: &str) {
+        let output = self.tmux(&["send-keys", "-t", &self.session, "-l", text]);
+        assert!(output.status.success(), "send-keys -l: {output:?}");
     }
 
     fn send_keys(&self, keys: &str) {
@@ -349,7 +362,19 @@ fn a_full_screen_command_keeps_its_terminal_and_the_summary_follows_it() {
         "{after}"
     );
     assert!(
-        after.contains("enforcer allow denied.test:443 --ttl 1h"),
+        after.contains("enforcer allow denied.test:443 --ttl 1h\n"),
+        "{after}"
+    );
+    // In-process: no daemon would take that grant now; the summary says so.
+    assert!(
+        line_with(
+            &after,
+            &[
+                "(a grant needs the daemon: ",
+                "systemctl start enforcer; later runs use it)"
+            ]
+        )
+        .is_some(),
         "{after}"
     );
     assert!(
@@ -549,8 +574,13 @@ fn under_a_daemon_the_summary_counts_only_the_runs_cgroup() {
     // A deny in the daemon's cgroup, outside the run: not the run's.
     let (outcome, _) = cgroup.probe(&["tcp-connect", &target]);
     assert!(outcome.is_eperm(), "{outcome:?}");
+    // Four direct connects the kernel refuses, one CONNECT the proxy refuses.
     let script = format!(
-        "import socket\nfor _ in range(4):\n    try: socket.create_connection(('127.0.0.2', {}), timeout=5)\n    except PermissionError: pass\n",
+        "import os, socket\nfor _ in range(4):\n    try: socket.create_connection(('127.0.0.2', {}), timeout=5)\n    except PermissionError: pass\n\
+         host, port = os.environ['HTTPS_PROXY'].rsplit('/', 1)[1].rsplit(':', 1)\n\
+         tunnel = socket.create_connection((host, int(port)), timeout=5)\n\
+         tunnel.sendall(b'CONNECT denied.test:443 HTTP/1.1\\r\\nHost: denied.test:443\\r\\n\\r\\n')\n\
+         assert tunnel.recv(64).startswith(b'HTTP/1.1 403')\n",
         decoy.local_addr().unwrap().port()
     );
     let run_state = tempfile::tempdir().unwrap();
@@ -573,17 +603,497 @@ fn under_a_daemon_the_summary_counts_only_the_runs_cgroup() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("enforcer: denied 4 connections\n"),
-        "the run's four, not the probe's: {stderr}"
+        stderr.contains("enforcer: denied 5 connections\n"),
+        "the run's four and its one CONNECT, not the probe's: {stderr}"
     );
     assert!(
         line_with(&stderr, &["4x", &target, "loopback_port_not_owned"]).is_some(),
         "{stderr}"
     );
-    // The daemon's state directory, from its status, not the run's.
+    // The daemon's state directory, from its status, not the run's; the
+    // run's cgroup, so the command shows what the summary counted.
     let daemon_state = state.path().display().to_string();
-    assert!(
-        line_with(&stderr, &["enforcer events --since", &daemon_state]).is_some(),
-        "{stderr}"
+    let events_line = line_with(&stderr, &["enforcer events --since", &daemon_state])
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let events_args: Vec<&str> = events_line
+        .split_once("enforcer events ")
+        .unwrap()
+        .1
+        .split(' ')
+        .collect();
+    let listed = Command::new(enforcer_bin())
+        .arg("events")
+        .args(&events_args)
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(
+        listed.lines().count(),
+        5,
+        "the printed command lists the run's five denies alone:\n{listed}"
     );
+    assert!(
+        stderr.contains(&format!(
+            "  to allow it:    enforcer allow denied.test:443 --ttl 1h --control-socket {}\n",
+            socket.display()
+        )),
+        "a grant goes to the daemon the run used: {stderr}"
+    );
+}
+
+/// Claude Code as `cargo xtask setup` pins it (xtask/src/setup.rs,
+/// `CLAUDE_CODE_VERSION`): the configuration seeded below is that version's.
+const CLAUDE_CODE_VERSION: &str = "2.1.112";
+
+/// Where the mock provider listens: `api.anthropic.com:443` is pinned here
+/// (`--resolve`), so the lane's calls stay on this machine.
+const MOCK_PROVIDER_IP: &str = "127.0.21.1";
+
+/// What Claude Code holds instead of a key (the fallback pack's lane is
+/// passthrough: the mock provider sees it; it opens nothing).
+const PLACEHOLDER_KEY: &str = "sk-ant-api03-enforcer-placeholder-not-a-key-0000";
+
+/// A stand-in for api.anthropic.com (HTTPS with the test's CA; the Messages
+/// API, streamed or not: it answers `ENFORCER-PING-x` with
+/// `ENFORCER-PONG-x from the mock provider`) and a DNS server that refuses
+/// every query (the daemon's `--dns-upstream`). Prints `ready DNSPORT`;
+/// logs one line per request (method, path, which credential header came,
+/// never a value or a body) and per DNS query.
+const MOCK_PROVIDER: &str = r#"
+import http.server, json, re, socket, ssl, sys, threading
+
+addr, cert, key, log_path = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+log = open(log_path, "a", buffering=1)
+lock = threading.Lock()
+
+def note(line):
+    with lock:
+        log.write(line + "\n")
+
+def serve_dns(sock):
+    while True:
+        query, peer = sock.recvfrom(4096)
+        if len(query) < 12:
+            continue
+        note("dns query")
+        # The same id and question; QR set, RCODE 5 (REFUSED), no records.
+        flags = bytes([0x80 | (query[2] & 0x79), 0x05])
+        sock.sendto(query[:2] + flags + query[4:6] + b"\0\0\0\0\0\0" + query[12:], peer)
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def note_request(self):
+        note("%s %s x-api-key=%s authorization=%s" % (self.command, self.path.split("?")[0],
+             "x-api-key" in self.headers, "authorization" in self.headers))
+
+    def reply(self, status, body):
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def not_found(self):
+        self.reply(404, '{"type":"error","error":{"type":"not_found_error","message":"mock: no such endpoint"}}')
+
+    def do_GET(self):
+        self.note_request()
+        self.not_found()
+
+    def do_POST(self):
+        self.note_request()
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        path = self.path.split("?")[0]
+        if path == "/v1/messages/count_tokens":
+            return self.reply(200, '{"input_tokens": 12}')
+        if path != "/v1/messages":
+            return self.not_found()
+        request = json.loads(body)
+        found = re.search(rb"ENFORCER-PING-([A-Za-z0-9]+)", body)
+        text = "ENFORCER-PONG-%s from the mock provider" % found.group(1).decode() if found else "mock answer"
+        usage = {"input_tokens": 12, "output_tokens": 8, "cache_creation_input_tokens": 0,
+                 "cache_read_input_tokens": 0}
+        message = {"id": "msg_mock_01", "type": "message", "role": "assistant",
+                   "model": request.get("model", "claude-sonnet-4-5"), "content": [],
+                   "stop_reason": None, "stop_sequence": None, "usage": usage}
+        if not request.get("stream"):
+            message.update(content=[{"type": "text", "text": text}], stop_reason="end_turn")
+            return self.reply(200, json.dumps(message))
+        events = [
+            ("message_start", {"type": "message_start", "message": message}),
+            ("content_block_start", {"type": "content_block_start", "index": 0,
+                                     "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                     "delta": {"type": "text_delta", "text": text}}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 8},
+                               "delta": {"stop_reason": "end_turn", "stop_sequence": None}}),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for name, data in events:
+            frame = ("event: %s\ndata: %s\n\n" % (name, json.dumps(data))).encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+        self.wfile.write(b"0\r\n\r\n")
+
+dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dns.bind(("127.0.0.1", 0))
+threading.Thread(target=serve_dns, args=(dns,), daemon=True).start()
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server = http.server.ThreadingHTTPServer((addr, 443), Handler)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print("ready %d" % dns.getsockname()[1], flush=True)
+server.serve_forever()
+"#;
+
+/// The mock provider's process, killed (it is this test's child) on drop.
+struct MockProvider {
+    child: std::process::Child,
+    /// Its refusing DNS server, for `--dns-upstream`.
+    dns: String,
+    log: PathBuf,
+}
+
+impl MockProvider {
+    /// A test CA, a certificate for api.anthropic.com from it, and the mock
+    /// on [`MOCK_PROVIDER_IP`]:443; returns the mock and the CA's file.
+    fn start(dir: &Path) -> (Self, PathBuf) {
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl (cargo xtask setup installs it)");
+            assert!(output.status.success(), "openssl {args:?}: {output:?}");
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"],
+                &["-subj", "/CN=enforcer run_terminal test CA"],
+                &["-addext", "basicConstraints=critical,CA:TRUE"],
+                &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &["-keyout", "leaf.key", "-out", "leaf.csr"],
+                &["-subj", "/CN=api.anthropic.com"],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join("leaf.ext"),
+            "subjectAltName=DNS:api.anthropic.com\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ]);
+        let script = dir.join("mock_provider.py");
+        std::fs::write(&script, MOCK_PROVIDER).unwrap();
+        let log = dir.join("mock_provider.log");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args([MOCK_PROVIDER_IP, "leaf.pem", "leaf.key"])
+            .arg(&log)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        let mut mock = Self {
+            child,
+            dns: String::new(),
+            log,
+        };
+        let port = ready
+            .strip_prefix("ready ")
+            .unwrap_or_else(|| panic!("the mock provider did not start: {ready:?}"));
+        mock.dns = format!("127.0.0.1:{}", port.trim());
+        (mock, dir.join("ca.pem"))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for MockProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The globally installed Claude Code's version, from its package.json
+/// (never by running `claude` outside `enforcer run`: it calls home).
+fn installed_claude_code() -> Option<String> {
+    let root = Command::new("npm")
+        .args(["root", "--global"])
+        .output()
+        .ok()?;
+    let manifest = Path::new(String::from_utf8_lossy(&root.stdout).trim())
+        .join("@anthropic-ai/claude-code/package.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(manifest).ok()?).ok()?;
+    json["version"].as_str().map(str::to_owned)
+}
+
+/// `dir` and what is in it owned by the unprivileged user.
+fn give_to_user(dir: &Path) {
+    let user = enforcer_tests::unprivileged_user();
+    let output = Command::new("chown")
+        .arg("-R")
+        .arg(&user)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "chown {user} {dir:?}: {output:?}");
+}
+
+/// The acceptance of issue 21 as a user meets it: `enforcer run -- claude`
+/// in a terminal, on the embedded fallback policy, its lane pinned to a
+/// mock provider on loopback (nothing leaves the machine). A prompt is
+/// answered by the mock through the lane router; while Claude Code runs
+/// its screen carries nothing of the enforcer's but the start-up line
+/// printed before it; after `/exit`, the summary names Claude Code's own
+/// calls home (denied: they are not on the allowlist), its totals are what
+/// the printed `enforcer events` command lists, and the exit status is 0.
+#[test]
+fn claude_code_keeps_its_terminal_and_the_summary_names_its_calls_home() {
+    require_root();
+    assert_eq!(
+        installed_claude_code().as_deref(),
+        Some(CLAUDE_CODE_VERSION),
+        "Claude Code {CLAUDE_CODE_VERSION} is not installed globally; run `sudo cargo xtask setup`"
+    );
+    let work = work_dir("claude");
+    let state = tempfile::tempdir().unwrap();
+    let (provider, ca) = MockProvider::start(work.path());
+
+    // The user's side: a project, and Claude Code's configuration with the
+    // first-run dialogs done (onboarding, the placeholder key approved by
+    // its last 20 characters, the project trusted).
+    let project = work.path().join("project");
+    let config = work.path().join("claude-config");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::create_dir(&config).unwrap();
+    let settings = serde_json::json!({
+        "hasCompletedOnboarding": true,
+        "lastOnboardingVersion": CLAUDE_CODE_VERSION,
+        "theme": "dark",
+        "customApiKeyResponses": {
+            "approved": [&PLACEHOLDER_KEY[PLACEHOLDER_KEY.len() - 20..]],
+            "rejected": [],
+        },
+        "projects": { project.display().to_string(): { "hasTrustDialogAccepted": true } },
+    });
+    std::fs::write(config.join(".claude.json"), settings.to_string()).unwrap();
+    give_to_user(&project);
+    give_to_user(&config);
+
+    let mut argv: Vec<String> = vec![
+        "env".into(),
+        format!("CLAUDE_CONFIG_DIR={}", config.display()),
+        format!("ANTHROPIC_API_KEY={PLACEHOLDER_KEY}"),
+    ];
+    argv.extend(run_argv(
+        state.path(),
+        &[
+            "--resolve",
+            &format!("api.anthropic.com:443:{MOCK_PROVIDER_IP}"),
+            "--extra-ca",
+            ca.to_str().unwrap(),
+            "--dns-upstream",
+            &provider.dns,
+        ],
+        &["claude"],
+    ));
+    let tmux = Tmux::start_in(work.path(), &project, &argv);
+
+    // A prompt, answered by the mock through the lane router.
+    tmux.wait_for("? for shortcuts");
+    let token = format!("t{}", std::process::id());
+    let prompt = format!("Reply with ENFORCER-PING-{token}");
+    tmux.send_text(&prompt);
+    // Typed text and Enter in one read are a paste to Claude Code (the
+    // Enter becomes part of the input): Enter only once the text is shown.
+    tmux.wait_for(&prompt);
+    tmux.send_keys("Enter");
+    let screen = tmux.wait_for(&format!("ENFORCER-PONG-{token} from the mock provider"));
+
+    // While it runs: the start-up line above Claude Code's interface, plain,
+    // and nothing else of the enforcer's.
+    let ours: Vec<&str> = screen
+        .lines()
+        .filter(|line| line.starts_with("enforcer:"))
+        .collect();
+    assert_eq!(ours.len(), 1, "{screen}");
+    assert!(
+        ours[0].starts_with("enforcer: enforcing in-process, fallback policy"),
+        "{screen}"
+    );
+    for word in [
+        "WARN",
+        "INFO",
+        "not_allowlisted",
+        "kernel deny",
+        "proxy decision",
+    ] {
+        assert!(
+            !screen.contains(word),
+            "{word:?} on Claude Code's screen while it runs:\n{screen}"
+        );
+    }
+    let styled = tmux.capture(true);
+    let banner = styled
+        .lines()
+        .find(|line| line.contains("enforcer: enforcing"))
+        .unwrap_or_else(|| panic!("{styled:?}"));
+    assert!(
+        !banner.contains('\u{1b}'),
+        "a plain start-up line: {banner:?}"
+    );
+
+    // /exit (its completion menu shown first), then the summary below.
+    tmux.send_text("/exit");
+    tmux.wait_for("Exit the REPL");
+    tmux.send_keys("Enter");
+    assert_eq!(tmux.wait_exit(), 0, "{}", tmux.capture_all());
+    let after = tmux.capture_all();
+    let header = after
+        .lines()
+        .find(|line| line.starts_with("enforcer: denied "))
+        .unwrap_or_else(|| panic!("no summary of denies after /exit:\n{after}"));
+    // Claude Code's own calls home went to the proxy and were refused.
+    assert!(
+        line_with(&after, &["not_allowlisted", "(proxy)"]).is_some(),
+        "{after}"
+    );
+    let allow = line_with(
+        &after,
+        &["to allow it:", "enforcer allow ", ":443 --ttl 1h"],
+    );
+    assert!(allow.is_some(), "{after}");
+    assert!(
+        line_with(&after, &["(a grant needs the daemon: "]).is_some(),
+        "{after}"
+    );
+
+    // The printed command lists exactly what the header counted.
+    let total: u64 = header
+        .replace(" (port 53)", "")
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    let events_line = line_with(&after, &["every decision:", "enforcer events --since"])
+        .unwrap_or_else(|| panic!("{after}"));
+    let events_args: Vec<&str> = events_line
+        .split_once("enforcer events ")
+        .unwrap()
+        .1
+        .split(' ')
+        .collect();
+    let listed = Command::new(enforcer_bin())
+        .arg("events")
+        .args(&events_args)
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(
+        u64::try_from(listed.lines().count()).unwrap(),
+        total,
+        "{header}\n{listed}"
+    );
+    assert!(
+        listed.lines().all(|line| line.contains("comm=")),
+        "{listed}"
+    );
+
+    // Everything let through went to the mock: the lane's requests with the
+    // placeholder (passthrough lane), CONNECTs to api.anthropic.com pinned
+    // to it; and the daemon asked its DNS server nothing.
+    let cgroup = events_args
+        .iter()
+        .skip_while(|arg| **arg != "--cgroup")
+        .nth(1)
+        .unwrap();
+    let allowed = Command::new(enforcer_bin())
+        .args([
+            "events",
+            "--json",
+            "--decision",
+            "allow",
+            "--cgroup",
+            cgroup,
+        ])
+        .arg("--state-dir")
+        .arg(state.path())
+        .output()
+        .unwrap();
+    assert!(allowed.status.success(), "{allowed:?}");
+    let allowed: Vec<serde_json::Value> = String::from_utf8_lossy(&allowed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(
+        allowed.iter().any(|row| row["source"] == "router"),
+        "{allowed:?}"
+    );
+    for row in &allowed {
+        assert_eq!(row["host"], "api.anthropic.com", "{row}");
+        if row["source"] == "proxy" {
+            assert_eq!(row["upstream"], format!("{MOCK_PROVIDER_IP}:443"), "{row}");
+        }
+    }
+    let seen = provider.log();
+    assert!(
+        seen.contains("POST /v1/messages x-api-key=True authorization=False"),
+        "{seen}"
+    );
+    assert!(!seen.contains("dns query"), "{seen}");
 }

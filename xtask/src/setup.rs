@@ -7,6 +7,7 @@
 //! - cargo-fuzz (the proxy's parsers are fuzzed for a bounded time in `test`);
 //! - the Debian packages the tests use;
 //! - the official `anthropic` Python SDK (lane router tests);
+//! - Claude Code, pinned (`enforcer run -- claude` in the terminal tests);
 //! - the unprivileged user `enforcer-test` that `enforcer run` tests drop to.
 
 use std::{
@@ -52,6 +53,7 @@ pub fn run() -> anyhow::Result<()> {
     cargo_fuzz()?;
     debian_packages()?;
     python_packages()?;
+    claude_code()?;
     test_user()?;
     eprintln!("xtask: setup complete");
     Ok(())
@@ -256,4 +258,67 @@ fn python_packages() -> anyhow::Result<()> {
         pip.args(["--user", "--break-system-packages"]);
     }
     run_command(pip.arg(ANTHROPIC_SDK))
+}
+
+/// Claude Code's npm package.
+const CLAUDE_CODE_PACKAGE: &str = "@anthropic-ai/claude-code";
+
+/// Claude Code, pinned: `enforcer run -- claude` is tried with it in a
+/// terminal (tests/tests/run_terminal.rs), and the compatibility matrix
+/// reuses it. 2.1.112 is the last release whose npm package is the
+/// JavaScript CLI itself (`cli.js`, `engines.node >= 18`): it installs with
+/// no install script and runs on this machine's Node 20. From 2.1.113 the
+/// package is a launcher for a per-platform native binary (an optional
+/// dependency plus a postinstall step), and later ones ask for Node >= 22.
+const CLAUDE_CODE_VERSION: &str = "2.1.112";
+
+/// Installs [`CLAUDE_CODE_VERSION`] globally with npm (Debian's `nodejs`
+/// and `npm` first when there is no npm), unless that version is there.
+/// The installed version is read from the package's `package.json`:
+/// `claude` itself is never run outside `enforcer run` (it calls home).
+fn claude_code() -> anyhow::Result<()> {
+    if output_text(Command::new("npm").arg("--version")).is_none() {
+        if !is_root() {
+            bail!(
+                "Claude Code needs npm; install it with `sudo apt-get install -y nodejs npm` or run `sudo cargo xtask setup`"
+            );
+        }
+        run_command(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "nodejs", "npm"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    if installed_claude_code().as_deref() == Some(CLAUDE_CODE_VERSION) {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "Claude Code {CLAUDE_CODE_VERSION} is not installed; run `sudo cargo xtask setup` (npm install -g)"
+        );
+    }
+    run_command(Command::new("npm").args([
+        "install",
+        "--global",
+        "--no-fund",
+        "--no-audit",
+        &format!("{CLAUDE_CODE_PACKAGE}@{CLAUDE_CODE_VERSION}"),
+    ]))?;
+    match installed_claude_code() {
+        Some(version) if version == CLAUDE_CODE_VERSION => Ok(()),
+        other => bail!(
+            "npm installed {CLAUDE_CODE_PACKAGE} but its package.json says {other:?}, not {CLAUDE_CODE_VERSION}"
+        ),
+    }
+}
+
+/// The version of the globally installed Claude Code, from its package.json.
+fn installed_claude_code() -> Option<String> {
+    let root = output_text(Command::new("npm").args(["root", "--global"]))?;
+    let manifest = Path::new(root.trim())
+        .join(CLAUDE_CODE_PACKAGE)
+        .join("package.json");
+    let text = std::fs::read_to_string(manifest).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["version"].as_str().map(str::to_owned)
 }

@@ -181,12 +181,14 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         cgroup_id: args.cgroup,
         ..EventFilter::default()
     };
-    let print = |record: &AuditRecord| {
-        if args.json {
-            println!("{}", serde_json::to_string(record).unwrap_or_default());
+    let mut stdout = std::io::stdout();
+    let mut print = |record: &AuditRecord| {
+        let line = if args.json {
+            serde_json::to_string(record).unwrap_or_default()
         } else {
-            println!("{}", record.summary());
-        }
+            record.summary()
+        };
+        write_line(&mut stdout, &line).context("writing to stdout")
     };
     if path.exists() {
         let store = AuditStore::open_read_only(&path)?;
@@ -199,7 +201,9 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
             .query(&filter)
             .with_context(|| format!("reading {}", path.display()))?
         {
-            print(&record);
+            if !print(&record)? {
+                return Ok(ExitCode::SUCCESS);
+            }
         }
     } else if !args.follow {
         anyhow::bail!(
@@ -209,12 +213,78 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if args.follow {
+        let mut failed = None;
         ControlClient::new(&args.socket.control_socket).follow(|record| {
-            if matches(&record, &live) {
-                print(&record);
+            if !matches(&record, &live) {
+                return true;
             }
-            true
+            print(&record).unwrap_or_else(|error| {
+                failed = Some(error);
+                false
+            })
         })?;
+        if let Some(error) = failed {
+            return Err(error);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `line` and a newline; `Ok(false)` when the reader has gone (a
+/// closed pipe: `enforcer events | head`), which ends the listing quietly
+/// instead of a panic.
+fn write_line(out: &mut impl std::io::Write, line: &str) -> std::io::Result<bool> {
+    match writeln!(out, "{line}") {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A reader that went away after `room` bytes.
+    struct ClosedAfter {
+        written: Vec<u8>,
+        room: usize,
+        error: std::io::ErrorKind,
+    }
+
+    impl std::io::Write for ClosedAfter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.written.len() + buf.len() > self.room {
+                return Err(self.error.into());
+            }
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_ends_the_listing_and_other_errors_fail_it() {
+        let mut pipe = ClosedAfter {
+            written: Vec::new(),
+            room: 6,
+            error: std::io::ErrorKind::BrokenPipe,
+        };
+        assert!(write_line(&mut pipe, "first").unwrap());
+        assert!(!write_line(&mut pipe, "second").unwrap(), "the reader left");
+        assert_eq!(pipe.written, b"first\n");
+        let mut full = ClosedAfter {
+            written: Vec::new(),
+            room: 0,
+            error: std::io::ErrorKind::StorageFull,
+        };
+        assert_eq!(
+            write_line(&mut full, "x").unwrap_err().kind(),
+            std::io::ErrorKind::StorageFull
+        );
+    }
 }

@@ -39,7 +39,7 @@ use enforcer::{
 use super::{
     daemon_flags::DaemonFlags,
     logging::{self, LogDestination},
-    run_summary::{Hints, RunScope, Summary, SummaryMode, render},
+    run_summary::{GrantTarget, Hints, RunScope, Summary, SummaryMode, render},
 };
 
 /// Run one command under enforcement: a transient cgroup, the egress proxy
@@ -147,6 +147,8 @@ struct Ended {
     audit_db: PathBuf,
     /// Its state directory, when `enforcer events` needs `--state-dir`.
     state_dir_hint: Option<PathBuf>,
+    /// Who takes `enforcer allow`.
+    grants: GrantTarget,
 }
 
 /// How long a daemon's audit writer may take to store the last decisions.
@@ -224,7 +226,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let hints = Hints {
         sudo: invoked_by_sudo(),
         start: started,
+        cgroup_id,
         state_dir: ended.state_dir_hint.clone(),
+        grants: ended.grants.clone(),
     };
     if args.summary != SummaryMode::Off {
         match read_summary(&ended.audit_db, started, &scope) {
@@ -341,6 +345,10 @@ async fn under_daemon(
         at,
         audit_db,
         state_dir_hint: (state_dir != Path::new(DEFAULT_STATE_DIR)).then_some(state_dir),
+        grants: GrantTarget::Daemon(
+            (args.control_socket != Path::new(DEFAULT_CONTROL_SOCKET))
+                .then(|| args.control_socket.clone()),
+        ),
     })
 }
 
@@ -434,6 +442,7 @@ async fn in_process(
         at,
         audit_db: paths::audit_db(&state_dir),
         state_dir_hint: (state_dir != Path::new(DEFAULT_STATE_DIR)).then_some(state_dir),
+        grants: GrantTarget::NoDaemon,
     })
 }
 

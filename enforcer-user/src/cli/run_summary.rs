@@ -94,8 +94,12 @@ const UNKNOWN: &str = "(unknown)";
 /// The run's denies, counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
-    /// Connections denied (kernel connects, proxy requests), DNS excluded.
+    /// Network connections denied (kernel connects, proxy requests), DNS
+    /// excluded.
     pub connections: u64,
+    /// Unix socket connects denied (`unix_socket`): host services such as
+    /// nscd or a terminal multiplexer's server, not the network.
+    pub unix: u64,
     /// DNS queries denied: kernel denies to port 53 (`dns_not_enforcer`);
     /// no DNS filter is served yet.
     pub dns: u64,
@@ -116,6 +120,9 @@ impl Summary {
             }
             match record.source {
                 Source::Kernel if record.reason == Reason::Dns.as_str() => summary.dns += 1,
+                Source::Kernel if record.reason == Reason::UnixSocket.as_str() => {
+                    summary.unix += 1;
+                }
                 Source::Router => summary.requests += 1,
                 _ => summary.connections += 1,
             }
@@ -165,8 +172,23 @@ pub struct Hints {
     pub sudo: bool,
     /// When the run started.
     pub start: SystemTime,
+    /// The run's cgroup id: `enforcer events --cgroup` shows the run's
+    /// decisions alone (not the self-test probe's, nor other runs').
+    pub cgroup_id: u64,
     /// The audit database's state directory when it is not the default.
     pub state_dir: Option<PathBuf>,
+    /// Who would take a grant: the daemon the run used, or none (the run
+    /// enforced in-process, and `enforcer allow` needs a daemon).
+    pub grants: GrantTarget,
+}
+
+/// Where `enforcer allow` would send a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantTarget {
+    /// The daemon the run used; its control socket when not the default.
+    Daemon(Option<PathBuf>),
+    /// No daemon: the run enforced in-process.
+    NoDaemon,
 }
 
 /// The text printed after the command's output, or `None` to print
@@ -184,6 +206,13 @@ pub fn render(summary: &Summary, mode: SummaryMode, hints: &Hints, quiet: bool) 
     if summary.connections > 0 {
         totals.push(plural(summary.connections, "connection", "connections"));
     }
+    if summary.unix > 0 {
+        totals.push(plural(
+            summary.unix,
+            "unix socket connect",
+            "unix socket connects",
+        ));
+    }
     if summary.dns > 0 {
         totals.push(plural(summary.dns, "DNS query", "DNS queries") + " (port 53)");
     }
@@ -195,9 +224,10 @@ pub fn render(summary: &Summary, mode: SummaryMode, hints: &Hints, quiet: bool) 
         SummaryMode::Full => summary.groups.len(),
         _ => SHORT_LINES.min(summary.groups.len()),
     };
+    // In characters, as `{:<width$}` pads: a unix path carries a `…`.
     let width = summary.groups[..shown]
         .iter()
-        .map(|group| group.destination.len())
+        .map(|group| group.destination.chars().count())
         .max()
         .unwrap_or(0);
     let reason_width = summary.groups[..shown]
@@ -231,11 +261,37 @@ pub fn render(summary: &Summary, mode: SummaryMode, hints: &Hints, quiet: bool) 
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "  every decision: {sudo}enforcer events --since {} --decision deny{state_dir}",
-        format_start(hints.start)
+        "  every decision: {sudo}enforcer events --since {} --cgroup {} --decision deny{state_dir}",
+        format_start(hints.start),
+        hints.cgroup_id
     );
     if let Some(arguments) = summary.groups.iter().find_map(Group::allow_arguments) {
-        let _ = writeln!(out, "  to allow it:    {sudo}enforcer allow {arguments}");
+        match &hints.grants {
+            GrantTarget::Daemon(socket) => {
+                let socket = socket
+                    .as_ref()
+                    .map(|path| {
+                        format!(
+                            " --control-socket {}",
+                            shell_word(&path.display().to_string())
+                        )
+                    })
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  to allow it:    {sudo}enforcer allow {arguments}{socket}"
+                );
+            }
+            // A grant lives in a daemon: with none running, the command
+            // alone would fail ("cannot reach the enforcer daemon").
+            GrantTarget::NoDaemon => {
+                let _ = writeln!(out, "  to allow it:    {sudo}enforcer allow {arguments}");
+                let _ = writeln!(
+                    out,
+                    "                  (a grant needs the daemon: {sudo}systemctl start enforcer; later runs use it)"
+                );
+            }
+        }
     }
     Some(out)
 }
@@ -307,7 +363,9 @@ mod tests {
         Hints {
             sudo: true,
             start: UNIX_EPOCH + Duration::from_millis(START as u64 + 700),
+            cgroup_id: RUN,
             state_dir: None,
+            grants: GrantTarget::Daemon(None),
         }
     }
 
@@ -387,10 +445,24 @@ mod tests {
             Some(7),
         ));
         records.push(record(Source::Control, Reason::PolicyRefused, "x", 1, None));
+        let mut unix = record(
+            Source::Kernel,
+            Reason::UnixSocket,
+            "/var/run/nsc…d/socket",
+            0,
+            Some(RUN),
+        );
+        unix.port = None;
+        records.push(unix);
         let summary = Summary::of(&records, &scope());
         assert_eq!(
-            (summary.connections, summary.dns, summary.requests),
-            (5, 1, 1)
+            (
+                summary.connections,
+                summary.unix,
+                summary.dns,
+                summary.requests
+            ),
+            (5, 1, 1, 1)
         );
         let lines: Vec<(&str, &str, u64)> = summary
             .groups
@@ -402,9 +474,24 @@ mod tests {
             [
                 ("127.0.0.2:9", "loopback_port_not_owned", 3),
                 ("a.test:443", "not_allowlisted", 2),
+                ("/var/run/nsc…d/socket", "unix_socket", 1),
                 ("10.0.0.1:53", "dns_not_enforcer", 1),
                 ("api.test:443", "unknown_model", 1),
             ]
+        );
+        let text = render(&summary, SummaryMode::Full, &hints(), false).unwrap();
+        // The widest destination gets two spaces, its `…` one column.
+        assert!(
+            text.contains("\n      1x /var/run/nsc…d/socket  unix_socket              (kernel)\n"),
+            "{text}"
+        );
+        assert_eq!(
+            text.lines().next(),
+            Some(
+                "enforcer: denied 5 connections, 1 unix socket connect, 1 DNS query (port 53) \
+                 and 1 API request"
+            ),
+            "{text}"
         );
     }
 
@@ -444,7 +531,7 @@ mod tests {
         );
         assert_eq!(
             lines[7],
-            "  every decision: sudo enforcer events --since 2027-01-15T08:00:00Z --decision deny"
+            "  every decision: sudo enforcer events --since 2027-01-15T08:00:00Z --cgroup 4242 --decision deny"
         );
         assert_eq!(
             lines[8],
@@ -497,6 +584,46 @@ mod tests {
         );
         assert!(
             text.contains("--decision deny --state-dir '/tmp/my state'\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn allow_hint_names_the_daemon_or_says_one_is_needed() {
+        let denied = vec![record(
+            Source::Proxy,
+            Reason::NotAllowlisted,
+            "a.test",
+            443,
+            Some(RUN),
+        )];
+        let summary = Summary::of(&denied, &scope());
+        let other_daemon = Hints {
+            grants: GrantTarget::Daemon(Some(PathBuf::from("/tmp/d/control.sock"))),
+            ..hints()
+        };
+        let text = render(&summary, SummaryMode::Short, &other_daemon, false).unwrap();
+        assert_eq!(
+            text.lines().last(),
+            Some(
+                "  to allow it:    sudo enforcer allow a.test:443 --ttl 1h --control-socket \
+                 /tmp/d/control.sock"
+            ),
+            "{text}"
+        );
+        let in_process = Hints {
+            grants: GrantTarget::NoDaemon,
+            ..hints()
+        };
+        let text = render(&summary, SummaryMode::Short, &in_process, false).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[lines.len() - 2..],
+            [
+                "  to allow it:    sudo enforcer allow a.test:443 --ttl 1h",
+                "                  (a grant needs the daemon: sudo systemctl start enforcer; later \
+                 runs use it)"
+            ],
             "{text}"
         );
     }
