@@ -17,6 +17,20 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// True when the running kernel's release is at least `major.minor`
+/// (`/proc/sys/kernel/osrelease`, e.g. `6.1.0-28-amd64`).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(['.', '-']);
+    let mut next = || -> u32 {
+        parts
+            .next()
+            .and_then(|part| part.parse().ok())
+            .unwrap_or_else(|| panic!("unreadable kernel release {release:?}"))
+    };
+    (next(), next()) >= (major, minor)
+}
+
 /// Panics unless running as root: kernel tests must fail, never skip, when
 /// they cannot run.
 pub fn require_root() {
