@@ -17,6 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// How long a test waits for `enforcer attach` to come up (or to refuse)
+/// before it fails. A bound against hangs, not a time assertion: under
+/// QEMU TCG (`cargo xtask test-vm`) loading and verifying the programs
+/// alone takes about 15 s, and over 30 s with two tests attaching at once
+/// on a loaded host.
+pub const DAEMON_START_LIMIT: Duration = Duration::from_secs(120);
+
 /// True when the running kernel's release is at least `major.minor`
 /// (`/proc/sys/kernel/osrelease`, e.g. `6.1.0-28-amd64`).
 pub fn kernel_at_least(major: u32, minor: u32) -> bool {

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_tests::{TestCgroup, enforcer_bin, kernel_at_least, require_root};
+use enforcer_tests::{DAEMON_START_LIMIT, TestCgroup, enforcer_bin, kernel_at_least, require_root};
 
 #[path = "common/daemon.rs"]
 mod common;
@@ -257,14 +257,14 @@ fn a_direct_entry_left_for_a_decoy_stops_the_daemon_from_becoming_ready() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + DAEMON_START_LIMIT;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
         assert!(
             Instant::now() < deadline,
-            "the daemon neither failed nor stopped within 60 s"
+            "the daemon neither failed nor stopped within {DAEMON_START_LIMIT:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     };

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_tests::{TestCgroup, enforcer_bin};
+use enforcer_tests::{DAEMON_START_LIMIT, TestCgroup, enforcer_bin};
 
 /// A running `enforcer attach`: `stop` sends SIGTERM; drop kills it.
 pub struct Daemon {
@@ -66,7 +66,7 @@ impl Daemon {
             proxy: "0.0.0.0:0".parse().unwrap(),
             router: "0.0.0.0:0".parse().unwrap(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + DAEMON_START_LIMIT;
         loop {
             if let Some(status) = daemon.try_control(r#"{"command":"status"}"#) {
                 daemon.proxy = status["result"]["listeners"]["proxy"]
@@ -86,7 +86,7 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "the daemon did not answer on its control socket within 30 s"
+                "the daemon did not answer on its control socket within {DAEMON_START_LIMIT:?}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
