@@ -1067,6 +1067,10 @@ fn clients_outside_the_cgroup_are_refused_and_clients_inside_are_named() {
         state.path(),
         &["--resolve", "api.anthropic.com:443:127.0.0.77"],
     );
+    // Only what this test does: the start-up self-test's probe closes its
+    // proxy connection at once, and when it is gone before the proxy looks
+    // it up, its row is an unattributed client_not_enforced too.
+    let since = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
     let (uid, gid) = {
         let user = enforcer_tests::unprivileged_user();
         let (uid, gid) = user.split_once(':').unwrap();
@@ -1123,7 +1127,7 @@ fn clients_outside_the_cgroup_are_refused_and_clients_inside_are_named() {
         0,
         "nothing reached the provider for a refused client"
     );
-    let refused = wait_rows(state.path(), &["--decision", "deny"], 4);
+    let refused = wait_rows(state.path(), &["--decision", "deny", "--since", &since], 4);
     let refused: Vec<_> = refused
         .iter()
         .filter(|r| r["reason"] == "client_not_enforced")
