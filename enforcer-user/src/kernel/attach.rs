@@ -188,9 +188,19 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
             .any(|program| pins.link(program.program).exists());
 
     let log_level: u8 = if options.debug_log { 0xff } else { 0 };
+    // The kernel's BTF, read once: the LSM programs' attach targets, the
+    // ptrace program's task layout and the unix programs' kfunc.
+    let vmlinux = fs::read(task_layout::VMLINUX_BTF);
+    let btf = vmlinux
+        .as_deref()
+        .ok()
+        .and_then(|bytes| Btf::parse(bytes, object::Endianness::default()).ok());
     // Unknown offsets leave TASK_LAYOUT invalid (the program would deny
     // every trace); the ptrace program is then not attached at all.
-    let task_layout = task_layout::from_sys_fs();
+    let task_layout = match &vmlinux {
+        Ok(bytes) => task_layout::from_btf(bytes),
+        Err(error) => Err(task_layout::LayoutError::Unreadable(error.to_string())),
+    };
     let layout_value = task_layout.as_ref().copied().unwrap_or_default();
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps())
@@ -205,7 +215,6 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
     PinnedMaps::open(&pins)?.set_endpoints(&options.endpoints)?;
 
     let cgroup_file = cgroup.open()?;
-    let btf = Btf::from_sys_fs().ok();
     let mut staged: Vec<(&HookSpec, PinnedLink)> = Vec::new();
     let mut lsm_failures: Vec<(&'static str, String)> = Vec::new();
     for hook in &HOOKS {
@@ -243,7 +252,7 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
     }
     // === unix sockets: the second object (kernel 6.7+); absent hooks leave
     // unix sockets not enforced, the rest stands ===
-    let unix_staged = match unix::stage(&pins, &cgroup_file) {
+    let unix_staged = match unix::stage(&pins, &cgroup_file, btf.as_ref()) {
         Ok(links) => Ok(links),
         Err(error) => {
             for program in &UNIX_PROGRAMS {

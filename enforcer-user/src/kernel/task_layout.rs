@@ -45,13 +45,6 @@ pub enum LayoutError {
     },
 }
 
-/// Reads the layout from the running kernel's BTF.
-pub fn from_sys_fs() -> Result<TaskLayout, LayoutError> {
-    let bytes =
-        std::fs::read(VMLINUX_BTF).map_err(|error| LayoutError::Unreadable(error.to_string()))?;
-    from_btf(&bytes)
-}
-
 /// Computes the layout from a BTF blob (native endianness).
 pub fn from_btf(bytes: &[u8]) -> Result<TaskLayout, LayoutError> {
     let btf = Btf::parse(bytes)?;
@@ -463,7 +456,7 @@ mod tests {
         if !std::path::Path::new(VMLINUX_BTF).exists() {
             panic!("{VMLINUX_BTF} is missing: enforcer needs a kernel with BTF");
         }
-        let layout = from_sys_fs().unwrap();
+        let layout = from_btf(&std::fs::read(VMLINUX_BTF).unwrap()).unwrap();
         assert_eq!(layout.valid, 1);
         assert!(
             layout.task_cgroups > 0 && layout.cgroup_kn > 0,

@@ -151,10 +151,11 @@ fn kernel_release() -> Option<(u32, u32)> {
 pub fn stage(
     pins: &PinDirs,
     cgroup: &fs::File,
+    btf: Option<&Btf>,
 ) -> Result<Vec<(&'static str, PinnedLink)>, KernelError> {
     let maps = open_shared_maps(pins)?;
-    let btf = Btf::from_sys_fs().map_err(|source| KernelError::Io {
-        what: format!("reading kernel BTF for the unix programs: {source}"),
+    let btf = btf.ok_or_else(|| KernelError::Io {
+        what: "reading kernel BTF (/sys/kernel/btf/vmlinux) for the unix programs".into(),
         source: std::io::Error::from(std::io::ErrorKind::NotFound),
     })?;
     let kfunc = btf
