@@ -27,6 +27,7 @@ use super::{
     CgroupPath, KernelError, bpffs,
     events::EventReader,
     hooks::{HOOKS, HookKind, HookSpec, LSM_PTRACE, LSM_SOCKET_CREATE},
+    lsm,
     maps::{EndpointSpec, PinnedMaps},
     paths::PinDirs,
     task_layout,
@@ -217,7 +218,19 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
     let cgroup_file = cgroup.open()?;
     let mut staged: Vec<(&HookSpec, PinnedLink)> = Vec::new();
     let mut lsm_failures: Vec<(&'static str, String)> = Vec::new();
+    // An LSM program attaches even where the bpf LSM is not active, and
+    // then never runs: only an active bpf LSM gets them attached.
+    let bpf_lsm = lsm::bpf_lsm_active();
     for hook in &HOOKS {
+        if let (HookKind::LsmCgroup(_), Err(why)) = (hook.kind, &bpf_lsm) {
+            lsm_failures.push((hook.program, why.clone()));
+            // A link pinned earlier in this boot enforced nothing either.
+            let stale = pins.link(hook.program);
+            if stale.exists() {
+                let _ = unpin_and_drop(&stale);
+            }
+            continue;
+        }
         if hook.program == LSM_PTRACE
             && let Err(error) = &task_layout
         {
@@ -302,6 +315,15 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
             reason: lsm_failure(LSM_PTRACE),
         }
     };
+    if !fresh {
+        // A restart (systemd's Restart=, an upgrade): the maps came back
+        // from their pins and each link was replaced in place.
+        tracing::info!(
+            cgroup = %cgroup.relative.display(),
+            pins = %pins.root.display(),
+            "adopted the pinned maps and links of the previous daemon"
+        );
+    }
     Ok(Attachment {
         cgroup: cgroup.clone(),
         cgroup_id,

@@ -10,6 +10,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod events;
 pub mod hooks;
+pub mod lsm;
 pub mod maps;
 pub mod ownership;
 pub mod paths;
