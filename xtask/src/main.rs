@@ -7,6 +7,7 @@
 mod demo;
 mod setup;
 mod vm;
+mod vm_systemd;
 
 use std::{
     path::{Path, PathBuf},
@@ -38,7 +39,8 @@ enum Task {
     /// Check formatting and clippy: the gates `test` runs first. Does not
     /// run `setup` (it needs it once: nightly rust-src for the eBPF lint).
     Lint,
-    /// Set up, then run the kernel tests inside a QEMU VM (no root needed).
+    /// Set up, then run the kernel tests inside a QEMU VM (no root needed);
+    /// with `--systemd`, enforcer.service under systemd as PID 1 instead.
     TestVm(vm::VmArgs),
     /// Set up, build, and show the kernel enforcing a transient cgroup.
     Demo,
@@ -51,6 +53,12 @@ fn main() -> ExitCode {
         Task::Build => setup::run().and_then(|()| build()),
         Task::Test => setup::run().and_then(|()| test()),
         Task::Lint => lint(),
+        Task::TestVm(args) if args.systemd => setup::run()
+            .and_then(|()| vm_systemd::run(&args))
+            .map(|outcome| match outcome {
+                vm_systemd::Outcome::Ran(totals) => println!("{}", totals.closing_line(&[])),
+                vm_systemd::Outcome::Skipped(why) => println!("test: skipped: {why}"),
+            }),
         Task::TestVm(args) => setup::run().and_then(|()| vm::run(&args)).map(|totals| {
             println!("{}", totals.closing_line(&[]));
         }),
@@ -268,6 +276,24 @@ fn test() -> anyhow::Result<()> {
         Err(error) => {
             totals.failed += 1;
             failures.push(format!("cargo xtask test-vm: {error:#}"));
+        }
+    }
+    let systemd = vm::VmArgs {
+        systemd: true,
+        ..vm::VmArgs::default()
+    };
+    match vm_systemd::run(&systemd) {
+        Ok(vm_systemd::Outcome::Ran(checks)) => {
+            totals.passed += checks.passed;
+            totals.failed += checks.failed;
+        }
+        Ok(vm_systemd::Outcome::Skipped(why)) => {
+            totals.skipped += 1;
+            skip_reasons.push(why);
+        }
+        Err(error) => {
+            totals.failed += 1;
+            failures.push(format!("cargo xtask test-vm --systemd: {error:#}"));
         }
     }
     // One plain closing line for whoever reads the log's end.

@@ -43,6 +43,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // their curses program uses python3's own `curses` (libpython3-stdlib).
     "tmux",
     "git",
+    // The systemd VM layer's Debian rootfs (`cargo xtask test-vm --systemd`).
+    "debootstrap",
+    "cpio",
 ];
 
 /// Runs every set-up step.

@@ -46,16 +46,20 @@ pub enum Accel {
 pub struct VmArgs {
     /// Boot this kernel image instead of Debian's current one.
     #[arg(long, value_name = "PATH")]
-    kernel: Option<PathBuf>,
+    pub kernel: Option<PathBuf>,
     /// Accelerator.
     #[arg(long, value_enum, default_value = "auto")]
-    accel: Accel,
+    pub accel: Accel,
     /// Keep the initramfs and console log (under target/test-vm/) and print where.
     #[arg(long)]
-    keep: bool,
+    pub keep: bool,
     /// Wall-clock limit for the test boot, in seconds.
     #[arg(long, default_value_t = 1500)]
-    timeout: u64,
+    pub timeout: u64,
+    /// Run the systemd layer instead: enforcer.service under systemd as
+    /// PID 1 in a Debian rootfs (two boots: with BPF-LSM and without).
+    #[arg(long)]
+    pub systemd: bool,
 }
 
 impl Default for VmArgs {
@@ -65,6 +69,7 @@ impl Default for VmArgs {
             accel: Accel::Auto,
             keep: false,
             timeout: 1500,
+            systemd: false,
         }
     }
 }
@@ -91,17 +96,18 @@ pub fn run(args: &VmArgs) -> anyhow::Result<TestTotals> {
     };
     let initrd = work.join("initramfs.cpio");
     write_initramfs(&initrd, &binaries)?;
-    let accel = choose_accel(args.accel, &kernel, &initrd)?;
+    let accel = choose_accel(args.accel, &kernel, &initrd, "")?;
     let log_path = work.join("console.log");
     let expected = expected_tests(&binaries);
-    let outcome = boot_and_watch(
-        &kernel,
-        &initrd,
+    let boot = Boot {
+        kernel: &kernel,
+        initrd: &initrd,
         accel,
-        Duration::from_secs(args.timeout),
-        &log_path,
-    )
-    .and_then(|console| console.judge(&expected));
+        append: "",
+        memory_mib: 1024,
+    };
+    let outcome = boot_and_watch(&boot, Duration::from_secs(args.timeout), &log_path)
+        .and_then(|console| console.judge(&expected));
     if args.keep {
         eprintln!(
             "test-vm: kept {} and {}",
@@ -133,7 +139,7 @@ impl VmBinary {
 
 /// What the console said about the tests, collected while it streamed.
 #[derive(Debug, Default)]
-struct Console {
+pub(crate) struct Console {
     /// Per binary, in the order init ran them: its verdict line and the
     /// counts of what ran inside it.
     binaries: Vec<BinaryRun>,
@@ -161,6 +167,9 @@ struct BinaryRun {
 impl Console {
     /// Takes one console line.
     fn take(&mut self, line: &str) {
+        // A marker can follow terminal escapes on the same line (systemd
+        // resets the console when it starts).
+        let line = line.find("VMTEST-").map_or(line, |start| &line[start..]);
         if let Some(name) = line.strip_prefix("VMTEST-START ") {
             self.binaries.push(BinaryRun {
                 name: name.trim().to_owned(),
@@ -207,7 +216,7 @@ impl Console {
 
     /// The inner totals, or why the run does not count: a panic, a failed
     /// or missing binary, a binary that ran no tests, no end marker.
-    fn judge(&self, expected: &[&str]) -> anyhow::Result<TestTotals> {
+    pub(crate) fn judge(&self, expected: &[&str]) -> anyhow::Result<TestTotals> {
         if let Some(line) = &self.panic_line {
             bail!("the VM kernel panicked: {line}");
         }
@@ -249,16 +258,7 @@ impl Console {
 
 /// Builds the VM's binaries for musl and returns them (stripped copies).
 fn build_static() -> anyhow::Result<Vec<VmBinary>> {
-    run_command(Command::new("cargo").args([
-        "build",
-        "--target",
-        MUSL,
-        "-p",
-        "enforcer-user",
-        "-p",
-        "enforcer-tests",
-        "--bins",
-    ]))?;
+    build_static_bins()?;
     let tests = TestExecutables {
         kernel: build_test_binary("enforcer-tests", "kernel")?,
         selftest: build_test_binary("enforcer-tests", "selftest")?,
@@ -366,16 +366,38 @@ fn build_test_binary(package: &str, test: &str) -> anyhow::Result<PathBuf> {
     bail!("cargo did not report an executable for {package} --test {test}")
 }
 
-fn cache_dir() -> PathBuf {
+/// Builds every binary of enforcer-user and enforcer-tests for musl;
+/// returns the directory they are in.
+pub(crate) fn build_static_bins() -> anyhow::Result<PathBuf> {
+    run_command(Command::new("cargo").args([
+        "build",
+        "--target",
+        MUSL,
+        "-p",
+        "enforcer-user",
+        "-p",
+        "enforcer-tests",
+        "--bins",
+    ]))?;
+    Ok(workspace_root().join("target").join(MUSL).join("debug"))
+}
+
+/// `~/.cache/enforcer` (or under `XDG_CACHE_HOME`): the kernel and the
+/// systemd layer's rootfs, kept across runs.
+pub(crate) fn cache_root() -> PathBuf {
     std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("/tmp"))
-        .join("enforcer/kernel")
+        .join("enforcer")
+}
+
+fn cache_dir() -> PathBuf {
+    cache_root().join("kernel")
 }
 
 /// Debian's current `linux-image-amd64` kernel, downloaded once and cached.
-fn debian_kernel() -> anyhow::Result<PathBuf> {
+pub(crate) fn debian_kernel() -> anyhow::Result<PathBuf> {
     let cache = cache_dir();
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let mut package = current_kernel_package();
@@ -441,14 +463,14 @@ fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
 // === initramfs ===
 
 /// A newc ("070701") cpio archive written in memory.
-struct Cpio {
+pub(crate) struct Cpio {
     data: Vec<u8>,
     inode: u32,
     dirs: BTreeSet<String>,
 }
 
 impl Cpio {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             data: Vec::new(),
             inode: 1,
@@ -512,17 +534,17 @@ impl Cpio {
         self.parents(&format!("{path}/x"));
     }
 
-    fn file(&mut self, path: &str, mode: u32, body: &[u8]) {
+    pub(crate) fn file(&mut self, path: &str, mode: u32, body: &[u8]) {
         self.parents(path);
         self.entry(path, 0o100_000 | mode, body);
     }
 
-    fn symlink(&mut self, path: &str, target: &str) {
+    pub(crate) fn symlink(&mut self, path: &str, target: &str) {
         self.parents(path);
         self.entry(path, 0o120_777, target.as_bytes());
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    pub(crate) fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, &[]);
         self.data
     }
@@ -599,16 +621,16 @@ fn write_initramfs(path: &Path, binaries: &[VmBinary]) -> anyhow::Result<()> {
 
 // === boot ===
 
-fn qemu(kernel: &Path, initrd: &Path, accel: Accel, append: &str) -> Command {
+fn qemu(boot: &Boot, append: &str) -> Command {
     let mut command = Command::new("qemu-system-x86_64");
-    match accel {
+    match boot.accel {
         Accel::Kvm => command.args(["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg | Accel::Auto => command.args(["-accel", "tcg", "-cpu", "max"]),
     };
     command
         .args([
             "-m",
-            "1024",
+            &boot.memory_mib.to_string(),
             "-smp",
             "2",
             "-nographic",
@@ -618,11 +640,14 @@ fn qemu(kernel: &Path, initrd: &Path, accel: Accel, append: &str) -> Command {
             "stdio",
         ])
         .arg("-kernel")
-        .arg(kernel)
+        .arg(boot.kernel)
         .arg("-initrd")
-        .arg(initrd)
+        .arg(boot.initrd)
         .arg("-append")
-        .arg(format!("console=ttyS0 panic=-1 quiet loglevel=3 {append}"))
+        .arg(format!(
+            "console=ttyS0 panic=-1 quiet loglevel=3 {} {append}",
+            boot.append
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -630,7 +655,12 @@ fn qemu(kernel: &Path, initrd: &Path, accel: Accel, append: &str) -> Command {
 }
 
 /// KVM only when a probe boot prints its marker within a short limit.
-fn choose_accel(requested: Accel, kernel: &Path, initrd: &Path) -> anyhow::Result<Accel> {
+pub(crate) fn choose_accel(
+    requested: Accel,
+    kernel: &Path,
+    initrd: &Path,
+    append: &str,
+) -> anyhow::Result<Accel> {
     match requested {
         Accel::Tcg => return Ok(Accel::Tcg),
         Accel::Kvm => return Ok(Accel::Kvm),
@@ -640,7 +670,14 @@ fn choose_accel(requested: Accel, kernel: &Path, initrd: &Path) -> anyhow::Resul
         eprintln!("test-vm: no /dev/kvm; using TCG");
         return Ok(Accel::Tcg);
     }
-    let mut child = qemu(kernel, initrd, Accel::Kvm, "enforcer.probe")
+    let probe = Boot {
+        kernel,
+        initrd,
+        accel: Accel::Kvm,
+        append,
+        memory_mib: 2048,
+    };
+    let mut child = qemu(&probe, "enforcer.probe")
         .spawn()
         .context("starting qemu-system-x86_64 (cargo xtask setup installs qemu-system-x86)")?;
     let lines = stream_lines(&mut child);
@@ -700,15 +737,26 @@ fn next_line(lines: &mpsc::Receiver<String>, deadline: Instant) -> Option<String
     lines.recv_timeout(left).ok()
 }
 
-fn boot_and_watch(
-    kernel: &Path,
-    initrd: &Path,
-    accel: Accel,
+/// One boot: what QEMU starts and with what.
+pub(crate) struct Boot<'a> {
+    pub(crate) kernel: &'a Path,
+    pub(crate) initrd: &'a Path,
+    pub(crate) accel: Accel,
+    /// Kernel command line words after the console settings.
+    pub(crate) append: &'a str,
+    pub(crate) memory_mib: u32,
+}
+
+/// Boots, streams the console (printing the lines that matter), and
+/// returns what it said, within `limit`.
+pub(crate) fn boot_and_watch(
+    boot: &Boot,
     limit: Duration,
     log_path: &Path,
 ) -> anyhow::Result<Console> {
+    let accel = boot.accel;
     let started = Instant::now();
-    let mut child = qemu(kernel, initrd, accel, "")
+    let mut child = qemu(boot, "")
         .spawn()
         .context("starting qemu-system-x86_64")?;
     let lines = stream_lines(&mut child);
@@ -834,6 +882,19 @@ mod tests {
                 .contains("selftest passed without running a test"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_marker_after_terminal_escapes_counts() {
+        let lines = [
+            "\u{1b}c\u{1b}[?7l\u{1b}[2JVMTEST-START systemd",
+            "check=x result=pass",
+            "summary checks=3 failed=0 unproven=0",
+            "VMTEST-RESULT systemd pass",
+            "VMTEST-DONE",
+        ];
+        let totals = console(&lines).judge(&["systemd"]).unwrap();
+        assert_eq!((totals.passed, totals.failed), (3, 0));
     }
 
     #[test]
