@@ -9,8 +9,8 @@ use std::{
     path::Path,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
     },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
@@ -25,6 +25,80 @@ use super::{
 
 /// Records waiting to be written before new ones are dropped.
 pub const QUEUE_CAPACITY: usize = 262_144;
+
+/// The bounded queue in front of the writer: memory grows with what is
+/// queued, not with the bound. (`mpsc::sync_channel` allocates every slot
+/// up front: 262,144 records were 86 MiB of an idle daemon's memory.)
+struct Queue {
+    sender: Sender<AuditRecord>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+/// The writer's end of a [`Queue`].
+struct QueueReceiver {
+    receiver: Receiver<AuditRecord>,
+    queued: Arc<AtomicUsize>,
+}
+
+fn queue(capacity: usize) -> (Queue, QueueReceiver) {
+    let (sender, receiver) = mpsc::channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        Queue {
+            sender,
+            queued: Arc::clone(&queued),
+            capacity,
+        },
+        QueueReceiver { receiver, queued },
+    )
+}
+
+impl Clone for Queue {
+    fn clone(&self) -> Self {
+        Self {
+            sender: self.sender.clone(),
+            queued: Arc::clone(&self.queued),
+            capacity: self.capacity,
+        }
+    }
+}
+
+impl Queue {
+    /// Queues `record` unless `capacity` records are waiting (or the
+    /// writer is gone); never blocks.
+    fn try_send(&self, record: AuditRecord) -> bool {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        if self.sender.send(record).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+}
+
+impl QueueReceiver {
+    fn taken(&self, record: AuditRecord) -> AuditRecord {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        record
+    }
+
+    fn recv_timeout(&self, timeout: Duration) -> Result<AuditRecord, RecvTimeoutError> {
+        self.receiver
+            .recv_timeout(timeout)
+            .map(|record| self.taken(record))
+    }
+
+    fn try_recv(&self) -> Option<AuditRecord> {
+        self.receiver
+            .try_recv()
+            .ok()
+            .map(|record| self.taken(record))
+    }
+}
 /// Records written per transaction at most.
 const BATCH: usize = 8_192;
 /// How often retention runs.
@@ -59,7 +133,7 @@ impl WriterStats {
 /// Handle to the writer thread; cheap to clone.
 #[derive(Clone)]
 pub struct AuditWriter {
-    sender: SyncSender<AuditRecord>,
+    sender: Queue,
     stats: Arc<WriterStats>,
     live: broadcast::Sender<AuditRecord>,
 }
@@ -80,7 +154,7 @@ impl AuditWriter {
     /// Opens the database and starts the writer thread.
     pub fn start(path: &Path, retention: Retention) -> Result<(Self, WriterThread), StoreError> {
         let store = AuditStore::open(path)?;
-        let (sender, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let (sender, receiver) = queue(QUEUE_CAPACITY);
         let stats = Arc::new(WriterStats::default());
         let (live, _) = broadcast::channel(4_096);
         let thread_stats = Arc::clone(&stats);
@@ -105,13 +179,11 @@ impl AuditWriter {
     /// Queues a record; never blocks. Returns false when it had to be dropped.
     pub fn submit(&self, record: AuditRecord) -> bool {
         let source = record.source;
-        match self.sender.try_send(record) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.stats.drop_one(source);
-                false
-            }
+        let queued = self.sender.try_send(record);
+        if !queued {
+            self.stats.drop_one(source);
         }
+        queued
     }
 
     /// Shared counters.
@@ -144,7 +216,7 @@ impl LiveRecords {
 
 fn write_loop(
     mut store: AuditStore,
-    receiver: &Receiver<AuditRecord>,
+    receiver: &QueueReceiver,
     stats: &WriterStats,
     live: &broadcast::Sender<AuditRecord>,
     retention: Retention,
@@ -159,8 +231,8 @@ fn write_loop(
                 batch.push(record);
                 while batch.len() < BATCH {
                     match receiver.try_recv() {
-                        Ok(record) => batch.push(record),
-                        Err(_) => break,
+                        Some(record) => batch.push(record),
+                        None => break,
                     }
                 }
                 false
@@ -216,6 +288,37 @@ fn write_loop(
 mod tests {
     use super::*;
     use crate::audit::{Decision, EventFilter, Reason};
+
+    fn record() -> AuditRecord {
+        AuditRecord::new(
+            SystemTime::now(),
+            Source::Proxy,
+            Decision::Deny,
+            Reason::Destination,
+        )
+    }
+
+    #[test]
+    fn the_queue_holds_at_most_its_capacity_and_frees_what_is_taken() {
+        let (sender, receiver) = queue(3);
+        assert!((0..3).all(|_| sender.try_send(record())));
+        assert!(
+            !sender.try_send(record()),
+            "a fourth waiting record is refused"
+        );
+        assert!(!sender.clone().try_send(record()), "clones share the bound");
+        assert!(receiver.try_recv().is_some());
+        assert!(sender.try_send(record()), "taking one makes room for one");
+        assert!(!sender.try_send(record()));
+        while receiver.try_recv().is_some() {}
+        assert_eq!(receiver.queued.load(Ordering::Acquire), 0);
+        drop(receiver);
+        assert!(
+            !sender.try_send(record()),
+            "no writer: refused, not counted as queued"
+        );
+        assert_eq!(sender.queued.load(Ordering::Acquire), 0);
+    }
 
     #[test]
     fn writes_in_batches_and_streams() {
