@@ -145,6 +145,8 @@ impl Decoys {
                         socket: Socket::Unbound,
                     }))
                 }
+                // The V6ONLY wildcard attempt binds [::]:P beside this one.
+                (Place::Loopback1, Proto::Tcp, Some(ip)) => bind_tcp_v6_wildcard_free(ip, port),
                 (_, Proto::Tcp, Some(ip)) => bind_tcp_reusing(ip, port),
                 (_, Proto::Udp, Some(ip)) => bind_udp_reusing(ip, port),
                 (_, _, None) => None,
@@ -216,6 +218,32 @@ fn bind_tcp_reusing(ip: IpAddr, port: u16) -> Option<Decoy> {
         })
     };
     first_free(port, bind)
+}
+
+/// A TCP decoy on a port whose IPv6 wildcard (V6ONLY) is free too; a few
+/// tries, then whatever binds.
+fn bind_tcp_v6_wildcard_free(ip: IpAddr, port: u16) -> Option<Decoy> {
+    const TRIES: usize = 16;
+    let mut wanted = port;
+    // Held until the end, so a retry is not handed the same port again.
+    let mut refused = Vec::new();
+    for _ in 0..TRIES {
+        let decoy = bind_tcp_reusing(ip, wanted)?;
+        if decoy_port(&decoy).is_some_and(super::probe::v6_wildcard_free) {
+            return Some(decoy);
+        }
+        refused.push(decoy);
+        wanted = 0;
+    }
+    drop(refused);
+    bind_tcp_reusing(ip, 0)
+}
+
+fn decoy_port(decoy: &Decoy) -> Option<u16> {
+    match decoy.addr {
+        DecoyAddr::Ip(addr) => Some(addr.port()),
+        _ => None,
+    }
 }
 
 fn bind_udp_reusing(ip: IpAddr, port: u16) -> Option<Decoy> {
@@ -320,6 +348,20 @@ impl AsNonblocking for std::os::unix::net::UnixStream {
 mod tests {
     use super::*;
     use std::io::Write as _;
+
+    #[test]
+    fn the_loopback_tcp_decoy_avoids_a_port_held_by_an_ipv6_only_socket() {
+        // An IPv6-only listener on [::1]:P leaves 127.0.0.1:P free but
+        // makes a [::]:P V6ONLY bind fail: the decoy must not take P.
+        let Ok(v6) = TcpListener::bind("[::1]:0") else {
+            return; // no IPv6 here: nothing to collide with
+        };
+        let taken = v6.local_addr().unwrap().port();
+        let decoy = bind_tcp_v6_wildcard_free(IpAddr::V4(Ipv4Addr::LOCALHOST), taken).unwrap();
+        let port = decoy_port(&decoy).unwrap();
+        assert_ne!(port, taken);
+        assert!(super::super::probe::v6_wildcard_free(port));
+    }
 
     #[test]
     fn decoys_count_what_reaches_them_and_keep_their_ports() {

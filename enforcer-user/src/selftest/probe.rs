@@ -337,6 +337,18 @@ fn local_port(fd: &OwnedFd) -> io::Result<u16> {
 
 const ONE: [u8; 4] = 1i32.to_ne_bytes();
 
+/// Whether `[::]:port` with `IPV6_V6ONLY` can be bound now: the
+/// `v6only_wildcard` attempt needs it free beside the decoy's
+/// `127.0.0.1:port` (an IPv6-only socket elsewhere on that port, e.g. on
+/// `[::1]`, would make the attempt fail with EADDRINUSE and prove nothing).
+pub fn v6_wildcard_free(port: u16) -> bool {
+    let Ok(fd) = socket(libc::AF_INET6, libc::SOCK_STREAM, 0) else {
+        return false;
+    };
+    set_option(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &ONE).is_ok()
+        && bind_fd(&fd, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).is_ok()
+}
+
 /// bind `[::]:port` with `IPV6_V6ONLY` and listen, then connect
 /// `127.0.0.1:port`, where the daemon's decoy listens.
 fn v6only_wildcard(port: u16) -> io::Result<()> {
