@@ -36,7 +36,9 @@ use crate::admission::{Admission, Slot};
 use crate::attribution::{ClientGate, ClientIdentity};
 use crate::audit::{AuditEvent, AuditSink, Peer, RequestKind};
 use crate::client_hello::{ClientHelloReader, HelloError, HelloProgress};
-use crate::decide::{RequestDecision, decide_client_hello, decide_request};
+use crate::decide::{
+    RequestDecision, TransparentDecision, decide_client_hello, decide_request, decide_transparent,
+};
 use crate::forward::origin_head;
 use crate::net::addr_class::LocalAddrs;
 use crate::net::dial::{AddressCheck, DialError, dial};
@@ -47,6 +49,7 @@ use crate::request::{
     Authority, HeadScanner, Request, RequestError, RequestLimits, Target, parse_head,
 };
 use crate::response::{CONNECT_ESTABLISHED, refusal as refusal_response};
+use crate::transparent::OriginalDestinations;
 
 /// Settings of the proxy itself (the policy's `limits` give the rest).
 #[derive(Clone, Debug)]
@@ -198,6 +201,38 @@ impl ConnectProxy {
                         // Small writes must not wait for Nagle / delayed ACK.
                         let _ = stream.set_nodelay(true);
                         self.spawn(handle(self.shared.clone(), stream, Peer::Tcp { addr }, local));
+                    }
+                    Err(error) => accept_backoff(error).await,
+                }
+            }
+        }
+    }
+
+    /// Accepts connections the kernel redirected (egress mode `redirect`)
+    /// until `shutdown` resolves, and takes each through
+    /// [`handle_transparent`]. `originals` says where each client asked to go.
+    pub async fn serve_transparent(
+        &self,
+        listener: TcpListener,
+        originals: Arc<dyn OriginalDestinations>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, addr)) => {
+                        let local = stream.local_addr().ok();
+                        let _ = stream.set_nodelay(true);
+                        let original = originals.original(addr);
+                        self.spawn(handle_transparent(
+                            self.shared.clone(),
+                            stream,
+                            addr,
+                            local,
+                            original,
+                        ));
                     }
                     Err(error) => accept_backoff(error).await,
                 }
@@ -618,6 +653,84 @@ async fn relay_tunnel<C: Client>(
     conn.event.bytes_down = outcome.bytes_down;
     conn.event.end = Some(outcome.end);
     Ok(upstream.verdict)
+}
+
+// === the transparent listener ===
+
+/// One redirected connection: the same phases as a CONNECT tunnel, with the
+/// original destination's port for the CONNECT port and the SNI for its
+/// host (DESIGN.md §4): admission and the client gate → original
+/// destination → ClientHello → [`decide_transparent`] → resolve, check and
+/// dial the name (never the original address) → relay. The client speaks
+/// TLS, not HTTP: every refusal closes; the audit event carries the
+/// original destination and the SNI.
+async fn handle_transparent(
+    state: Arc<ProxyState>,
+    client: TcpStream,
+    addr: SocketAddr,
+    local: Option<SocketAddr>,
+    original: Option<SocketAddr>,
+) {
+    let mut conn = Conn::accept(&state, client, Peer::Tcp { addr }, local);
+    conn.event.kind = RequestKind::Transparent;
+    conn.event.original_destination = original;
+    conn.event.port = original.map(|original| original.port());
+    match serve_redirected(&state, &mut conn, original).await {
+        Ok(verdict) => conn.finish(verdict),
+        Err(refusal) => refuse(&state, conn, refusal.closing()).await,
+    }
+}
+
+async fn serve_redirected(
+    state: &ProxyState,
+    conn: &mut Conn<TcpStream>,
+    original: Option<SocketAddr>,
+) -> Result<Verdict, Refusal> {
+    // Phase 1: admission and the client gate, as for CONNECT.
+    let slot = admit(state, conn)?;
+    conn.admitted.map_err(Refusal::Close)?;
+    // Phase 2: the original destination; without one nothing is known to judge.
+    let original = original.ok_or(Refusal::Close(Reason::NotRedirected))?;
+    // Phase 3: the ClientHello, bounded in bytes and time.
+    let limits = conn.limits();
+    let max_hello = usize::try_from(limits.max_client_hello_bytes).unwrap_or(usize::MAX);
+    let deadline = Instant::now() + limits.client_hello_timeout;
+    let (hello, raw) = read_client_hello(&mut conn.client, Vec::new(), max_hello, deadline)
+        .await
+        .map_err(Refusal::Close)?;
+    conn.event.sni = hello.server_names.clone();
+    conn.event.ech = hello.ech;
+    conn.event.host = hello.server_names.first().cloned();
+    // Phase 4: the SNI on the original port against the allowlist and `fronting`.
+    let (host, port, verdict) =
+        match decide_transparent(original.port(), &hello, &conn.snapshot, SystemTime::now()) {
+            TransparentDecision::Deny(reason) => return Err(Refusal::Close(reason)),
+            TransparentDecision::Tunnel {
+                host,
+                port,
+                verdict,
+            } => (host, port, verdict),
+        };
+    // Phase 5: resolve the name, check, dial; then relay.
+    let stream = dial_upstream(state, conn, &host, port)
+        .await
+        .map_err(|error| Refusal::Close(error.reason()))?;
+    let upstream = Upstream {
+        stream,
+        first_bytes: raw,
+        verdict,
+    };
+    relay_tunnel(state, conn, upstream, slot).await
+}
+
+impl Refusal {
+    /// The same refusal for a client that speaks no HTTP: closed, never answered.
+    fn closing(self) -> Self {
+        match self {
+            Self::Answer { reason, .. } | Self::Close(reason) => Self::Close(reason),
+            Self::Overloaded => Self::Close(Reason::Overloaded),
+        }
+    }
 }
 
 /// The one place an early end becomes an answer and an audit verdict.
