@@ -577,6 +577,8 @@ fn enforcement_survives_sigkill_and_reattach_leaves_one_program_per_hook() {
     let mut expected = vec![
         "connect4",
         "connect6",
+        "getpeername4",
+        "getpeername6",
         "sendmsg4",
         "sendmsg6",
         "setsockopt",
