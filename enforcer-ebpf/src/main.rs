@@ -147,13 +147,36 @@ impl<V: Copy, const FLAGS: usize> SkStorageMap<V, FLAGS> {
         core::ptr::from_ref(self).cast_mut().cast()
     }
 
+    /// The value stored for `sk`, created zeroed when it has none; null
+    /// when it cannot be allocated. `sk` must be a socket pointer the
+    /// verifier knows.
+    #[inline(always)]
+    fn get_or_create(&'static self, sk: *mut c_void) -> *mut V {
+        // SAFETY: a null value with F_CREATE makes zeroed storage; the
+        // result is null or this socket's value.
+        unsafe {
+            bpf_sk_storage_get(
+                self.as_ptr(),
+                sk,
+                core::ptr::null_mut(),
+                u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+            )
+        }
+        .cast::<V>()
+    }
+
+    /// The value stored for `sk`, or null; never creates one.
+    #[inline(always)]
+    fn get_ptr(&'static self, sk: *mut c_void) -> *mut V {
+        // SAFETY: flags 0 never creates; a null value pointer is allowed.
+        unsafe { bpf_sk_storage_get(self.as_ptr(), sk, core::ptr::null_mut(), 0) }.cast::<V>()
+    }
+
     /// A copy of the value stored for `sk`, if it has one. `sk` must be a
     /// socket pointer the verifier knows.
     #[inline(always)]
     fn get(&'static self, sk: *mut c_void) -> Option<V> {
-        // SAFETY: flags 0 never creates; a null value pointer is allowed.
-        let value =
-            unsafe { bpf_sk_storage_get(self.as_ptr(), sk, core::ptr::null_mut(), 0) }.cast::<V>();
+        let value = self.get_ptr(sk);
         if value.is_null() {
             return None;
         }
@@ -506,17 +529,7 @@ fn remember_original(ctx: &SockAddrContext, destination: &Destination) {
         in_use: 1,
         pad: 0,
     };
-    // SAFETY: sk is the context's socket; a null value with F_CREATE makes
-    // zeroed storage; the result is null or this socket's value.
-    let stored = unsafe {
-        bpf_sk_storage_get(
-            ORIG_DST.as_ptr(),
-            sk.cast(),
-            core::ptr::null_mut(),
-            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
-        )
-    }
-    .cast::<OriginalDestination>();
+    let stored = ORIG_DST.get_or_create(sk.cast());
     if !stored.is_null() {
         // SAFETY: stored points at this socket's value in the map.
         unsafe { *stored = value };
@@ -529,10 +542,7 @@ fn remember_original(ctx: &SockAddrContext, destination: &Destination) {
 fn forget_original(ctx: &SockAddrContext) {
     // SAFETY: ctx.sk is the (non-null) socket being connected.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
-    // SAFETY: flags 0 never creates; the result is null or this socket's value.
-    let stored =
-        unsafe { bpf_sk_storage_get(ORIG_DST.as_ptr(), sk.cast(), core::ptr::null_mut(), 0) }
-            .cast::<OriginalDestination>();
+    let stored = ORIG_DST.get_ptr(sk.cast());
     if !stored.is_null() {
         // SAFETY: stored points at this socket's value in the map.
         unsafe { (*stored).in_use = 0 };
@@ -1461,17 +1471,7 @@ type JudgedMap = SkStorageMap<Judged, JUDGED_FLAGS>;
 fn remember_judged(ctx: &SockAddrContext, hook: Hook, destination: &Destination) {
     // SAFETY: ctx.sk is the (non-null) socket being connected or sent on.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
-    // SAFETY: sk is the context's socket; a null value with F_CREATE makes
-    // zeroed storage; the result is null or this socket's Judged.
-    let judged = unsafe {
-        bpf_sk_storage_get(
-            JUDGED.as_ptr(),
-            sk.cast(),
-            core::ptr::null_mut(),
-            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
-        )
-    }
-    .cast::<Judged>();
+    let judged = JUDGED.get_or_create(sk.cast());
     if judged.is_null() {
         return;
     }
@@ -1514,10 +1514,7 @@ fn judged_mismatch(ctx: &SkBuffContext, fam: u16, addr: &[u8; 16]) -> Option<(u1
     if state == TCP_LISTEN {
         return None;
     }
-    // SAFETY: flags 0 never creates; a null value pointer is allowed.
-    let judged =
-        unsafe { bpf_sk_storage_get(JUDGED.as_ptr(), full.cast(), core::ptr::null_mut(), 0) }
-            .cast::<Judged>();
+    let judged = JUDGED.get_ptr(full.cast());
     if judged.is_null() {
         return None;
     }

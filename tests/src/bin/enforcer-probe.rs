@@ -63,6 +63,7 @@
 //!                                           send a TLS ClientHello naming SNI, print `reply TEXT`
 //!                                           (what came back before EOF or 3 s, lossy UTF-8, may be
 //!                                           empty); the transparent-listener tests' client
+//! enforcer-probe http-get ADDR HOST         the same with `GET /probe HTTP/1.1` and `Host: HOST`
 //! ```
 //!
 //! With `ENFORCER_PROBE_USER=UID:GID` in its environment the probe drops to
@@ -134,8 +135,16 @@ fn main() -> ExitCode {
         },
         "hold-tcp" => addr().map(hold_tcp),
         "tls-hello" => match (addr(), args.get(2)) {
-            (Ok(a), Some(sni)) => Ok(tls_hello(a, sni)),
+            (Ok(a), Some(sni)) => Ok(first_exchange(a, &client_hello(sni))),
             _ => Err("tls-hello needs ADDR SNI".into()),
+        },
+        "http-get" => match (addr(), args.get(2)) {
+            (Ok(a), Some(host)) => Ok(first_exchange(
+                a,
+                format!("GET /probe HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )),
+            _ => Err("http-get needs ADDR HOST".into()),
         },
         "unjudged" => match (
             args.get(1).map(String::as_str),
@@ -882,11 +891,13 @@ fn hold_tcp(addr: SocketAddr) -> io::Result<()> {
     stream.read_exact(&mut byte)
 }
 
-fn tls_hello(addr: SocketAddr, sni: &str) -> io::Result<()> {
+/// Connects to `addr`, prints the peer name, sends `first`, prints what
+/// comes back (`tls-hello`, `http-get`).
+fn first_exchange(addr: SocketAddr, first: &[u8]) -> io::Result<()> {
     use std::io::Read as _;
     let mut stream = TcpStream::connect(addr)?;
     println!("peer {}", stream.peer_addr()?);
-    stream.write_all(&client_hello(sni))?;
+    stream.write_all(first)?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
     let mut reply = Vec::new();
     let mut chunk = [0u8; 256];
@@ -898,10 +909,8 @@ fn tls_hello(addr: SocketAddr, sni: &str) -> io::Result<()> {
             Err(_) => break,
         }
     }
-    println!(
-        "reply {}",
-        String::from_utf8_lossy(&reply).replace('\n', " ")
-    );
+    let reply = String::from_utf8_lossy(&reply).replace(['\r', '\n'], " ");
+    println!("reply {reply}");
     Ok(())
 }
 

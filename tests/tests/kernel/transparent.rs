@@ -30,6 +30,8 @@ use common::{Daemon, state_dir};
 
 /// What the upstream answers after a ClientHello.
 const UPSTREAM_REPLY: &str = "upstream-saw-client-hello";
+/// What the upstream answers after a plain-HTTP request head.
+const UPSTREAM_HTTP_REPLY: &str = "upstream-saw-http-request";
 
 /// The loopback upstream standing in for `up.test`: it counts connections
 /// and keeps the first bytes of each; a connection that starts with a TLS
@@ -54,6 +56,8 @@ impl Upstream {
                 seen.lock().unwrap().push(buf[..n].to_vec());
                 if n > 0 && buf[0] == 0x16 {
                     let _ = stream.write_all(UPSTREAM_REPLY.as_bytes());
+                } else if buf[..n].starts_with(b"GET ") {
+                    let _ = stream.write_all(UPSTREAM_HTTP_REPLY.as_bytes());
                 }
             }
         });
@@ -75,6 +79,15 @@ struct Setup {
 
 impl Setup {
     fn new(label: &str, port: u16) -> Self {
+        Self::with_entries(
+            label,
+            &[format!(r#"{{"hostport":"up.test:{port}"}}"#)],
+            &[format!("up.test:{port}:127.0.0.10")],
+        )
+    }
+
+    /// A pack with these allowlist entries (JSON objects) and `--resolve` pins.
+    fn with_entries(label: &str, entries: &[String], pins: &[String]) -> Self {
         let state = state_dir(label);
         let dir = state.path().to_owned();
         let key = dir.join("key");
@@ -88,7 +101,8 @@ impl Setup {
             &pack,
             format!(
                 r#"{{"schema":"ccp.policy.v1","version":"1","ttlSeconds":3600,
-                "fronting":{{"allowlist":[{{"hostport":"up.test:{port}"}}]}}}}"#
+                "fronting":{{"allowlist":[{}]}}}}"#,
+                entries.join(",")
             ),
         )
         .unwrap();
@@ -101,18 +115,19 @@ impl Setup {
         ]);
         // A resolver that never answers: nothing here may need DNS.
         let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let args = vec![
+        let mut args = vec![
             "--policy".into(),
             pack.display().to_string(),
             "--policy-pubkey".into(),
             format!("{}.pub", key.display()),
             "--egress-mode".into(),
             "redirect".into(),
-            "--resolve".into(),
-            format!("up.test:{port}:127.0.0.10"),
             "--dns-upstream".into(),
             dns.local_addr().unwrap().to_string(),
         ];
+        for pin in pins {
+            args.extend(["--resolve".to_owned(), pin.clone()]);
+        }
         Self {
             state: dir.join("daemon"),
             _state: state,
@@ -149,7 +164,17 @@ fn tls_hello(
     target: SocketAddr,
     sni: &str,
 ) -> Result<(String, String), ProbeOutcome> {
-    let args = ["tls-hello", &target.to_string(), sni];
+    first_exchange(cgroup, "tls-hello", target, sni)
+}
+
+/// The probe's `tls-hello` or `http-get` report.
+fn first_exchange(
+    cgroup: &TestCgroup,
+    command: &str,
+    target: SocketAddr,
+    name: &str,
+) -> Result<(String, String), ProbeOutcome> {
+    let args = [command, &target.to_string(), name];
     let output = cgroup.command(probe_bin()).args(args).output().unwrap();
     assert!(output.status.success(), "probe {args:?}: {output:?}");
     let outcome = ProbeOutcome::parse(&output.stdout, &args);
@@ -324,4 +349,61 @@ fn what_is_not_redirected_stays_eperm_and_nothing_is_redirected_with_the_daemon_
     decoy.assert_untouched("redirect target with the daemon down");
     other.assert_untouched("a port no entry names");
     udp.assert_untouched("UDP to an allowlisted port");
+}
+
+#[test]
+fn redirected_plain_http_is_judged_by_its_host_header_on_the_original_port() {
+    require_root();
+    let cgroup = TestCgroup::new("redirect-http");
+    let (decoy, upstream, _decoy6) = shared_free_port();
+    let port = decoy.local_addr().unwrap().port();
+    let (tls_decoy, tls_upstream, _tls_decoy6) = shared_free_port();
+    let tls_port = tls_decoy.local_addr().unwrap().port();
+    let decoy = Decoy::tcp(decoy);
+    let tls_decoy = Decoy::tcp(tls_decoy);
+    let upstream = Upstream::start(upstream);
+    let tls_upstream = Upstream::start(tls_upstream);
+    let setup = Setup::with_entries(
+        "redirect-http",
+        &[
+            format!(r#"{{"hostport":"plain.test:{port}","allowPlainHTTP":true}}"#),
+            format!(r#"{{"hostport":"up.test:{tls_port}"}}"#),
+        ],
+        &[
+            format!("plain.test:{port}:127.0.0.10"),
+            format!("up.test:{tls_port}:127.0.0.10"),
+        ],
+    );
+    let _daemon = setup.start(&cgroup);
+
+    // Host: plain.test on its allowPlainHTTP port: forwarded to its upstream.
+    let (peer, reply) =
+        first_exchange(&cgroup, "http-get", decoy.addr, "plain.test").expect("redirected");
+    assert_eq!(peer, decoy.addr.to_string());
+    assert_eq!(reply, UPSTREAM_HTTP_REPLY);
+    let head = String::from_utf8(upstream.first_bytes.lock().unwrap()[0].clone()).unwrap();
+    assert!(
+        head.starts_with(&format!(
+            "GET /probe HTTP/1.1\r\nHost: plain.test:{port}\r\n"
+        )),
+        "the origin gets an origin-form request for the name: {head:?}"
+    );
+    // Plain HTTP to an entry without allowPlainHTTP: closed, nothing dialled.
+    let (_, refused) =
+        first_exchange(&cgroup, "http-get", tls_decoy.addr, "up.test").expect("redirected");
+    assert_eq!(refused, "");
+    assert_eq!(tls_upstream.connections.load(Ordering::SeqCst), 0);
+    let rows = transparent_rows(&setup.state, 2);
+    let denied = rows
+        .iter()
+        .find(|row| row["decision"] == "deny")
+        .unwrap_or_else(|| panic!("no denied row: {rows:?}"));
+    assert_eq!(denied["reason"], "plain_http_denied", "{denied}");
+    assert_eq!(
+        detail(denied)["original_destination"],
+        tls_decoy.addr.to_string(),
+        "{denied}"
+    );
+    decoy.assert_untouched("redirected plain HTTP");
+    tls_decoy.assert_untouched("refused plain HTTP");
 }
