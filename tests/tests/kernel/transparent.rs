@@ -301,6 +301,29 @@ fn redirected_connects_reach_only_the_allowlisted_names_upstream() {
     }
     let status = daemon.try_control(r#"{"command":"status"}"#).unwrap();
     assert_eq!(status["result"]["kernel"]["redirected"], 3, "{status}");
+    // `enforcer status` (from the pins) says the same, and as text.
+    let output = Command::new(enforcer_bin())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let pinned: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let ours = pinned["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cgroup_id"] == cgroup.id())
+        .unwrap_or_else(|| panic!("no status for our cgroup: {pinned}"))
+        .clone();
+    assert_eq!(ours["egress_mode"], "redirect", "{ours}");
+    assert_eq!(ours["counters"]["redirected"], 3, "{ours}");
+    assert_eq!(ours["redirect_ports"], serde_json::json!([port]), "{ours}");
+    let text = Command::new(enforcer_bin()).arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("ports {port}; redirected 3)")),
+        "{text}"
+    );
 
     decoy.assert_untouched("redirected connects");
     decoy6.assert_untouched("redirected IPv6 connects");
