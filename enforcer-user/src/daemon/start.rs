@@ -92,9 +92,7 @@ pub async fn run(
 
     // 3. Listeners (the transparent ones only in egress mode `redirect`:
     //    `--egress-mode`, else the pack's).
-    let egress_mode = options
-        .egress_mode
-        .unwrap_or_else(|| report.snapshot.policy().egress.mode.into());
+    let egress_mode = Mode::effective(options.egress_mode, report.snapshot.policy().egress.mode);
     let bound = Bound::bind(&options, egress_mode).await?;
     let listeners = bound.listeners;
 

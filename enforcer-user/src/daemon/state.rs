@@ -84,7 +84,9 @@ impl Daemon {
         let counters = self.maps.counters().ok();
         let gauges = Gauges {
             open_tunnels: self.proxy.active_tunnels() as u64,
-            ring_buffer_lost: counters.map_or(0, |c| c.events_lost),
+            ring_buffer_lost: counters.as_ref().map_or(0, |c| c.events_lost),
+            redirected: counters.as_ref().map_or(0, |c| c.redirected),
+            egress_mode: self.egress_mode.as_str(),
             audit_dropped: self
                 .bridge
                 .writer()

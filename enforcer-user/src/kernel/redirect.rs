@@ -55,6 +55,15 @@ impl Mode {
     }
 }
 
+impl Mode {
+    /// The mode the daemon enforces: `--egress-mode` when given, else the
+    /// pack's `egress.mode` (itself `proxy-only` unless the pack says
+    /// `redirect`).
+    pub fn effective(flag: Option<Mode>, pack: EgressMode) -> Mode {
+        flag.unwrap_or_else(|| pack.into())
+    }
+}
+
 impl From<EgressMode> for Mode {
     fn from(mode: EgressMode) -> Self {
         match mode {
@@ -257,6 +266,23 @@ mod tests {
             ..on
         };
         assert_eq!(v4_only.config().port6, 0);
+    }
+
+    #[test]
+    fn the_flag_overrides_the_pack_and_the_default_is_proxy_only() {
+        assert_eq!(
+            Mode::effective(None, EgressMode::default()),
+            Mode::ProxyOnly
+        );
+        assert_eq!(Mode::effective(None, EgressMode::Redirect), Mode::Redirect);
+        assert_eq!(
+            Mode::effective(Some(Mode::ProxyOnly), EgressMode::Redirect),
+            Mode::ProxyOnly
+        );
+        assert_eq!(
+            Mode::effective(Some(Mode::Redirect), EgressMode::ProxyOnly),
+            Mode::Redirect
+        );
     }
 
     #[test]
