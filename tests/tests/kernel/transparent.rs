@@ -3,8 +3,9 @@
 //! the ClientHello's SNI like CONNECT and dials only what the allowed name
 //! resolves to.
 //!
-//! Every test runs `enforcer attach --egress-mode redirect` on its own
-//! cgroup with a signed pack naming `up.test:PORT`, a `--resolve` pin of
+//! Every test runs `enforcer attach` in mode `redirect` (`--egress-mode
+//! redirect`, or the pack's `egress.mode`) on its own cgroup with a signed
+//! pack naming `up.test:PORT`, a `--resolve` pin of
 //! `up.test:PORT` at a loopback upstream (127.0.0.10) and `--dns-upstream`
 //! at a loopback resolver that never answers. The probes connect to
 //! 127.0.0.9:PORT (and [::1]:PORT), where decoys of the test listen: a
@@ -68,6 +69,15 @@ impl Upstream {
     }
 }
 
+/// Where the daemon learns it is in mode `redirect`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ModeFrom {
+    /// `--egress-mode redirect` (the pack says nothing: `proxy-only`).
+    Flag,
+    /// The pack's `"egress": {"mode": "redirect"}`, no flag.
+    Pack,
+}
+
 /// A signed pack allowing `up.test:PORT` (and nothing else), its key, and
 /// the daemon arguments around it.
 struct Setup {
@@ -78,16 +88,18 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(label: &str, port: u16) -> Self {
+    fn new(label: &str, port: u16, mode: ModeFrom) -> Self {
         Self::with_entries(
             label,
             &[format!(r#"{{"hostport":"up.test:{port}"}}"#)],
             &[format!("up.test:{port}:127.0.0.10")],
+            mode,
         )
     }
 
-    /// A pack with these allowlist entries (JSON objects) and `--resolve` pins.
-    fn with_entries(label: &str, entries: &[String], pins: &[String]) -> Self {
+    /// A pack with these allowlist entries (JSON objects) and `--resolve`
+    /// pins, in mode `redirect` by `mode`.
+    fn with_entries(label: &str, entries: &[String], pins: &[String], mode: ModeFrom) -> Self {
         let state = state_dir(label);
         let dir = state.path().to_owned();
         let key = dir.join("key");
@@ -100,8 +112,12 @@ impl Setup {
         std::fs::write(
             &pack,
             format!(
-                r#"{{"schema":"ccp.policy.v1","version":"1","ttlSeconds":3600,
+                r#"{{"schema":"ccp.policy.v1","version":"1","ttlSeconds":3600,{}
                 "fronting":{{"allowlist":[{}]}}}}"#,
+                match mode {
+                    ModeFrom::Pack => r#""egress":{"mode":"redirect"},"#,
+                    ModeFrom::Flag => "",
+                },
                 entries.join(",")
             ),
         )
@@ -120,11 +136,12 @@ impl Setup {
             pack.display().to_string(),
             "--policy-pubkey".into(),
             format!("{}.pub", key.display()),
-            "--egress-mode".into(),
-            "redirect".into(),
             "--dns-upstream".into(),
             dns.local_addr().unwrap().to_string(),
         ];
+        if mode == ModeFrom::Flag {
+            args.extend(["--egress-mode".to_owned(), "redirect".to_owned()]);
+        }
         for pin in pins {
             args.extend(["--resolve".to_owned(), pin.clone()]);
         }
@@ -235,7 +252,7 @@ fn redirected_connects_reach_only_the_allowlisted_names_upstream() {
     let decoy = Decoy::tcp(decoy);
     let decoy6 = Decoy::tcp(decoy6);
     let upstream = Upstream::start(upstream);
-    let setup = Setup::new("redirect", port);
+    let setup = Setup::new("redirect", port, ModeFrom::Flag);
     let daemon = setup.start(&cgroup);
     let status = daemon.try_control(r#"{"command":"status"}"#).unwrap();
     assert_eq!(status["result"]["egress_mode"], "redirect", "{status}");
@@ -341,7 +358,8 @@ fn what_is_not_redirected_stays_eperm_and_nothing_is_redirected_with_the_daemon_
     // A port no entry names, outside the cgroup.
     let other = Decoy::tcp(TcpListener::bind("127.0.0.9:0").unwrap());
     let udp = Decoy::udp(UdpSocket::bind(("127.0.0.9", port)).unwrap());
-    let setup = Setup::new("redirect-eperm", port);
+    // The pack's egress.mode, no flag.
+    let setup = Setup::new("redirect-eperm", port, ModeFrom::Pack);
     let daemon = setup.start(&cgroup);
 
     let eperm = |args: &[&str], what: &str| {
@@ -396,6 +414,7 @@ fn redirected_plain_http_is_judged_by_its_host_header_on_the_original_port() {
             format!("plain.test:{port}:127.0.0.10"),
             format!("up.test:{tls_port}:127.0.0.10"),
         ],
+        ModeFrom::Flag,
     );
     let _daemon = setup.start(&cgroup);
 
