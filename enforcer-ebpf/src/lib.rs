@@ -47,8 +47,24 @@ pub mod map_names {
     /// command's own directories). Used by the second object's unix programs.
     pub const UNIX_ALLOW: &str = "UNIX_ALLOW";
 
+    /// One-slot array of [`crate::RedirectConfig`]: whether `connect4/6`
+    /// redirect (egress mode `redirect`) and where the transparent listeners are.
+    pub const REDIRECT: &str = "REDIRECT";
+    /// Hash of a TCP port (`u16`, host order) to `u8` 1: the ports some
+    /// allowlist entry names, the only ones redirected.
+    pub const REDIRECT_PORTS: &str = "REDIRECT_PORTS";
+    /// BTF socket-storage map of [`crate::OriginalDestination`]: where a
+    /// redirected socket asked to go (written by `connect4/6`, read by
+    /// `getpeername4/6` and `sockops`). Not cloned.
+    pub const ORIG_DST: &str = "ORIG_DST";
+    /// LRU hash of [`crate::SocketKey`] (a redirected client socket's own
+    /// address, port and protocol) to [`crate::OriginalDestination`]:
+    /// written by `sockops` once the port is known, deleted when the socket
+    /// closes. The transparent listener looks its peers up here.
+    pub const REDIRECTS: &str = "REDIRECTS";
+
     /// Every map that is pinned (by name) so enforcement state outlives the loader.
-    pub const PINNED: [&str; 11] = [
+    pub const PINNED: [&str; 15] = [
         CONFIG,
         ALLOW4,
         ALLOW6,
@@ -60,6 +76,10 @@ pub mod map_names {
         RECENT_HEAD,
         PEERS,
         UNIX_ALLOW,
+        REDIRECT,
+        REDIRECT_PORTS,
+        ORIG_DST,
+        REDIRECTS,
     ];
 }
 
@@ -74,6 +94,10 @@ pub const EVENTS_BYTES: u32 = 4 << 20;
 /// Capacity of the `PEERS` map (an LRU: the oldest entries go first when
 /// it is full; entries are deleted when their socket closes anyway).
 pub const MAX_PEERS: u32 = 65_536;
+/// Capacity of `REDIRECT_PORTS`.
+pub const MAX_REDIRECT_PORTS: u32 = 1024;
+/// Capacity of `REDIRECTS` (an LRU, like `PEERS`).
+pub const MAX_REDIRECTS: u32 = 65_536;
 /// Expiry value meaning "never expires".
 pub const NEVER_EXPIRES: u64 = u64::MAX;
 
@@ -107,6 +131,8 @@ pub mod stat {
     pub const ALLOWED: u32 = 0;
     /// Deny events that did not fit in the ring buffer.
     pub const EVENTS_LOST: u32 = 1;
+    /// TCP connects rewritten to the transparent listener (egress mode `redirect`).
+    pub const REDIRECTED: u32 = 2;
     /// Denies, by reason: `DENIED_BASE + reason as u32`.
     pub const DENIED_BASE: u32 = 8;
     /// Number of slots.
@@ -233,6 +259,39 @@ pub struct Judged {
     pub connect: JudgedDestination,
     /// Set by `sendmsg4`/`sendmsg6` (a UDP datagram with an address).
     pub sendmsg: JudgedDestination,
+}
+
+/// Value of `REDIRECT` (one slot): the egress mode and the transparent
+/// listeners connects are rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RedirectConfig {
+    /// IPv4 listener address, network order, as IPv4-mapped IPv6.
+    pub listen4: [u8; 16],
+    /// IPv6 listener address, network order.
+    pub listen6: [u8; 16],
+    /// IPv4 listener port, host order; 0: none (IPv4 connects are denied).
+    pub port4: u16,
+    /// IPv6 listener port, host order; 0: none (IPv6 connects are denied).
+    pub port6: u16,
+    /// 1 in egress mode `redirect`; 0 (`proxy-only`): nothing is redirected.
+    pub enabled: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
+/// Where a redirected socket asked to connect (`ORIG_DST`, `REDIRECTS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OriginalDestination {
+    /// Address, network order; IPv4 as IPv4-mapped IPv6.
+    pub addr: [u8; 16],
+    /// Port, host order.
+    pub port: u16,
+    /// 1 when this value holds a destination.
+    pub in_use: u8,
+    /// Always zero.
+    pub pad: u8,
 }
 
 /// Value of the direct allow maps.
@@ -504,6 +563,10 @@ mod pod {
     unsafe impl aya::Pod for super::UnixKey {}
     // SAFETY: UnixRule is #[repr(C)] plain data with explicit padding.
     unsafe impl aya::Pod for super::UnixRule {}
+    // SAFETY: RedirectConfig is #[repr(C)] plain data with explicit padding.
+    unsafe impl aya::Pod for super::RedirectConfig {}
+    // SAFETY: OriginalDestination is #[repr(C)] plain data with explicit padding.
+    unsafe impl aya::Pod for super::OriginalDestination {}
     // SAFETY: TaskLayout is #[repr(C)] u32 fields only, no padding.
     unsafe impl aya::Pod for super::TaskLayout {}
 }

@@ -156,6 +156,10 @@ pub enum Reason {
     /// could not say whose it is): the proxy answers `403`, the router `403`
     /// `permission_error`; `--serve-outside-clients` serves it anyway.
     ClientNotEnforced = 59,
+    /// A connection to the transparent listener with no original
+    /// destination recorded by the kernel (not redirected by it, or the
+    /// record is gone): closed, nothing is dialled.
+    NotRedirected = 60,
 
     // === lane router (the proxy's reasons above are shared where they mean the same:
     // client_closed, request_too_large, request_timeout, overloaded) ===
@@ -229,7 +233,7 @@ impl Reason {
     ];
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 64] = [
+    pub const ALL: [Reason; 65] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -270,6 +274,7 @@ impl Reason {
         Self::ClientClosed,
         Self::ClientError,
         Self::ClientNotEnforced,
+        Self::NotRedirected,
         Self::Completed,
         Self::ResponseTooLarge,
         Self::IdleTimeout,
@@ -374,6 +379,7 @@ impl Reason {
             Self::ClientClosed => "client_closed",
             Self::ClientError => "client_error",
             Self::ClientNotEnforced => "client_not_enforced",
+            Self::NotRedirected => "not_redirected",
             Self::Completed => "completed",
             Self::ResponseTooLarge => "response_too_large",
             Self::IdleTimeout => "idle_timeout",
@@ -463,6 +469,9 @@ impl Reason {
             Self::ClientError => "the client connection failed",
             Self::ClientNotEnforced => {
                 "the client is not a process of an enforced cgroup; only enforced agents are served"
+            }
+            Self::NotRedirected => {
+                "the connection reached the transparent listener without a kernel redirect"
             }
             Self::Completed => "the provider's response was relayed to its end",
             Self::ResponseTooLarge => "the provider's response exceeded limits.maxResponseBytes",

@@ -3,6 +3,7 @@
 //! the old one atomically (see [`crate::PolicyStore`]); users that hold an
 //! `Arc<Snapshot>` keep a consistent view until they drop it.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -156,6 +157,20 @@ impl Snapshot {
                 .any(|d| d.is_live(now) && d.target.host == host)
     }
 
+    /// The TCP ports the kernel redirects to the transparent listener in
+    /// egress mode `redirect`: every port a live allowlist rule names,
+    /// except 80 unless that rule allows plain HTTP (port 80 carries
+    /// plain HTTP, which only `allowPlainHTTP` entries may use).
+    pub fn redirect_ports(&self, now: SystemTime) -> BTreeSet<u16> {
+        self.allowlist
+            .rules()
+            .iter()
+            .filter(|rule| rule.is_live(now))
+            .filter(|rule| rule.pattern.port != 80 || rule.allow_plain_http)
+            .map(|rule| rule.pattern.port)
+            .collect()
+    }
+
     /// All allowlist rules with their expiry instants.
     pub fn allow_rules(&self) -> &[AllowRule] {
         self.allowlist.rules()
@@ -187,5 +202,65 @@ impl Snapshot {
             .into_iter()
             .flatten()
             .min()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::{ValidationMode, parse_pack};
+
+    #[test]
+    fn redirect_ports_are_the_live_allowlist_ports_and_80_only_with_plain_http() {
+        let json = r#"{"schema":"ccp.policy.v1","version":"1","issuedAt":"2025-01-01T00:00:00Z","ttlSeconds":86400,
+            "fronting":{"allowlist":[{"hostport":"a.test"},{"hostport":"b.test:8443"},
+            {"hostport":"tls80.test:80"},{"hostport":"short.test:9443","ttl":"PT1H"}]}}"#;
+        let policy = parse_pack(json.as_bytes(), ValidationMode::Signed).unwrap();
+        let snapshot = Snapshot::new(
+            Arc::new(policy),
+            Origin::Fallback {
+                reason: "unit test".into(),
+            },
+            Arc::from(Vec::new()),
+            1,
+        );
+        let issued = UNIX_EPOCH + Duration::from_secs(1_735_689_600);
+        let at = |seconds| issued + Duration::from_secs(seconds);
+        assert_eq!(
+            snapshot
+                .redirect_ports(at(60))
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [443, 8443, 9443]
+        );
+        // An expired entry's port is no longer redirected.
+        assert_eq!(
+            snapshot
+                .redirect_ports(at(7200))
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [443, 8443]
+        );
+        let plain = r#"{"schema":"ccp.policy.v1","version":"1","issuedAt":"2025-01-01T00:00:00Z","ttlSeconds":86400,
+            "fronting":{"allowlist":[{"hostport":"plain.test:80","allowPlainHTTP":true}]}}"#;
+        let policy = parse_pack(plain.as_bytes(), ValidationMode::Signed).unwrap();
+        let snapshot = Snapshot::new(
+            Arc::new(policy),
+            Origin::Fallback {
+                reason: "unit test".into(),
+            },
+            Arc::from(Vec::new()),
+            1,
+        );
+        assert_eq!(
+            snapshot
+                .redirect_ports(at(60))
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [80]
+        );
     }
 }

@@ -58,6 +58,9 @@ pub enum RequestKind {
     Connect,
     /// A plain-HTTP absolute-form request.
     PlainHttp,
+    /// A connection the kernel redirected to the transparent listener
+    /// (egress mode `redirect`): the SNI is the host.
+    Transparent,
     /// The request could not be parsed far enough to tell.
     Unknown,
 }
@@ -82,6 +85,9 @@ pub struct AuditEvent {
     pub host: Option<String>,
     /// The requested port.
     pub port: Option<u16>,
+    /// For [`RequestKind::Transparent`]: the address the client's
+    /// `connect()` named, as the kernel recorded it (never dialled).
+    pub original_destination: Option<SocketAddr>,
     /// Every server name in the ClientHello (usually one).
     pub sni: Vec<String>,
     /// The ClientHello carried an `encrypted_client_hello` extension.
@@ -128,6 +134,7 @@ impl AuditEvent {
             kind: RequestKind::Unknown,
             host: None,
             port: None,
+            original_destination: None,
             sni: Vec::new(),
             ech: false,
             verdict: Verdict::deny(Reason::ClientError),
@@ -170,6 +177,10 @@ pub fn log_event(event: &AuditEvent) {
     let host = event.host.as_deref().unwrap_or("");
     let sni = event.sni.join(",");
     let upstream = event.upstream.map(|a| a.to_string()).unwrap_or_default();
+    let original = event
+        .original_destination
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let class = event.address_class.map_or("", AddressClass::as_str);
     let end = event.end.map_or("", TunnelEnd::as_str);
     let cgroup = event.identity.cgroup_id.unwrap_or(0);
@@ -190,6 +201,7 @@ pub fn log_event(event: &AuditEvent) {
             host,
             port = event.port.unwrap_or(0),
             sni,
+            original_destination = original,
             ech = event.ech,
             upstream,
             bytes_up = event.bytes_up,
@@ -210,6 +222,7 @@ pub fn log_event(event: &AuditEvent) {
             host,
             port = event.port.unwrap_or(0),
             sni,
+            original_destination = original,
             ech = event.ech,
             address_class = class,
             upstream,
@@ -300,6 +313,7 @@ mod tests {
             kind: RequestKind::Connect,
             host: Some("api.example.test".into()),
             port: Some(443),
+            original_destination: None,
             sni: vec!["other.test".into()],
             ech: false,
             verdict: Verdict::deny(reason),

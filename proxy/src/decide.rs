@@ -19,7 +19,7 @@ use policy::{Fronting, Host, Snapshot, normalize_host};
 
 use crate::client_hello::ClientHelloInfo;
 use crate::reason::{Reason, Verdict};
-use crate::request::Target;
+use crate::request::{Authority, Target};
 
 /// The outcome of [`decide_request`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,6 +105,62 @@ pub fn decide_client_hello(
         Verdict::allow(Reason::AllowlistedEch)
     } else {
         Verdict::allow(allow_reason)
+    }
+}
+
+/// The outcome of [`decide_transparent`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransparentDecision {
+    /// Close the connection.
+    Deny(Reason),
+    /// Dial what `host` resolves to on `port`, forward the ClientHello.
+    Tunnel {
+        /// The normalised SNI.
+        host: Host,
+        /// The original destination's port.
+        port: u16,
+        /// Why (`allowlisted`, `granted`, `allowlisted_ech`).
+        verdict: Verdict,
+    },
+}
+
+/// The transparent listener's decision for a redirected connection: its
+/// ClientHello's SNI is the host, the original destination's port the
+/// port, and the two are judged exactly as `CONNECT <sni>:<port>` followed
+/// by that ClientHello would be ([`decide_request`], then
+/// [`decide_client_hello`]). The address the client chose plays no part:
+/// only what the allowed name resolves to is dialled. The SNI is required
+/// whatever `fronting.requireSNI` says: without it there is no name at all.
+pub fn decide_transparent(
+    original_port: u16,
+    hello: &ClientHelloInfo,
+    snapshot: &Snapshot,
+    now: SystemTime,
+) -> TransparentDecision {
+    let Some(sni) = hello.server_names.first() else {
+        return TransparentDecision::Deny(Reason::MissingSni);
+    };
+    let target = Target::Connect(Authority {
+        host: sni.clone(),
+        port: original_port,
+        bracketed: false,
+    });
+    match decide_request(&target, snapshot, now) {
+        RequestDecision::Tunnel { host, port, reason } => {
+            let verdict = decide_client_hello(&host, hello, &snapshot.policy().fronting, reason);
+            if verdict.is_allow() {
+                TransparentDecision::Tunnel {
+                    host,
+                    port,
+                    verdict,
+                }
+            } else {
+                TransparentDecision::Deny(verdict.reason)
+            }
+        }
+        RequestDecision::Deny(reason) => TransparentDecision::Deny(reason),
+        // A CONNECT target is never plain HTTP; refuse rather than guess.
+        RequestDecision::PlainHttp { .. } => TransparentDecision::Deny(Reason::InvalidHost),
     }
 }
 
@@ -436,6 +492,67 @@ mod tests {
                 .unwrap_err()
                 .class,
             AddressClass::Private
+        );
+    }
+
+    #[test]
+    fn transparent_judges_the_sni_on_the_original_port() {
+        let snap = default_snapshot();
+        let decide =
+            |port, names: &[&str], ech| decide_transparent(port, &hello(names, ech), &snap, now());
+        assert_eq!(
+            decide(443, &["API.Allowed.test."], false),
+            TransparentDecision::Tunnel {
+                host: host("api.allowed.test"),
+                port: 443,
+                verdict: Verdict::allow(Reason::Allowlisted)
+            }
+        );
+        // The port is the original destination's: the entry names 443 only.
+        assert_eq!(
+            decide(8443, &["api.allowed.test"], false),
+            TransparentDecision::Deny(Reason::NotAllowlisted)
+        );
+        assert!(matches!(
+            decide(8443, &["a.wild.test"], false),
+            TransparentDecision::Tunnel { port: 8443, .. }
+        ));
+        assert_eq!(
+            decide(443, &["other.test"], false),
+            TransparentDecision::Deny(Reason::NotAllowlisted)
+        );
+        // No name, an address for a name, several names, ECH.
+        assert_eq!(
+            decide(443, &[], false),
+            TransparentDecision::Deny(Reason::MissingSni)
+        );
+        assert_eq!(
+            decide(443, &["127.0.0.3"], false),
+            TransparentDecision::Deny(Reason::IpLiteral)
+        );
+        assert_eq!(
+            decide(443, &["api.allowed.test", "other.test"], false),
+            TransparentDecision::Deny(Reason::MultipleSni)
+        );
+        assert_eq!(
+            decide(443, &["api.allowed.test"], true),
+            TransparentDecision::Deny(Reason::Ech)
+        );
+        // Expired entries stay expired.
+        let later = UNIX_EPOCH + Duration::from_secs(ISSUED + 2 * 3600);
+        assert_eq!(
+            decide_transparent(443, &hello(&["short.test"], false), &snap, later),
+            TransparentDecision::Deny(Reason::Expired)
+        );
+    }
+
+    #[test]
+    fn transparent_needs_an_sni_even_where_connect_does_not() {
+        let snap =
+            snapshot(r#"{"allowlist":[{"hostport":"api.allowed.test:443"}],"requireSNI":false}"#);
+        assert_eq!(
+            decide_transparent(443, &hello(&[], false), &snap, now()),
+            TransparentDecision::Deny(Reason::MissingSni)
         );
     }
 }

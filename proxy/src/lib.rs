@@ -18,7 +18,8 @@
 //! - [`reason`]: the decision vocabulary;
 //! - [`response`]: the proxy's own HTTP responses;
 //! - [`audit`]: one event per decision, handed to an [`audit::AuditSink`];
-//! - [`router`]: the lane router, one module per concern inside.
+//! - [`router`]: the lane router, one module per concern inside;
+//! - [`transparent`]: the original destination of a kernel-redirected client.
 //!
 //! The lane router (DESIGN.md §5) lives in [`router`].
 #![deny(missing_docs)]
@@ -36,3 +37,4 @@ pub mod request;
 pub mod response;
 pub mod router;
 pub mod server;
+pub mod transparent;

@@ -87,6 +87,12 @@ pub enum RequestError {
         "not a proxy request: use CONNECT host:port for HTTPS or an absolute http:// URL for plain HTTP"
     )]
     NotProxyRequest,
+    /// A request to the transparent listener that is not an origin-form
+    /// request with exactly one `Host` header.
+    #[error(
+        "a redirected plain-HTTP request needs an origin-form target (/path) and exactly one Host header"
+    )]
+    NotOriginRequest,
     /// Absolute-form with a scheme other than `http`.
     #[error("absolute-form requests must use http://; use CONNECT for https")]
     UnsupportedScheme,
@@ -363,6 +369,49 @@ pub fn parse_head(head: &[u8]) -> Result<Request, RequestError> {
     Ok(Request {
         method: method.to_string(),
         target,
+        version,
+        headers,
+    })
+}
+
+/// Parses the head of a plain-HTTP request the kernel redirected to the
+/// transparent listener: the client spoke to the server, so the target is
+/// origin-form (`GET /path HTTP/1.1`) and the host is its one `Host`
+/// header. The result is the absolute-form request a proxy-aware client
+/// would have sent for `http://<host>:<port>/path`, with `port` the
+/// original destination's (a port in `Host` is not believed), so the
+/// CONNECT path's plain-HTTP phases judge and forward it unchanged.
+pub fn parse_redirected_head(head: &[u8], port: u16) -> Result<Request, RequestError> {
+    let mut lines = split_crlf_lines(head);
+    let request_line = lines.next().ok_or(RequestError::BadRequestLine {
+        what: "empty request line",
+    })?;
+    let (method, target_raw, version) = split_request_line(request_line)?;
+    if method == "CONNECT" || target_raw.first() != Some(&b'/') {
+        return Err(RequestError::NotOriginRequest);
+    }
+    let mut headers = Vec::new();
+    for (index, line) in lines.enumerate() {
+        if line.is_empty() {
+            break;
+        }
+        headers.push(parse_header(line, index + 2)?);
+    }
+    check_body_length(&headers)?;
+    let mut hosts = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return Err(RequestError::NotOriginRequest);
+    };
+    let mut authority = parse_authority(&host.value, Some(port))?;
+    authority.port = port;
+    Ok(Request {
+        method: method.to_string(),
+        target: Target::AbsoluteHttp {
+            authority,
+            path_and_query: String::from_utf8_lossy(target_raw).into_owned(),
+        },
         version,
         headers,
     })
@@ -894,5 +943,45 @@ mod tests {
                 .unwrap_err();
         assert!(!err.to_string().contains("c2VjcmV0"), "{err}");
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn redirected_origin_form_becomes_absolute_form_on_the_original_port() {
+        let head = b"GET /x?y=1 HTTP/1.1\r\nHost: Plain.Test:9999\r\nAccept: */*\r\n\r\n";
+        let request = parse_redirected_head(head, 8080).unwrap();
+        assert_eq!(
+            request.target,
+            Target::AbsoluteHttp {
+                authority: Authority {
+                    host: "Plain.Test".into(),
+                    port: 8080,
+                    bracketed: false
+                },
+                path_and_query: "/x?y=1".into()
+            },
+            "the port is the original destination's, not the Host header's"
+        );
+        for bad in [
+            &b"GET /x HTTP/1.1\r\n\r\n"[..],
+            b"GET /x HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+            b"GET http://a.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            b"CONNECT a.test:80 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse_redirected_head(bad, 80),
+                    Err(RequestError::NotOriginRequest)
+                ),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(
+            parse_redirected_head(
+                b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                80
+            ),
+            Err(RequestError::AmbiguousBodyLength { .. })
+        ));
     }
 }

@@ -36,7 +36,9 @@ use crate::admission::{Admission, Slot};
 use crate::attribution::{ClientGate, ClientIdentity};
 use crate::audit::{AuditEvent, AuditSink, Peer, RequestKind};
 use crate::client_hello::{ClientHelloReader, HelloError, HelloProgress};
-use crate::decide::{RequestDecision, decide_client_hello, decide_request};
+use crate::decide::{
+    RequestDecision, TransparentDecision, decide_client_hello, decide_request, decide_transparent,
+};
 use crate::forward::origin_head;
 use crate::net::addr_class::LocalAddrs;
 use crate::net::dial::{AddressCheck, DialError, dial};
@@ -45,8 +47,10 @@ use crate::reason::{Reason, Verdict};
 use crate::relay::{RelayLimits, SpliceStream, TunnelEnd, relay};
 use crate::request::{
     Authority, HeadScanner, Request, RequestError, RequestLimits, Target, parse_head,
+    parse_redirected_head,
 };
 use crate::response::{CONNECT_ESTABLISHED, refusal as refusal_response};
+use crate::transparent::OriginalDestinations;
 
 /// Settings of the proxy itself (the policy's `limits` give the rest).
 #[derive(Clone, Debug)]
@@ -188,6 +192,38 @@ impl ConnectProxy {
     /// Accepts TCP clients until `shutdown` resolves. Connections already
     /// accepted carry on; see [`ConnectProxy::wait_idle`].
     pub async fn serve_tcp(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        self.accept_tcp(listener, shutdown, |shared, stream, addr, local| {
+            handle(shared, stream, Peer::Tcp { addr }, local)
+        })
+        .await;
+    }
+
+    /// Accepts connections the kernel redirected (egress mode `redirect`)
+    /// until `shutdown` resolves, and takes each through
+    /// [`handle_transparent`]. `originals` says where each client asked to go.
+    pub async fn serve_transparent(
+        &self,
+        listener: TcpListener,
+        originals: Arc<dyn OriginalDestinations>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        self.accept_tcp(listener, shutdown, |shared, stream, addr, local| {
+            let original = originals.original(addr);
+            handle_transparent(shared, stream, addr, local, original)
+        })
+        .await;
+    }
+
+    /// The TCP accept loop: each accepted stream (Nagle off) goes to
+    /// `connection` on its own task.
+    async fn accept_tcp<F>(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        connection: impl Fn(Arc<ProxyState>, TcpStream, SocketAddr, Option<SocketAddr>) -> F,
+    ) where
+        F: Future<Output = ()> + Send + 'static,
+    {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -197,7 +233,7 @@ impl ConnectProxy {
                         let local = stream.local_addr().ok();
                         // Small writes must not wait for Nagle / delayed ACK.
                         let _ = stream.set_nodelay(true);
-                        self.spawn(handle(self.shared.clone(), stream, Peer::Tcp { addr }, local));
+                        self.spawn(connection(self.shared.clone(), stream, addr, local));
                     }
                     Err(error) => accept_backoff(error).await,
                 }
@@ -620,6 +656,135 @@ async fn relay_tunnel<C: Client>(
     Ok(upstream.verdict)
 }
 
+// === the transparent listener ===
+
+/// One redirected connection: the same phases as a CONNECT tunnel, with the
+/// original destination's port for the CONNECT port and the SNI for its
+/// host (DESIGN.md §4): admission and the client gate → original
+/// destination → ClientHello → [`decide_transparent`] → resolve, check and
+/// dial the name (never the original address) → relay; or, when the first
+/// byte is not TLS, [`redirected_plain_http`]. Every refusal closes (the
+/// client did not speak to a proxy); the audit event carries the original
+/// destination and the SNI.
+async fn handle_transparent(
+    state: Arc<ProxyState>,
+    client: TcpStream,
+    addr: SocketAddr,
+    local: Option<SocketAddr>,
+    original: Option<SocketAddr>,
+) {
+    let mut conn = Conn::accept(&state, client, Peer::Tcp { addr }, local);
+    conn.event.kind = RequestKind::Transparent;
+    conn.event.original_destination = original;
+    conn.event.port = original.map(|original| original.port());
+    match serve_redirected(&state, &mut conn, original).await {
+        Ok(verdict) => conn.finish(verdict),
+        Err(refusal) => refuse(&state, conn, refusal.closing()).await,
+    }
+}
+
+async fn serve_redirected(
+    state: &ProxyState,
+    conn: &mut Conn<TcpStream>,
+    original: Option<SocketAddr>,
+) -> Result<Verdict, Refusal> {
+    // Phase 1: admission and the client gate, as for CONNECT.
+    let slot = admit(state, conn)?;
+    conn.admitted.map_err(Refusal::Close)?;
+    // Phase 2: the original destination; without one nothing is known to judge.
+    let original = original.ok_or(Refusal::Close(Reason::NotRedirected))?;
+    // Phase 3: the first bytes: a TLS handshake record, else plain HTTP.
+    let limits = conn.limits();
+    let deadline = Instant::now() + limits.client_hello_timeout;
+    let first = read_first(&mut conn.client, deadline).await?;
+    if first.first() != Some(&TLS_HANDSHAKE) {
+        return redirected_plain_http(state, conn, original.port(), first, slot).await;
+    }
+    // The ClientHello, bounded in bytes and time.
+    let max_hello = usize::try_from(limits.max_client_hello_bytes).unwrap_or(usize::MAX);
+    let (hello, raw) = read_client_hello(&mut conn.client, first, max_hello, deadline)
+        .await
+        .map_err(Refusal::Close)?;
+    conn.event.sni = hello.server_names.clone();
+    conn.event.ech = hello.ech;
+    conn.event.host = hello.server_names.first().cloned();
+    // Phase 4: the SNI on the original port against the allowlist and `fronting`.
+    let (host, port, verdict) =
+        match decide_transparent(original.port(), &hello, &conn.snapshot, SystemTime::now()) {
+            TransparentDecision::Deny(reason) => return Err(Refusal::Close(reason)),
+            TransparentDecision::Tunnel {
+                host,
+                port,
+                verdict,
+            } => (host, port, verdict),
+        };
+    // Phase 5: resolve the name, check, dial; then relay.
+    let stream = dial_upstream(state, conn, &host, port)
+        .await
+        .map_err(|error| Refusal::Close(error.reason()))?;
+    let upstream = Upstream {
+        stream,
+        first_bytes: raw,
+        verdict,
+    };
+    relay_tunnel(state, conn, upstream, slot).await
+}
+
+/// The TLS record type of a handshake (a ClientHello's first byte).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The first bytes a redirected client sends, by `deadline`.
+async fn read_first(client: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, Refusal> {
+    let mut chunk = [0u8; 4096];
+    match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
+        Err(_) => Err(Refusal::Close(Reason::ClientHelloTimeout)),
+        Ok(Err(_)) => Err(Refusal::Close(Reason::ClientError)),
+        Ok(Ok(0)) => Err(Refusal::Close(Reason::ClientClosed)),
+        Ok(Ok(n)) => Ok(chunk[..n].to_vec()),
+    }
+}
+
+/// A redirected connection that does not start with TLS: one plain-HTTP
+/// request, its host the `Host` header and its port the original
+/// destination's ([`parse_redirected_head`]), then exactly the CONNECT
+/// path's plain-HTTP phases: [`decide_request`] (only `allowPlainHTTP`
+/// entries pass), [`open_plain_http`], relay.
+async fn redirected_plain_http(
+    state: &ProxyState,
+    conn: &mut Conn<TcpStream>,
+    original_port: u16,
+    first: Vec<u8>,
+    slot: Slot,
+) -> Result<Verdict, Refusal> {
+    let deadline = conn.start + conn.limits().header_read_timeout;
+    let limits = state.request_limits(conn.limits());
+    let parse = |head: &[u8]| parse_redirected_head(head, original_port);
+    let (request, leftover) = read_head_with(&mut conn.client, first, limits, deadline, parse)
+        .await
+        .map_err(HeadFailure::into_refusal)?;
+    conn.note_request(&request);
+    conn.event.kind = RequestKind::Transparent;
+    match decide_request(&request.target, &conn.snapshot, SystemTime::now()) {
+        RequestDecision::PlainHttp { host, port } => {
+            let upstream = open_plain_http(state, conn, &request, &host, port, leftover).await?;
+            relay_tunnel(state, conn, upstream, slot).await
+        }
+        RequestDecision::Deny(reason) => Err(Refusal::Close(reason)),
+        // An absolute-form target is never a tunnel; refuse rather than guess.
+        RequestDecision::Tunnel { .. } => Err(Refusal::Close(Reason::InvalidHost)),
+    }
+}
+
+impl Refusal {
+    /// The same refusal for a client that speaks no HTTP: closed, never answered.
+    fn closing(self) -> Self {
+        match self {
+            Self::Answer { reason, .. } | Self::Close(reason) => Self::Close(reason),
+            Self::Overloaded => Self::Close(Reason::Overloaded),
+        }
+    }
+}
+
 /// The one place an early end becomes an answer and an audit verdict.
 async fn refuse<C: Client>(state: &ProxyState, mut conn: Conn<C>, refusal: Refusal) {
     let reason = match refusal {
@@ -695,10 +860,33 @@ async fn read_head<C: Client>(
     limits: RequestLimits,
     deadline: Instant,
 ) -> Result<(Request, Vec<u8>), HeadFailure> {
-    let mut buf = Vec::with_capacity(1024);
+    read_head_with(client, Vec::new(), limits, deadline, parse_head).await
+}
+
+/// [`read_head`] starting from bytes already read, with `parse` for the
+/// complete head (the transparent listener's plain HTTP is origin-form).
+async fn read_head_with<C: Client>(
+    client: &mut C,
+    initial: Vec<u8>,
+    limits: RequestLimits,
+    deadline: Instant,
+    parse: impl Fn(&[u8]) -> Result<Request, RequestError>,
+) -> Result<(Request, Vec<u8>), HeadFailure> {
+    let mut buf = initial;
     let mut scanner = HeadScanner::new(limits);
     let mut chunk = [0u8; 2048];
     loop {
+        if !buf.is_empty() {
+            match scanner.scan(&buf) {
+                Err(error) => return Err(HeadFailure::Bad(error)),
+                Ok(None) => {}
+                Ok(Some(len)) => {
+                    let request = parse(&buf[..len]).map_err(HeadFailure::Bad)?;
+                    let leftover = buf.split_off(len);
+                    return Ok((request, leftover));
+                }
+            }
+        }
         let read = tokio::time::timeout_at(deadline, client.read(&mut chunk)).await;
         let n = match read {
             Err(_) => return Err(HeadFailure::Timeout),
@@ -707,15 +895,6 @@ async fn read_head<C: Client>(
             Ok(Ok(n)) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
-        match scanner.scan(&buf) {
-            Err(error) => return Err(HeadFailure::Bad(error)),
-            Ok(None) => {}
-            Ok(Some(len)) => {
-                let request = parse_head(&buf[..len]).map_err(HeadFailure::Bad)?;
-                let leftover = buf.split_off(len);
-                return Ok((request, leftover));
-            }
-        }
     }
 }
 

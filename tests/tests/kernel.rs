@@ -30,6 +30,10 @@ mod ptrace;
 #[path = "kernel/unix_sockets.rs"]
 mod unix_sockets;
 
+// === issue 15: egress mode `redirect` (tests/kernel/transparent.rs) ===
+#[path = "kernel/transparent.rs"]
+mod transparent;
+
 /// A test cgroup with the programs attached through the library API.
 /// Fields drop in order: events, attachment, then the cgroup guard (which
 /// detaches and removes everything).
@@ -50,6 +54,7 @@ impl Enforced {
             &AttachOptions {
                 endpoints,
                 debug_log: false,
+                ..AttachOptions::default()
             },
         )
         .unwrap();
@@ -572,6 +577,8 @@ fn enforcement_survives_sigkill_and_reattach_leaves_one_program_per_hook() {
     let mut expected = vec![
         "connect4",
         "connect6",
+        "getpeername4",
+        "getpeername6",
         "sendmsg4",
         "sendmsg6",
         "setsockopt",

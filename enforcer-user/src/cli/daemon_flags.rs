@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use enforcer::policy_source::{FetchConfig, LoaderConfig, PackSource};
 use enforcer::{
     daemon::{DaemonOptions, paths::DEFAULT_STATE_DIR},
-    kernel::{CgroupMount, CgroupPath, maps::parse_socket_addr},
+    kernel::{CgroupMount, CgroupPath, maps::parse_socket_addr, redirect::Mode},
 };
 use policy::signing::read_public_key;
 use proxy::net::resolve::ResolveOverrides;
@@ -104,6 +104,31 @@ pub struct DaemonFlags {
     /// key. Outside clients are still attributed and audited.
     #[arg(long)]
     pub serve_outside_clients: bool,
+    /// What the kernel does with TCP that does not use the proxy:
+    /// `proxy-only` denies it (EPERM); `redirect` sends connects to a port
+    /// the allowlist names to the transparent listener, which checks the
+    /// SNI like CONNECT. Default: the pack's `egress.mode` (`proxy-only`
+    /// unless the pack says otherwise).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub egress_mode: Option<EgressModeFlag>,
+}
+
+/// `--egress-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EgressModeFlag {
+    /// Only proxy-aware clients work.
+    ProxyOnly,
+    /// Redirect allowlisted ports to the transparent listener.
+    Redirect,
+}
+
+impl From<EgressModeFlag> for Mode {
+    fn from(flag: EgressModeFlag) -> Self {
+        match flag {
+            EgressModeFlag::ProxyOnly => Self::ProxyOnly,
+            EgressModeFlag::Redirect => Self::Redirect,
+        }
+    }
 }
 
 impl DaemonFlags {
@@ -185,6 +210,7 @@ impl DaemonFlags {
             // selftest (issue 19): `attach` turns the table on.
             selftest_table: false,
             serve_outside_clients: self.serve_outside_clients,
+            egress_mode: self.egress_mode.map(Mode::from),
         })
     }
 }

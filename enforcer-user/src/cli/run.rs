@@ -293,6 +293,12 @@ async fn under_daemon(
             .as_str()
             .and_then(|a| a.parse().ok())
             .context("the daemon's status has no router address")?,
+        transparent: status["listeners"]["transparent"]
+            .as_str()
+            .and_then(|a| a.parse().ok()),
+        transparent6: status["listeners"]["transparent6"]
+            .as_str()
+            .and_then(|a| a.parse().ok()),
     };
     tracing::info!(cgroup = %cgroup.relative.display(), "using the running daemon");
     // The daemon's pack is not at hand here: confine with the embedded

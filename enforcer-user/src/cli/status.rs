@@ -9,6 +9,7 @@ use std::{
 use enforcer::kernel::{
     CgroupMount,
     events::boot_now_ns,
+    redirect::Mode,
     status::{self, CgroupStatus},
 };
 use enforcer::sandbox::systemd::SliceUnits;
@@ -143,6 +144,25 @@ fn render(status: &CgroupStatus) -> String {
         .map(|e| format!("{:?} {}", e.transport, e.addr).to_lowercase())
         .collect();
     let _ = writeln!(out, "  endpoints: {}", or_none(&endpoints));
+    let _ = match status.egress_mode {
+        Mode::ProxyOnly => writeln!(out, "  egress mode: proxy-only"),
+        Mode::Redirect => {
+            let listeners: Vec<String> =
+                status.transparent.iter().map(ToString::to_string).collect();
+            let ports: Vec<String> = status
+                .redirect_ports
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            writeln!(
+                out,
+                "  egress mode: redirect (transparent listener {}; ports {}; redirected {})",
+                or_none(&listeners),
+                or_none(&ports),
+                status.counters.redirected
+            )
+        }
+    };
     let now = boot_now_ns();
     let direct: Vec<String> = status
         .direct

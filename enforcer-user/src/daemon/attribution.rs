@@ -103,3 +103,17 @@ impl ClientAttribution for KernelAttribution {
         }
     }
 }
+
+// === impl OriginalDestinations ===
+
+impl proxy::transparent::OriginalDestinations for crate::kernel::redirect::OriginalTable {
+    fn original(&self, client: SocketAddr) -> Option<SocketAddr> {
+        match self.lookup(client) {
+            Ok(original) => original,
+            Err(error) => {
+                tracing::warn!(error = %error, client = %client, "original destination lookup failed");
+                None
+            }
+        }
+    }
+}

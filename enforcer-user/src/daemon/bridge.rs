@@ -111,9 +111,11 @@ pub fn proxy_record(event: &AuditEvent) -> AuditRecord {
             "kind": match event.kind {
                 RequestKind::Connect => "connect",
                 RequestKind::PlainHttp => "plain_http",
+                RequestKind::Transparent => "transparent",
                 RequestKind::Unknown => "unknown",
             },
             "ech": event.ech,
+            "original_destination": event.original_destination.map(|addr| addr.to_string()),
             "address_class": event.address_class.map(|class| class.as_str()),
             "policy_version": event.policy_version,
             "uid": event.identity.uid,

@@ -14,6 +14,8 @@ pub enum Listener {
     Router,
     /// The loopback Prometheus listener.
     Metrics,
+    /// The transparent listener (egress mode `redirect`).
+    Transparent,
 }
 
 impl Listener {
@@ -23,6 +25,7 @@ impl Listener {
             Self::Proxy => "--proxy-listen",
             Self::Router => "--router-listen",
             Self::Metrics => "--metrics-listen",
+            Self::Transparent => "--egress-mode",
         }
     }
 }
@@ -34,6 +37,7 @@ impl Listener {
             Self::Proxy => "the proxy",
             Self::Router => "the lane router",
             Self::Metrics => "the metrics listener",
+            Self::Transparent => "the transparent listener",
         }
     }
 }
@@ -44,6 +48,7 @@ impl fmt::Display for Listener {
             Self::Proxy => "proxy",
             Self::Router => "lane router",
             Self::Metrics => "metrics listener",
+            Self::Transparent => "transparent listener",
         })
     }
 }

@@ -122,6 +122,7 @@ impl Daemon {
             cgroup: self.cgroup.relative.display().to_string(),
             cgroup_id: self.cgroup_id,
             listeners: self.listeners,
+            egress_mode: self.egress_mode,
             families_enforced: self.families == FamilyEnforcement::Enforced,
             policy: PolicyStatus {
                 version: snapshot.policy().version.to_string(),

@@ -33,6 +33,10 @@ pub struct Gauges {
     pub open_tunnels: u64,
     /// Kernel deny events lost in the ring buffer (summed `STATS`).
     pub ring_buffer_lost: u64,
+    /// TCP connects the kernel redirected to the transparent listener.
+    pub redirected: u64,
+    /// The egress mode (`proxy-only`, `redirect`).
+    pub egress_mode: &'static str,
     /// Audit records dropped by the writer.
     pub audit_dropped: u64,
     /// Active policy version.
@@ -121,6 +125,18 @@ impl Metrics {
             "enforcer_ring_buffer_lost_total",
             "Kernel deny events lost because the ring buffer was full.",
             &[("", gauges.ring_buffer_lost)],
+        );
+        counter(
+            &mut out,
+            "enforcer_redirected_connections_total",
+            "TCP connects the kernel redirected to the transparent listener (egress mode redirect).",
+            &[("", gauges.redirected)],
+        );
+        out.push_str("# HELP enforcer_egress_mode_info The egress mode the kernel enforces (value 1).\n# TYPE enforcer_egress_mode_info gauge\n");
+        let _ = writeln!(
+            out,
+            "enforcer_egress_mode_info{{mode=\"{}\"}} 1",
+            escape(gauges.egress_mode)
         );
         counter(
             &mut out,
@@ -277,8 +293,18 @@ mod tests {
         metrics.bytes(10, 20);
         let text = metrics.render(&Gauges {
             policy_version: "2026-11-22.1".into(),
+            redirected: 3,
+            egress_mode: "redirect",
             ..Gauges::default()
         });
+        assert!(
+            text.contains("\nenforcer_redirected_connections_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nenforcer_egress_mode_info{mode=\"redirect\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains(
             "enforcer_decisions_total{source=\"proxy\",decision=\"deny\",reason=\"sni_mismatch\"} 2"
         ));

@@ -53,7 +53,7 @@ use proxy::net::resolve::Resolver;
 use tokio::sync::watch;
 
 pub use self::{error::DaemonError, start::run, state::Daemon};
-use crate::kernel::{CgroupMount, CgroupPath};
+use crate::kernel::{CgroupMount, CgroupPath, redirect::Mode};
 
 /// Everything the daemon needs, from `attach`'s or `run`'s flags.
 pub struct DaemonOptions {
@@ -87,6 +87,8 @@ pub struct DaemonOptions {
     /// Serve proxy and router clients outside the enforced cgroups too
     /// (still attributed and audited); off by default.
     pub serve_outside_clients: bool,
+    /// `--egress-mode`: overrides the pack's `egress.mode` (`None`: the pack's).
+    pub egress_mode: Option<Mode>,
 }
 
 /// Addresses the daemon actually listens on.
@@ -96,6 +98,12 @@ pub struct Listeners {
     pub proxy: SocketAddr,
     /// Lane router.
     pub router: SocketAddr,
+    /// Transparent listener, IPv4 (egress mode `redirect` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transparent: Option<SocketAddr>,
+    /// Transparent listener, IPv6 (egress mode `redirect`, where `[::1]` exists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transparent6: Option<SocketAddr>,
 }
 
 /// What `run` learns once the daemon enforces.

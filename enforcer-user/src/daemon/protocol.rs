@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Listeners;
+use crate::kernel::redirect::Mode;
 use crate::{audit::AuditRecord, kernel::maps::Counters};
 
 /// A request to the daemon.
@@ -112,6 +113,8 @@ pub struct StatusResponse {
     pub cgroup_id: u64,
     /// Where the proxy and the router listen.
     pub listeners: Listeners,
+    /// The egress mode the kernel enforces (`proxy-only` or `redirect`).
+    pub egress_mode: Mode,
     /// Whether BPF-LSM enforces socket families.
     pub families_enforced: bool,
     /// The active policy.
@@ -296,7 +299,10 @@ mod tests {
             listeners: Listeners {
                 proxy: "127.0.0.1:3128".parse().unwrap(),
                 router: "127.0.0.1:8787".parse().unwrap(),
+                transparent: None,
+                transparent6: None,
             },
+            egress_mode: Mode::ProxyOnly,
             families_enforced: true,
             policy: PolicyStatus {
                 version: "2026-11-22.1".into(),
@@ -319,6 +325,7 @@ mod tests {
             kernel: Some(Counters {
                 allowed: 5,
                 events_lost: 1,
+                redirected: 0,
                 denied: vec![("not_allowlisted".into(), 2)],
             }),
             state_dir: "/var/lib/enforcer".into(),
@@ -327,8 +334,8 @@ mod tests {
             line(&Response::ok(&status)),
             concat!(
                 r#"{"ok":true,"result":{"cgroup":"agents.slice","cgroup_id":42,"credential_names":["ANTHROPIC_API_KEY"],"#,
-                r#""families_enforced":true,"grants":[{"expires_at":"2026-11-22T10:00:00Z","reason":null,"scope":"proxy","target":"example.com:443"}],"#,
-                r#""kernel":{"allowed":5,"denied":[["not_allowlisted",2]],"events_lost":1},"#,
+                r#""egress_mode":"proxy-only","families_enforced":true,"grants":[{"expires_at":"2026-11-22T10:00:00Z","reason":null,"scope":"proxy","target":"example.com:443"}],"#,
+                r#""kernel":{"allowed":5,"denied":[["not_allowlisted",2]],"events_lost":1,"redirected":0},"#,
                 r#""listeners":{"proxy":"127.0.0.1:3128","router":"127.0.0.1:8787"},"open_tunnels":0,"pid":7,"#,
                 r#""policy":{"expires_at":null,"generation":3,"origin":{"key_id":"k1","kind":"signed","sha256":"ab","source":"/etc/enforcer/policy.pack.json"},"version":"2026-11-22.1"},"state_dir":"/var/lib/enforcer"}}"#
             )
@@ -359,6 +366,8 @@ mod tests {
             "kernel": status.kernel,
             // Added with `enforcer run`'s summary (the rest is unchanged).
             "state_dir": "/var/lib/enforcer",
+            // Added with egress mode `redirect` (issue 15).
+            "egress_mode": "proxy-only",
         });
         assert_eq!(
             line(&Response::ok(&status)),

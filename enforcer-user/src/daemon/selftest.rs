@@ -54,6 +54,7 @@ impl SelftestRunner {
         state_dir: PathBuf,
         proxy: SocketAddr,
         router: SocketAddr,
+        transparent: Option<SocketAddr>,
     ) -> Self {
         Self {
             base: SelftestConfig {
@@ -63,7 +64,7 @@ impl SelftestRunner {
                 state_dir,
                 proxy,
                 router,
-                transparent: None,
+                transparent,
                 probe_exe: PathBuf::from("/proc/self/exe"),
             },
             mount,

@@ -17,13 +17,11 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use policy::{
-    EgressMode,
-    grants::{live_grants, load_grants},
-};
+use policy::grants::{live_grants, load_grants};
 use proxy::{
     attribution::{ClientGate, OutsideClients},
     server::{ConnectProxy, ProxyConfig},
+    transparent::OriginalDestinations,
 };
 use tokio::{
     net::TcpListener,
@@ -48,8 +46,13 @@ use crate::{
     audit::{AuditWriter, Reason, Retention, writer::WriterThread},
     kernel::{
         self, AttachOptions, EndpointSpec, FamilyEnforcement, PinnedMaps, PtraceEnforcement,
-        attach::Attachment, events::EventReader, hooks::Layers, maps::Transport, ownership,
+        attach::Attachment,
+        events::EventReader,
+        hooks::Layers,
+        maps::Transport,
+        ownership,
         peers::PeerTable,
+        redirect::{Mode, OriginalTable, RedirectSettings},
     },
     policy_source::{Loader, LoaderConfig, StartReport},
 };
@@ -87,8 +90,10 @@ pub async fn run(
     let (loader, report) = load_policy(loader_config, &options, &bridge).await?;
     let store = loader.store().clone();
 
-    // 3. Listeners.
-    let bound = Bound::bind(&options).await?;
+    // 3. Listeners (the transparent ones only in egress mode `redirect`:
+    //    `--egress-mode`, else the pack's).
+    let egress_mode = Mode::effective(options.egress_mode, report.snapshot.policy().egress.mode);
+    let bound = Bound::bind(&options, egress_mode).await?;
     let listeners = bound.listeners;
 
     // 4. Kernel.
@@ -114,6 +119,7 @@ pub async fn run(
         mapsync: Mutex::new(kernel.mapsync),
         proxy: proxy.clone(),
         grant_lock: Mutex::new(()),
+        egress_mode,
         selftest: SelftestRunner::new(
             options.mount.clone(),
             options.cgroup.clone(),
@@ -121,6 +127,7 @@ pub async fn run(
             options.state_dir.clone(),
             listeners.proxy,
             listeners.router,
+            listeners.transparent,
         ),
     });
 
@@ -134,6 +141,16 @@ pub async fn run(
     let proxy_listener = bound.proxy;
     let proxy_stop = stop();
     running.spawn(async move { serving.serve_tcp(proxy_listener, proxy_stop).await });
+    for listener in bound.transparent {
+        let serving = proxy.clone();
+        let originals = kernel.originals.clone();
+        let transparent_stop = stop();
+        running.spawn(async move {
+            serving
+                .serve_transparent(listener, originals, transparent_stop)
+                .await;
+        });
+    }
     running.spawn(router::serve(
         bound.router,
         store.clone(),
@@ -276,28 +293,69 @@ async fn load_policy(
     Ok((Arc::new(loader), report))
 }
 
-/// The bound proxy and router sockets, before anything accepts on them.
+/// The bound proxy, router and transparent sockets, before anything
+/// accepts on them.
 struct Bound {
     proxy: TcpListener,
     router: TcpListener,
+    /// The transparent listeners (IPv4, then IPv6 where `[::1]` exists);
+    /// none in `proxy-only` mode.
+    transparent: Vec<TcpListener>,
     listeners: Listeners,
+    egress_mode: Mode,
 }
 
 impl Bound {
-    async fn bind(options: &DaemonOptions) -> Result<Self, DaemonError> {
+    async fn bind(options: &DaemonOptions, egress_mode: Mode) -> Result<Self, DaemonError> {
         let proxy = bind_tcp(Listener::Proxy, options.proxy_listen).await?;
         let router = bind_tcp(Listener::Router, options.router_listen).await?;
-        let listeners = Listeners {
+        let mut listeners = Listeners {
             proxy: local_addr(Listener::Proxy, &proxy)?,
             router: local_addr(Listener::Router, &router)?,
+            transparent: None,
+            transparent6: None,
         };
+        let mut transparent = Vec::new();
+        if egress_mode == Mode::Redirect {
+            let v4 = bind_tcp(Listener::Transparent, TRANSPARENT4).await?;
+            listeners.transparent = Some(local_addr(Listener::Transparent, &v4)?);
+            transparent.push(v4);
+            // Without IPv6 loopback, IPv6 connects are denied instead.
+            match TcpListener::bind(TRANSPARENT6).await {
+                Ok(v6) => {
+                    listeners.transparent6 = Some(local_addr(Listener::Transparent, &v6)?);
+                    transparent.push(v6);
+                }
+                Err(error) => tracing::warn!(
+                    error = %error,
+                    "no IPv6 transparent listener on [::1]: IPv6 connects to allowlisted ports are denied, not redirected"
+                ),
+            }
+        }
         Ok(Self {
             proxy,
             router,
+            transparent,
             listeners,
+            egress_mode,
         })
     }
+
+    /// What the programs are told about redirecting.
+    fn redirect_settings(&self) -> RedirectSettings {
+        RedirectSettings {
+            mode: self.egress_mode,
+            listen4: self.listeners.transparent,
+            listen6: self.listeners.transparent6,
+        }
+    }
 }
+
+/// The transparent listeners' addresses (a free loopback port each).
+const TRANSPARENT4: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+const TRANSPARENT6: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 0);
 
 async fn bind_tcp(
     listener: Listener,
@@ -337,6 +395,8 @@ struct Kernel {
     events: EventReader,
     /// Client attribution for the proxy and the router.
     gate: ClientGate,
+    /// Original destinations for the transparent listener.
+    originals: Arc<dyn OriginalDestinations>,
 }
 
 /// The kernel start-up sequence, in order. Every step runs after the
@@ -360,11 +420,19 @@ fn start_kernel(
     let mut attachment = kernel::attach(
         &options.cgroup,
         &AttachOptions {
-            endpoints: vec![
-                EndpointSpec::tcp(bound.listeners.proxy),
-                EndpointSpec::tcp(bound.listeners.router),
-            ],
+            endpoints: [
+                Some(bound.listeners.proxy),
+                Some(bound.listeners.router),
+                bound.listeners.transparent,
+                bound.listeners.transparent6,
+            ]
+            .into_iter()
+            .flatten()
+            .map(EndpointSpec::tcp)
+            .collect(),
             debug_log: options.debug_bpf,
+            redirect: bound.redirect_settings(),
+            redirect_ports: report.snapshot.redirect_ports(SystemTime::now()),
         },
     )
     .map_err(|source| DaemonError::Attach {
@@ -383,12 +451,11 @@ fn start_kernel(
             tracing::warn!("{}", attachment.ptrace.describe())
         }
     }
-    if report.snapshot.policy().egress.mode != EgressMode::ProxyOnly {
-        tracing::warn!(
-            mode = ?report.snapshot.policy().egress.mode,
-            "egress mode `redirect` is not implemented yet: the kernel denies (does not redirect) TCP that bypasses the proxy"
-        );
-    }
+    tracing::info!(
+        mode = bound.egress_mode.as_str(),
+        transparent = %bound.listeners.transparent.map(|a| a.to_string()).unwrap_or_default(),
+        "egress mode"
+    );
     // (b) Open the pinned maps: one handle for the writer, one for status.
     let writer_maps = attachment.maps().map_err(step(KernelStep::OpenMaps))?;
     let status_maps = PinnedMaps::open(&attachment.pins).map_err(step(KernelStep::OpenMaps))?;
@@ -401,8 +468,16 @@ fn start_kernel(
         .map_err(step(KernelStep::TakeEvents))?;
     // (e) The kernel allows the endpoints only while these tagged sockets
     //     listen (a transparent or DNS listener must be claimed here too).
-    ownership::claim_endpoints(&status_maps, &[&bound.proxy, &bound.router])
-        .map_err(step(KernelStep::ClaimEndpoints))?;
+    //     The transparent listeners likewise: the programs redirect only
+    //     while these tagged sockets listen there.
+    let mut claimed: Vec<&dyn std::os::fd::AsFd> = vec![&bound.proxy, &bound.router];
+    claimed.extend(
+        bound
+            .transparent
+            .iter()
+            .map(|l| l as &dyn std::os::fd::AsFd),
+    );
+    ownership::claim_endpoints(&status_maps, &claimed).map_err(step(KernelStep::ClaimEndpoints))?;
     // (f) Agents need a dedicated uid: say so when one is shared.
     super::shared_uids::warn_if_shared(&options.cgroup.absolute);
     // (g) Client attribution: the listeners look every accepted peer up in
@@ -424,13 +499,17 @@ fn start_kernel(
         attachment.cgroup_id,
     );
     let gate = ClientGate::new(Arc::new(attribution), outside);
-    // (h) Further kernel steps go here, before any server accepts.
+    // (h) The original destinations of redirected clients (REDIRECTS).
+    let originals: Arc<dyn OriginalDestinations> =
+        Arc::new(OriginalTable::open(&attachment.pins).map_err(step(KernelStep::OpenMaps))?);
+    // (i) Further kernel steps go here, before any server accepts.
     Ok(Kernel {
         attachment,
         status_maps,
         mapsync,
         events,
         gate,
+        originals,
     })
 }
 

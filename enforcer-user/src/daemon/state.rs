@@ -10,7 +10,7 @@ use proxy::server::ConnectProxy;
 use tokio::sync::Mutex;
 
 use super::{Listeners, bridge::AuditBridge, mapsync::MapSync, metrics::Gauges};
-use crate::kernel::{CgroupPath, FamilyEnforcement, PinnedMaps};
+use crate::kernel::{CgroupPath, FamilyEnforcement, PinnedMaps, redirect::Mode};
 
 /// A running daemon's shared state (what the control socket serves).
 pub struct Daemon {
@@ -40,6 +40,8 @@ pub struct Daemon {
     pub(super) grant_lock: Mutex<()>,
     /// Runs self-tests; holds the last report.
     pub(super) selftest: super::selftest::SelftestRunner,
+    /// The egress mode the kernel was told at start-up.
+    pub(super) egress_mode: Mode,
 }
 
 impl Daemon {
@@ -63,6 +65,11 @@ impl Daemon {
             }
             Err(error) => tracing::error!(error = %error, "syncing the direct maps"),
         }
+        // Redirected ports follow the allowlist (entries expire, packs and
+        // grants change); in proxy-only mode nothing reads them.
+        if let Err(error) = self.maps.set_redirect_ports(&snapshot.redirect_ports(now)) {
+            tracing::error!(error = %error, "syncing the redirected ports");
+        }
         // Unix sockets: the pack's egress.unix, for every cgroup (id 0).
         let pins = crate::kernel::paths::PinDirs::for_cgroup(self.cgroup_id);
         if let Err(error) = crate::kernel::unix::set_rules(&pins, 0, &snapshot.policy().egress.unix)
@@ -77,7 +84,9 @@ impl Daemon {
         let counters = self.maps.counters().ok();
         let gauges = Gauges {
             open_tunnels: self.proxy.active_tunnels() as u64,
-            ring_buffer_lost: counters.map_or(0, |c| c.events_lost),
+            ring_buffer_lost: counters.as_ref().map_or(0, |c| c.events_lost),
+            redirected: counters.as_ref().map_or(0, |c| c.redirected),
+            egress_mode: self.egress_mode.as_str(),
             audit_dropped: self
                 .bridge
                 .writer()

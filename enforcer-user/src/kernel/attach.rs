@@ -8,6 +8,7 @@
 //! left.
 
 use std::{
+    collections::BTreeSet,
     ffi::CString,
     fs,
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -30,6 +31,7 @@ use super::{
     lsm,
     maps::{EndpointSpec, PinnedMaps},
     paths::PinDirs,
+    redirect::RedirectSettings,
     task_layout,
     unix::{self, UNIX_PROGRAMS, UnixEnforcement},
 };
@@ -50,6 +52,10 @@ pub struct AttachOptions {
     pub endpoints: Vec<EndpointSpec>,
     /// Turn on the programs' aya-log debug output.
     pub debug_log: bool,
+    /// Egress mode and transparent listeners (default: `proxy-only`).
+    pub redirect: RedirectSettings,
+    /// TCP ports redirected in mode `redirect` (the allowlist's).
+    pub redirect_ports: BTreeSet<u16>,
 }
 
 /// Whether socket families beyond IPv4/IPv6 are enforced by BPF-LSM.
@@ -212,8 +218,11 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
         .map_err(KernelError::Load)?;
 
     // Endpoints go in before any program is live, so a fresh attach never
-    // denies the enforcer's own listeners.
-    PinnedMaps::open(&pins)?.set_endpoints(&options.endpoints)?;
+    // denies the enforcer's own listeners; so do the mode and the ports.
+    let maps = PinnedMaps::open(&pins)?;
+    maps.set_endpoints(&options.endpoints)?;
+    maps.set_redirect_ports(&options.redirect_ports)?;
+    maps.set_redirect(&options.redirect)?;
 
     let cgroup_file = cgroup.open()?;
     let mut staged: Vec<(&HookSpec, PinnedLink)> = Vec::new();

@@ -33,7 +33,7 @@ pub struct HookSpec {
 /// Every program enforcer attaches, in attach order. The LSM programs come
 /// last: they are the ones that may fail to load, and the rest stand
 /// without them.
-pub const HOOKS: [HookSpec; 10] = [
+pub const HOOKS: [HookSpec; 12] = [
     HookSpec {
         program: "sock_create",
         kind: HookKind::Sock(CgroupSockAttachType::SockCreate),
@@ -49,6 +49,16 @@ pub const HOOKS: [HookSpec; 10] = [
     HookSpec {
         program: "skb_egress",
         kind: HookKind::Skb(CgroupSkbAttachType::Egress),
+    },
+    // Before connect4/6: once a connect can be redirected, getpeername
+    // already answers the original destination.
+    HookSpec {
+        program: "getpeername4",
+        kind: HookKind::SockAddr(CgroupSockAddrAttachType::GetPeerName4),
+    },
+    HookSpec {
+        program: "getpeername6",
+        kind: HookKind::SockAddr(CgroupSockAddrAttachType::GetPeerName6),
     },
     HookSpec {
         program: "connect4",

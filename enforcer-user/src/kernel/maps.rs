@@ -92,6 +92,8 @@ pub struct Counters {
     pub allowed: u64,
     /// Deny events lost because the ring buffer was full.
     pub events_lost: u64,
+    /// TCP connects rewritten to the transparent listener.
+    pub redirected: u64,
     /// Denies by reason name (every reason listed, zero included).
     pub denied: Vec<(String, u64)>,
 }
@@ -131,7 +133,8 @@ impl PinnedMaps {
         Ok(Self { pins: pins.clone() })
     }
 
-    fn map(&self, name: &'static str) -> Result<Map, KernelError> {
+    /// Opens the pinned map `name` (per operation).
+    pub(super) fn map(&self, name: &'static str) -> Result<Map, KernelError> {
         let data = MapData::from_pin(self.pins.map(name)).map_err(|source| KernelError::Map {
             map: name,
             what: format!("opening pin {}", self.pins.map(name).display()),
@@ -328,6 +331,7 @@ impl PinnedMaps {
         Ok(Counters {
             allowed: read(stat::ALLOWED)?,
             events_lost: read(stat::EVENTS_LOST)?,
+            redirected: read(stat::REDIRECTED)?,
             denied,
         })
     }
@@ -383,7 +387,8 @@ fn socket_key(addr: [u8; 16], port: u16, transport: Transport) -> SocketKey {
     }
 }
 
-fn map_error(map: &'static str, what: &'static str) -> impl Fn(MapError) -> KernelError {
+/// A map error naming the map and the step.
+pub(super) fn map_error(map: &'static str, what: &'static str) -> impl Fn(MapError) -> KernelError {
     move |source| KernelError::Map {
         map,
         what: what.into(),

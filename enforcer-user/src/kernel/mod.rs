@@ -15,6 +15,7 @@ pub mod maps;
 pub mod ownership;
 pub mod paths;
 pub mod peers;
+pub mod redirect;
 pub mod status;
 pub mod task_layout;
 pub mod unix;

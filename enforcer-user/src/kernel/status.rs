@@ -10,6 +10,7 @@ use super::{
     hooks::{HOOKS, LSM_PTRACE, LSM_SOCKET_CREATE},
     maps::{Counters, DirectEntry, EndpointSpec, PinnedMaps},
     paths::{PIN_ROOT, PinDirs},
+    redirect::Mode,
     unix::{self, UnixEnforcement},
 };
 
@@ -46,6 +47,12 @@ pub struct CgroupStatus {
     pub unix_rules: Vec<String>,
     /// Enforcer endpoints in the `CONFIG` map.
     pub endpoints: Vec<EndpointSpec>,
+    /// The egress mode the programs enforce (`REDIRECT`).
+    pub egress_mode: Mode,
+    /// The transparent listeners connects are redirected to (mode `redirect`).
+    pub transparent: Vec<std::net::SocketAddr>,
+    /// The TCP ports redirected in mode `redirect` (`REDIRECT_PORTS`).
+    pub redirect_ports: Vec<u16>,
     /// Direct allow entries.
     pub direct: Vec<DirectEntry>,
     /// Counters.
@@ -134,8 +141,15 @@ pub fn one(
             }
         })
         .collect();
+    let redirect = maps.redirect()?;
     Ok(CgroupStatus {
         cgroup_id,
+        egress_mode: redirect.mode,
+        transparent: [redirect.listen4, redirect.listen6]
+            .into_iter()
+            .flatten()
+            .collect(),
+        redirect_ports: maps.redirect_ports()?.into_iter().collect(),
         cgroup,
         hooks,
         families_enforced,

@@ -59,6 +59,11 @@
 //!                                           for one stdin line, then send one byte to SECOND on the
 //!                                           same socket; KIND: udp-sendto, udp-connect (connect
 //!                                           again), tcp (connect again after FIRST refused; 2 s)
+//! enforcer-probe tls-hello ADDR SNI        connect(2) to ADDR, print `peer PEERNAME` (getpeername),
+//!                                           send a TLS ClientHello naming SNI, print `reply TEXT`
+//!                                           (what came back before EOF or 3 s, lossy UTF-8, may be
+//!                                           empty); the transparent-listener tests' client
+//! enforcer-probe http-get ADDR HOST         the same with `GET /probe HTTP/1.1` and `Host: HOST`
 //! ```
 //!
 //! With `ENFORCER_PROBE_USER=UID:GID` in its environment the probe drops to
@@ -129,6 +134,18 @@ fn main() -> ExitCode {
             _ => Err("exchange needs KIND ADDR".into()),
         },
         "hold-tcp" => addr().map(hold_tcp),
+        "tls-hello" => match (addr(), args.get(2)) {
+            (Ok(a), Some(sni)) => Ok(first_exchange(a, &client_hello(sni))),
+            _ => Err("tls-hello needs ADDR SNI".into()),
+        },
+        "http-get" => match (addr(), args.get(2)) {
+            (Ok(a), Some(host)) => Ok(first_exchange(
+                a,
+                format!("GET /probe HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )),
+            _ => Err("http-get needs ADDR HOST".into()),
+        },
         "unjudged" => match (
             args.get(1).map(String::as_str),
             addr_arg(&args, 2),
@@ -872,6 +889,59 @@ fn hold_tcp(addr: SocketAddr) -> io::Result<()> {
     wait_for_go()?;
     stream.write_all(b"2")?;
     stream.read_exact(&mut byte)
+}
+
+/// Connects to `addr`, prints the peer name, sends `first`, prints what
+/// comes back (`tls-hello`, `http-get`).
+fn first_exchange(addr: SocketAddr, first: &[u8]) -> io::Result<()> {
+    use std::io::Read as _;
+    let mut stream = TcpStream::connect(addr)?;
+    println!("peer {}", stream.peer_addr()?);
+    stream.write_all(first)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 256];
+    while reply.len() < 4096 {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => reply.extend_from_slice(&chunk[..n]),
+            // A reset or the timeout ends the reply; what came is reported.
+            Err(_) => break,
+        }
+    }
+    let reply = String::from_utf8_lossy(&reply).replace(['\r', '\n'], " ");
+    println!("reply {reply}");
+    Ok(())
+}
+
+/// A minimal TLS 1.3-style ClientHello (one record) naming `sni`: enough
+/// for the proxy's reader; no real handshake follows.
+fn client_hello(sni: &str) -> Vec<u8> {
+    fn with_len16(body: &[u8]) -> Vec<u8> {
+        let mut out = u16::try_from(body.len())
+            .unwrap_or(0)
+            .to_be_bytes()
+            .to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+    let name = sni.as_bytes();
+    let mut entry = vec![0u8];
+    entry.extend(with_len16(name));
+    let mut extension = vec![0, 0];
+    extension.extend(with_len16(&with_len16(&entry)));
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[0x5a; 32]);
+    body.push(0);
+    body.extend(with_len16(&[0x13, 0x01]));
+    body.extend_from_slice(&[1, 0]);
+    body.extend(with_len16(&extension));
+    let len = u32::try_from(body.len()).unwrap_or(0).to_be_bytes();
+    let mut handshake = vec![1, len[1], len[2], len[3]];
+    handshake.extend(body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend(with_len16(&handshake));
+    record
 }
 
 fn connect_fd(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
