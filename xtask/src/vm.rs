@@ -264,18 +264,23 @@ fn build_static() -> anyhow::Result<Vec<VmBinary>> {
         selftest: build_test_binary("enforcer-tests", "selftest")?,
     };
     let out = workspace_root().join("target").join(MUSL).join("debug");
-    let stripped = workspace_root().join("target/test-vm/bin");
-    fs::create_dir_all(&stripped)?;
     let mut binaries = vm_binaries(&out, tests);
     for binary in &mut binaries {
         let name = binary.guest.trim_start_matches('/').replace('/', "_");
-        let copy = stripped.join(name);
-        fs::copy(&binary.host, &copy)
-            .with_context(|| format!("copying {}", binary.host.display()))?;
-        run_command(Command::new("strip").arg("--strip-debug").arg(&copy))?;
-        binary.host = copy;
+        binary.host = stripped_copy(&binary.host, &name)?;
     }
     Ok(binaries)
+}
+
+/// A copy of `built` without debug info, as `target/test-vm/bin/NAME`
+/// (the VM images carry these, not the multi-hundred-MiB originals).
+pub(crate) fn stripped_copy(built: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = workspace_root().join("target/test-vm/bin");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let copy = dir.join(name);
+    fs::copy(built, &copy).with_context(|| format!("copying {}", built.display()))?;
+    run_command(Command::new("strip").arg("--strip-debug").arg(&copy))?;
+    Ok(copy)
 }
 
 /// The integration-test executables cargo built for musl.

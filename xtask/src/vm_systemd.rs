@@ -238,13 +238,9 @@ fn build_rootfs(build: &Path, cached: &Path) -> anyhow::Result<()> {
 fn overlay(kernel: &Path) -> anyhow::Result<Vec<u8>> {
     let bins = vm::build_static_bins()?;
     let root = workspace_root();
-    let stripped = root.join("target/test-vm/bin");
-    fs::create_dir_all(&stripped)?;
     let mut cpio = Cpio::new();
     for name in ["enforcer", "enforcer-probe", "enforcer-vm-systemd"] {
-        let copy = stripped.join(format!("systemd_{name}"));
-        fs::copy(bins.join(name), &copy).with_context(|| format!("copying {name}"))?;
-        run_command(Command::new("strip").arg("--strip-debug").arg(&copy))?;
+        let copy = vm::stripped_copy(&bins.join(name), &format!("systemd_{name}"))?;
         cpio.file(&format!("/usr/local/bin/{name}"), 0o755, &fs::read(&copy)?);
     }
     let read = |relative: &str| {

@@ -29,6 +29,7 @@ pub const QUEUE_CAPACITY: usize = 262_144;
 /// The bounded queue in front of the writer: memory grows with what is
 /// queued, not with the bound. (`mpsc::sync_channel` allocates every slot
 /// up front: 262,144 records were 86 MiB of an idle daemon's memory.)
+#[derive(Clone)]
 struct Queue {
     sender: Sender<AuditRecord>,
     queued: Arc<AtomicUsize>,
@@ -52,16 +53,6 @@ fn queue(capacity: usize) -> (Queue, QueueReceiver) {
         },
         QueueReceiver { receiver, queued },
     )
-}
-
-impl Clone for Queue {
-    fn clone(&self) -> Self {
-        Self {
-            sender: self.sender.clone(),
-            queued: Arc::clone(&self.queued),
-            capacity: self.capacity,
-        }
-    }
 }
 
 impl Queue {

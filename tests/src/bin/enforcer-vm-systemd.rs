@@ -107,52 +107,61 @@ fn curl(args: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// curl through the proxy to the allowlisted stand-in.
+fn proxy_get_upstream() -> Vec<String> {
+    curl(&[
+        "--proxy",
+        "http://127.0.0.1:3128",
+        &format!("https://{UPSTREAM}/"),
+    ])
+}
+
 /// The bypass matrix and the paths that must work, as the agent unit
 /// tries them (as `agent`, in `agents.slice`, under the drop-in).
 const MATRIX: &[Attempt] = &[
     Attempt {
         name: "tcp4_loopback",
-        argv: || probe(&["tcp-connect", "127.0.0.1:47001"]),
+        argv: || probe(&["tcp-connect", &format!("127.0.0.1:{DECOY_TCP}")]),
         expect: Expect::Errno(EPERM),
     },
     Attempt {
         name: "tcp6_loopback",
-        argv: || probe(&["tcp-connect", "[::1]:47001"]),
+        argv: || probe(&["tcp-connect", &format!("[::1]:{DECOY_TCP}")]),
         expect: Expect::Errno(EPERM),
     },
     Attempt {
         name: "tcp4_mapped",
-        argv: || probe(&["tcp-connect", "[::ffff:127.0.0.1]:47001"]),
+        argv: || probe(&["tcp-connect", &format!("[::ffff:127.0.0.1]:{DECOY_TCP}")]),
         expect: Expect::Errno(EPERM),
     },
     Attempt {
         name: "tcp4_host_address",
-        argv: || probe(&["tcp-connect", "192.0.2.1:47001"]),
+        argv: || probe(&["tcp-connect", &format!("{HOST_ADDRESS}:{DECOY_TCP}")]),
         expect: Expect::Errno(EPERM),
     },
     Attempt {
         name: "tcp6_host_address",
-        argv: || probe(&["tcp-connect", "[2001:db8::1]:47001"]),
+        argv: || probe(&["tcp-connect", &format!("[{HOST_ADDRESS6}]:{DECOY_TCP}")]),
         expect: Expect::Errno(EPERM),
     },
     Attempt {
         name: "tcp_fastopen",
-        argv: || probe(&["tcp-fastopen", "127.0.0.1:47001"]),
+        argv: || probe(&["tcp-fastopen", &format!("127.0.0.1:{DECOY_TCP}")]),
         expect: Expect::Errno(EPERM),
     },
     Attempt {
         name: "udp4_sendto",
-        argv: || probe(&["udp-sendto", "127.0.0.1:47002"]),
+        argv: || probe(&["udp-sendto", &format!("127.0.0.1:{DECOY_UDP}")]),
         expect: Expect::Errno(EPERM),
     },
     Attempt {
         name: "udp6_sendto",
-        argv: || probe(&["udp-sendto", "[::1]:47002"]),
+        argv: || probe(&["udp-sendto", &format!("[::1]:{DECOY_UDP}")]),
         expect: Expect::Errno(EPERM),
     },
     Attempt {
         name: "dns_host_address",
-        argv: || probe(&["dns", "192.0.2.1:53"]),
+        argv: || probe(&["dns", &format!("{HOST_ADDRESS}:53")]),
         expect: Expect::Errno(EPERM),
     },
     Attempt {
@@ -162,7 +171,7 @@ const MATRIX: &[Attempt] = &[
     },
     Attempt {
         name: "v6only_wildcard",
-        argv: || probe(&["v6only-connect", "tcp", "47003"]),
+        argv: || probe(&["v6only-connect", "tcp", &DECOY_V6ONLY.to_string()]),
         expect: Expect::Errno(EPERM),
     },
     Attempt {
@@ -189,13 +198,7 @@ const MATRIX: &[Attempt] = &[
     },
     Attempt {
         name: "proxy_allowlisted_host",
-        argv: || {
-            curl(&[
-                "--proxy",
-                "http://127.0.0.1:3128",
-                "https://upstream.vm.test:8443/",
-            ])
-        },
+        argv: proxy_get_upstream,
         expect: Expect::Output("upstream-ok"),
     },
     Attempt {
@@ -208,7 +211,7 @@ const MATRIX: &[Attempt] = &[
                 "/dev/null",
                 "-w",
                 "connect=%{http_connect}",
-                "https://other.vm.test:8444/",
+                &format!("https://{OTHER}/"),
             ])
         },
         expect: Expect::FailsWith("connect=403"),
@@ -598,7 +601,12 @@ impl Decoys {
                 say(&format!("VMTEST-WARN no decoy on tcp {addr}"));
             }
         };
-        for host in ["127.0.0.1", "[::1]", HOST_ADDRESS, "[2001:db8::1]"] {
+        for host in [
+            "127.0.0.1",
+            "[::1]",
+            HOST_ADDRESS,
+            &format!("[{HOST_ADDRESS6}]"),
+        ] {
             tcp(format!("{host}:{DECOY_TCP}"));
         }
         tcp(format!("127.0.0.1:{DECOY_V6ONLY}"));
@@ -618,22 +626,26 @@ impl Decoys {
         Self { all }
     }
 
-    /// The decoys that were reached, with their hit counts, as text.
-    fn reached(&self) -> String {
+    /// The decoys a bypass would reach (the daemon's DNS upstream, which
+    /// the daemon itself may ask, is not one).
+    fn watched(&self) -> impl Iterator<Item = (&String, &Decoy)> {
         self.all
             .iter()
-            .filter(|(name, decoy)| decoy.hits() > 0 && !name.ends_with(DNS_UPSTREAM))
+            .filter(|(name, _)| !name.ends_with(DNS_UPSTREAM))
+            .map(|(name, decoy)| (name, decoy))
+    }
+
+    /// The decoys that were reached, with their hit counts, as text.
+    fn reached(&self) -> String {
+        self.watched()
+            .filter(|(_, decoy)| decoy.hits() > 0)
             .map(|(name, decoy)| format!("{name}={}", decoy.hits()))
             .collect::<Vec<_>>()
             .join(",")
     }
 
     fn hits(&self) -> u32 {
-        self.all
-            .iter()
-            .filter(|(name, _)| !name.ends_with(DNS_UPSTREAM))
-            .map(|(_, decoy)| decoy.hits())
-            .sum()
+        self.watched().map(|(_, decoy)| decoy.hits()).sum()
     }
 }
 
@@ -660,7 +672,7 @@ fn run_checks(boot: Boot, report: &mut Report) {
     };
 
     check_start(report);
-    check_agent_matrix(boot, report, &decoys);
+    check_agent_matrix(report, &decoys);
     check_slice_socket_families(boot, report);
     check_journal(report);
     check_credential(report, &key);
@@ -1072,7 +1084,7 @@ fn journal_entries(unit: &str) -> Vec<serde_json::Value> {
 
 /// The agent unit: in agents.slice with the drop-in; every attempt as
 /// [`MATRIX`] says; no decoy reached; the lane's key injected.
-fn check_agent_matrix(boot: Boot, report: &mut Report, decoys: &Decoys) {
+fn check_agent_matrix(report: &mut Report, decoys: &Decoys) {
     let before_hits = decoys.hits();
     let ran = run(&["systemctl", "start", "agent-matrix.service"], START);
     let output = fs::read_to_string(format!("{WORK}/agent-matrix.out")).unwrap_or_default();
@@ -1122,7 +1134,6 @@ fn check_agent_matrix(boot: Boot, report: &mut Report, decoys: &Decoys) {
         other.is_empty(),
         &format!("{} requests reached other.vm.test", other.len()),
     );
-    let _ = boot;
 }
 
 /// Whether an `attempt=` line shows what was expected.
@@ -1158,19 +1169,7 @@ fn check_slice_socket_families(boot: Boot, report: &mut Report) {
         outside.stdout.trim() == "ok",
         &outside.text(),
     );
-    let in_slice = run(
-        &[
-            "systemd-run",
-            "--quiet",
-            "--wait",
-            "--pipe",
-            "--slice=agents.slice",
-            "--uid=agent",
-            PROBE,
-            "vsock",
-        ],
-        START,
-    );
+    let in_slice = probe_in_slice(&["vsock"]);
     let status = run(&[ENFORCER, "status"], SHORT);
     let (name, passed) = match boot {
         Boot::Full => (
@@ -1375,19 +1374,24 @@ fn pinned_map_ids() -> Vec<(String, String)> {
     ids
 }
 
-/// A probe in agents.slice as the agent (a transient unit, no drop-in).
+/// A command in agents.slice as the agent (a transient unit: no drop-in).
+fn in_slice(argv: &[String]) -> Ran {
+    let mut command = Command::new("systemd-run");
+    command
+        .args([
+            "--quiet",
+            "--wait",
+            "--pipe",
+            "--slice=agents.slice",
+            "--uid=agent",
+        ])
+        .args(argv);
+    run_command(&mut command, START)
+}
+
+/// `enforcer-probe ARGS` in agents.slice as the agent.
 fn probe_in_slice(args: &[&str]) -> Ran {
-    let mut argv = vec![
-        "systemd-run",
-        "--quiet",
-        "--wait",
-        "--pipe",
-        "--slice=agents.slice",
-        "--uid=agent",
-        PROBE,
-    ];
-    argv.extend_from_slice(args);
-    run(&argv, START)
+    in_slice(&probe(args))
 }
 
 /// `systemctl kill -s KILL`: nothing from the slice gets through while the
@@ -1405,8 +1409,8 @@ fn check_kill_and_restart(report: &mut Report, decoys: &Decoys) {
     });
     let down_before = systemctl_show("enforcer.service", "ActiveState");
     let hits_before = decoys.hits();
-    let loop_out = probe_in_slice(&["connect-loop", "127.0.0.1:47001", "500"]);
-    let dns_out = probe_in_slice(&["dns", "192.0.2.1:53"]);
+    let loop_out = probe_in_slice(&["connect-loop", &format!("127.0.0.1:{DECOY_TCP}"), "500"]);
+    let dns_out = probe_in_slice(&["dns", &format!("{HOST_ADDRESS}:53")]);
     let probe_done = monotonic_micros();
     let down_after = systemctl_show("enforcer.service", "ActiveState");
     let back = wait_for(START, || {
@@ -1449,26 +1453,7 @@ fn check_kill_and_restart(report: &mut Report, decoys: &Decoys) {
             maps_before == maps_after
         ),
     );
-    let proxy = run(
-        &[
-            "systemd-run",
-            "--quiet",
-            "--wait",
-            "--pipe",
-            "--slice=agents.slice",
-            "--uid=agent",
-            "curl",
-            "-sS",
-            "--max-time",
-            "30",
-            "--cacert",
-            CA_PEM,
-            "--proxy",
-            "http://127.0.0.1:3128",
-            "https://upstream.vm.test:8443/",
-        ],
-        START,
-    );
+    let proxy = in_slice(&proxy_get_upstream());
     report.check(
         "proxy_works_after_restart",
         proxy.ok() && proxy.stdout.contains("upstream-ok"),
@@ -1513,7 +1498,7 @@ fn check_stop_and_detach(report: &mut Report, decoys: &Decoys) {
     let state = systemctl_show("enforcer.service", "ActiveState");
     let attached_stopped = attached_programs();
     let hits_before = decoys.hits();
-    let denied = probe_in_slice(&["tcp-connect", "127.0.0.1:47001"]);
+    let denied = probe_in_slice(&["tcp-connect", &format!("127.0.0.1:{DECOY_TCP}")]);
     report.check(
         "stop_leaves_programs_attached",
         stopped.ok()
@@ -1529,7 +1514,7 @@ fn check_stop_and_detach(report: &mut Report, decoys: &Decoys) {
     );
     let detached = run(&[ENFORCER, "detach", "--cgroup", "agents.slice"], START);
     let attached_detached = attached_programs();
-    let reached = probe_in_slice(&["tcp-connect", "127.0.0.1:47001"]);
+    let reached = probe_in_slice(&["tcp-connect", &format!("127.0.0.1:{DECOY_TCP}")]);
     report.check(
         "detach_removes_programs",
         detached.ok() && attached_detached == 0 && reached.stdout.trim() == "ok",
