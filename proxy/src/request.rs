@@ -335,6 +335,19 @@ impl Request {
     }
 }
 
+/// The header lines after the request line, up to the blank line (line
+/// numbers in errors count the request line as 1).
+fn parse_headers<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Result<Vec<Header>, RequestError> {
+    let mut headers = Vec::new();
+    for (index, line) in lines.enumerate() {
+        if line.is_empty() {
+            break;
+        }
+        headers.push(parse_header(line, index + 2)?);
+    }
+    Ok(headers)
+}
+
 /// Parses a complete head (as delimited by [`HeadScanner`]) into a [`Request`].
 pub fn parse_head(head: &[u8]) -> Result<Request, RequestError> {
     let mut lines = split_crlf_lines(head);
@@ -343,13 +356,7 @@ pub fn parse_head(head: &[u8]) -> Result<Request, RequestError> {
     })?;
     let (method, target_raw, version) = split_request_line(request_line)?;
 
-    let mut headers = Vec::new();
-    for (index, line) in lines.enumerate() {
-        if line.is_empty() {
-            break;
-        }
-        headers.push(parse_header(line, index + 2)?);
-    }
+    let headers = parse_headers(lines)?;
 
     let target = if method == "CONNECT" {
         let authority = parse_authority(target_raw, None)?;
@@ -390,13 +397,7 @@ pub fn parse_redirected_head(head: &[u8], port: u16) -> Result<Request, RequestE
     if method == "CONNECT" || target_raw.first() != Some(&b'/') {
         return Err(RequestError::NotOriginRequest);
     }
-    let mut headers = Vec::new();
-    for (index, line) in lines.enumerate() {
-        if line.is_empty() {
-            break;
-        }
-        headers.push(parse_header(line, index + 2)?);
-    }
+    let headers = parse_headers(lines)?;
     check_body_length(&headers)?;
     let mut hosts = headers
         .iter()

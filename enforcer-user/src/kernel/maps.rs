@@ -378,6 +378,12 @@ fn allow4_key(ip: Ipv4Addr, port: u16, transport: Transport) -> Allow4Key {
     }
 }
 
+/// The key the kernel programs file a client socket under: its own
+/// address (IPv4 as IPv4-mapped) and port.
+pub(super) fn client_key(client: SocketAddr, transport: Transport) -> SocketKey {
+    socket_key(mapped_bytes(client.ip()), client.port(), transport)
+}
+
 fn socket_key(addr: [u8; 16], port: u16, transport: Transport) -> SocketKey {
     SocketKey {
         addr,

@@ -20,7 +20,7 @@ use enforcer_ebpf::{PeerInfo, SocketKey, map_names};
 
 use super::{
     KernelError,
-    maps::{Transport, mapped_bytes},
+    maps::{Transport, client_key},
     paths::PinDirs,
 };
 
@@ -76,12 +76,7 @@ impl PeerTable {
         client: SocketAddr,
         transport: Transport,
     ) -> Result<Option<PeerTask>, KernelError> {
-        let key = SocketKey {
-            addr: mapped_bytes(client.ip().to_canonical()),
-            port: client.port(),
-            protocol: transport.number(),
-            pad: 0,
-        };
+        let key = client_key(client, transport);
         match self.map.get(&key, 0) {
             Ok(info) => Ok(Some(PeerTask::from(info))),
             Err(MapError::KeyNotFound) => Ok(None),

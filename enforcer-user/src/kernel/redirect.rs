@@ -19,7 +19,7 @@ use policy::EgressMode;
 
 use super::{
     KernelError,
-    maps::{PinnedMaps, Transport, ip_from_bytes, map_error, mapped_bytes},
+    maps::{PinnedMaps, Transport, client_key, ip_from_bytes, map_error, mapped_bytes},
     paths::PinDirs,
 };
 
@@ -207,12 +207,7 @@ impl OriginalTable {
     /// The destination the client socket whose own address is `client`
     /// (what `accept()` returned as the peer) asked for, if it was redirected.
     pub fn lookup(&self, client: SocketAddr) -> Result<Option<SocketAddr>, KernelError> {
-        let key = SocketKey {
-            addr: mapped_bytes(client.ip().to_canonical()),
-            port: client.port(),
-            protocol: Transport::Tcp.number(),
-            pad: 0,
-        };
+        let key = client_key(client, Transport::Tcp);
         match self.map.get(&key, 0) {
             Ok(original) if original.in_use == 1 => Ok(Some(original_addr(&original))),
             Ok(_) | Err(MapError::KeyNotFound) => Ok(None),
