@@ -213,6 +213,15 @@ pub enum Reason {
     Grant = 100,
     /// A runtime grant was revoked (`enforcer revoke`).
     Revoke = 101,
+
+    // === DNS filter (the daemon's port-53 listener; client_not_enforced is shared) ===
+    /// A DNS query for a name the policy does not allow (no live allowlist
+    /// rule or direct entry names it, and it is no lane provider's host):
+    /// answered `REFUSED`.
+    DnsRefused = 128,
+    /// A DNS query for an allowed name was answered (addresses, or an empty
+    /// answer for other record types).
+    DnsAnswered = 129,
 }
 
 impl Reason {
@@ -233,7 +242,7 @@ impl Reason {
     ];
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 65] = [
+    pub const ALL: [Reason; 67] = [
         Self::Destination,
         Self::LoopbackPort,
         Self::DirectExpired,
@@ -299,6 +308,8 @@ impl Reason {
         Self::DirectUnresolved,
         Self::Grant,
         Self::Revoke,
+        Self::DnsRefused,
+        Self::DnsAnswered,
     ];
 
     /// Decodes a reason byte from an event.
@@ -323,6 +334,7 @@ impl Reason {
                 | Self::PolicyApplied
                 | Self::PolicyFallback
                 | Self::Grant
+                | Self::DnsAnswered
         )
     }
 
@@ -404,6 +416,8 @@ impl Reason {
             Self::DirectUnresolved => "direct_unresolved",
             Self::Grant => "grant",
             Self::Revoke => "revoke",
+            Self::DnsRefused => "dns_refused",
+            Self::DnsAnswered => "dns_answered",
         }
     }
 
@@ -499,6 +513,8 @@ impl Reason {
             Self::DirectUnresolved => "a direct entry could not be written to the kernel maps",
             Self::Grant => "a runtime grant was added",
             Self::Revoke => "a runtime grant was revoked",
+            Self::DnsRefused => "the DNS name is not allowed by the policy",
+            Self::DnsAnswered => "the DNS query for an allowed name was answered",
         }
     }
 }

@@ -157,6 +157,16 @@ impl Snapshot {
                 .any(|d| d.is_live(now) && d.target.host == host)
     }
 
+    /// For the DNS filter: whether `host` (normalised) is the host of a
+    /// lane provider's `baseURL`. Lanes have no TTL: they live as long as
+    /// the pack.
+    pub fn is_provider_host(&self, host: &Host) -> bool {
+        self.policy
+            .providers
+            .values()
+            .any(|provider| provider.base_url.host() == host)
+    }
+
     /// The TCP ports the kernel redirects to the transparent listener in
     /// egress mode `redirect`: every port a live allowlist rule names,
     /// except 80 unless that rule allows plain HTTP (port 80 carries
@@ -261,6 +271,33 @@ mod tests {
                 .into_iter()
                 .collect::<Vec<_>>(),
             [80]
+        );
+    }
+
+    #[test]
+    fn provider_hosts_are_the_lanes_base_url_hosts() {
+        let json = r#"{"schema":"ccp.policy.v1","version":"1","issuedAt":"2025-01-01T00:00:00Z","ttlSeconds":86400,
+            "routing":{"matchers":[{"pattern":"claude-*","lane":"a"}]},
+            "providers":{"a":{"baseURL":"https://LLM.Example.test:8443/v1","authHeader":{"mode":"bearer","passthrough":true}}},
+            "fronting":{"allowlist":[{"hostport":"a.test"}]}}"#;
+        let policy = parse_pack(json.as_bytes(), ValidationMode::Signed).unwrap();
+        let snapshot = Snapshot::new(
+            Arc::new(policy),
+            Origin::Fallback {
+                reason: "unit test".into(),
+            },
+            Arc::from(Vec::new()),
+            1,
+        );
+        let host = |name| normalize_host(name).unwrap();
+        assert!(snapshot.is_provider_host(&host("llm.example.test.")));
+        assert!(!snapshot.is_provider_host(&host("example.test")));
+        assert!(!snapshot.is_provider_host(&host("a.test")));
+        let now = UNIX_EPOCH + Duration::from_secs(1_735_689_660);
+        assert!(snapshot.name_allowed("a.test", now));
+        assert!(
+            !snapshot.name_allowed("llm.example.test", now),
+            "not on the allowlist"
         );
     }
 }

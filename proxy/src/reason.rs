@@ -81,6 +81,7 @@ mod tests {
                 Reason::PolicyApplied,
                 Reason::PolicyFallback,
                 Reason::Grant,
+                Reason::DnsAnswered,
             ]
         );
     }
