@@ -13,6 +13,11 @@
 //! socket (only the server's address is read), with a random id, matches the
 //! id and the question, follows CNAMEs inside the answer, retries once on
 //! timeout, and repeats a truncated query over TCP.
+//!
+//! The DNS filter ([`crate::dns`]) asks for one family at a time with
+//! [`Resolver::resolve_family`], which keeps each address's TTL: the
+//! smallest TTL along the CNAME chain for DNS answers, [`UNTIMED_TTL`] for
+//! pins and system-resolver answers (which carry none).
 
 use std::collections::HashMap;
 use std::io;
@@ -20,7 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use policy::host::parse_port;
 use policy::{Host, HostError, normalize_host};
 use thiserror::Error;
@@ -104,6 +109,29 @@ impl ResolveOverrides {
         self.map.get(&(host.clone(), port)).map(Vec::as_slice)
     }
 
+    /// The pinned addresses of a normalised host on any port (ports in
+    /// ascending order, each address once), or `None` when no port of it
+    /// is pinned. The DNS filter answers a pinned name with these.
+    pub fn lookup_host(&self, host: &Host) -> Option<Vec<IpAddr>> {
+        let mut ports: Vec<(u16, &Vec<IpAddr>)> = self
+            .map
+            .iter()
+            .filter(|((pinned, _), _)| pinned == host)
+            .map(|((_, port), addrs)| (*port, addrs))
+            .collect();
+        if ports.is_empty() {
+            return None;
+        }
+        ports.sort_by_key(|(port, _)| *port);
+        let mut out: Vec<IpAddr> = Vec::new();
+        for addr in ports.into_iter().flat_map(|(_, addrs)| addrs.iter()) {
+            if !out.contains(addr) {
+                out.push(*addr);
+            }
+        }
+        Some(out)
+    }
+
     /// Whether the map is empty.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
@@ -130,6 +158,48 @@ pub enum AddrSource {
 pub struct Resolved {
     /// Addresses in dial order.
     pub addrs: Vec<IpAddr>,
+    /// Where they came from.
+    pub source: AddrSource,
+}
+
+/// The TTL of addresses that come without one: `--resolve` pins and
+/// system-resolver (`getaddrinfo`) answers. One minute: short enough that
+/// a changed pin or a changed system answer reaches clients soon, long
+/// enough that clients do not ask again for every connection.
+pub const UNTIMED_TTL: Duration = Duration::from_secs(60);
+
+/// An address family, i.e. the record type of an address question.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4 (`A` records).
+    V4,
+    /// IPv6 (`AAAA` records).
+    V6,
+}
+
+impl Family {
+    /// The record type asked for.
+    pub fn record_type(self) -> RecordType {
+        match self {
+            Self::V4 => RecordType::A,
+            Self::V6 => RecordType::AAAA,
+        }
+    }
+
+    /// Whether `ip` is of this family.
+    pub fn contains(self, ip: IpAddr) -> bool {
+        matches!(
+            (self, ip),
+            (Self::V4, IpAddr::V4(_)) | (Self::V6, IpAddr::V6(_))
+        )
+    }
+}
+
+/// The addresses of one family a name resolved to, each with its TTL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimedResolved {
+    /// Addresses in answer order, each with how long it may be cached.
+    pub addrs: Vec<(IpAddr, Duration)>,
     /// Where they came from.
     pub source: AddrSource,
 }
@@ -271,6 +341,53 @@ impl Resolver {
     }
 }
 
+impl Resolver {
+    /// The addresses of one `family` for a normalised `host`, with TTLs:
+    /// its pins on any port if the operator pinned it (then no upstream is
+    /// asked, and a family with no pins is an empty answer), the literal
+    /// for an IP literal, else the upstream's records (DNS: the record
+    /// TTLs, smallest along the CNAME chain; system resolver:
+    /// [`UNTIMED_TTL`]). A name with no addresses of that family is an
+    /// empty list, not an error.
+    pub async fn resolve_family(
+        &self,
+        host: &Host,
+        family: Family,
+    ) -> Result<TimedResolved, ResolveError> {
+        let untimed = |addrs: Vec<IpAddr>, source| TimedResolved {
+            addrs: addrs
+                .into_iter()
+                .filter(|ip| family.contains(*ip))
+                .map(|ip| (ip, UNTIMED_TTL))
+                .collect(),
+            source,
+        };
+        if let Some(addrs) = self.pins.lookup_host(host) {
+            return Ok(untimed(addrs, AddrSource::Pinned));
+        }
+        let name = match host {
+            Host::Ip(_) => {
+                let ip = host.ip().ok_or_else(|| ResolveError::BadName {
+                    host: host.to_string(),
+                })?;
+                return Ok(untimed(vec![ip], AddrSource::Literal));
+            }
+            Host::Domain(name) => name.as_str(),
+        };
+        match &self.upstream {
+            Upstream::System { timeout } => match system_lookup(name, 0, *timeout).await {
+                Ok(addrs) => Ok(untimed(addrs, AddrSource::Dns)),
+                Err(ResolveError::NoAddresses { .. }) => Ok(untimed(Vec::new(), AddrSource::Dns)),
+                Err(error) => Err(error),
+            },
+            Upstream::Dns(client) => Ok(TimedResolved {
+                addrs: client.query_family(name, family).await?,
+                source: AddrSource::Dns,
+            }),
+        }
+    }
+}
+
 async fn system_lookup(
     host: &str,
     port: u16,
@@ -362,12 +479,34 @@ impl DnsClient {
         }))
     }
 
+    /// The `family` records for `host` with their TTLs (each the smallest
+    /// TTL along the CNAME chain that led to it), following CNAMEs inside
+    /// the answer; an empty list when the name has none of that family.
+    pub async fn query_family(
+        &self,
+        host: &str,
+        family: Family,
+    ) -> Result<Vec<(IpAddr, Duration)>, ResolveError> {
+        let name = fqdn(host)?;
+        self.query_timed(host, &name, family.record_type()).await
+    }
+
     async fn query(
         &self,
         host: &str,
         name: &Name,
         rtype: RecordType,
     ) -> Result<Vec<IpAddr>, ResolveError> {
+        let timed = self.query_timed(host, name, rtype).await?;
+        Ok(timed.into_iter().map(|(ip, _)| ip).collect())
+    }
+
+    async fn query_timed(
+        &self,
+        host: &str,
+        name: &Name,
+        rtype: RecordType,
+    ) -> Result<Vec<(IpAddr, Duration)>, ResolveError> {
         let id = random_id();
         let mut message = Message::new();
         message
@@ -494,7 +633,7 @@ impl DnsClient {
         rtype: RecordType,
         id: u16,
         response: &Message,
-    ) -> Result<Vec<IpAddr>, ResolveError> {
+    ) -> Result<Vec<(IpAddr, Duration)>, ResolveError> {
         let bad = |what| ResolveError::BadAnswer {
             host: host.to_string(),
             server: self.server,
@@ -523,34 +662,47 @@ impl DnsClient {
                 });
             }
         }
-        // Follow CNAMEs inside the answer (bounded by its size).
-        let mut names = vec![name.clone()];
-        for _ in 0..response.answers().len() {
-            let before = names.len();
-            for record in response.answers() {
-                if let RData::CNAME(target) = record.data()
-                    && names.contains(record.name())
-                    && !names.contains(&target.0)
-                {
-                    names.push(target.0.clone());
-                }
-            }
-            if names.len() == before {
-                break;
+        Ok(chain_records(name, rtype, response.answers()))
+    }
+}
+
+/// The `rtype` addresses an answer gives for `name`, following CNAMEs
+/// inside it (bounded by its size, loops ignored), each with the smallest
+/// TTL along the chain that reached it (its own included).
+fn chain_records(name: &Name, rtype: RecordType, answers: &[Record]) -> Vec<(IpAddr, Duration)> {
+    // Each name reached, with the smallest TTL on the way to it.
+    let mut names: Vec<(Name, u32)> = vec![(name.clone(), u32::MAX)];
+    for _ in 0..answers.len() {
+        let before = names.len();
+        for record in answers {
+            if let RData::CNAME(target) = record.data()
+                && let Some(ttl) = reached(&names, record.name())
+                && reached(&names, &target.0).is_none()
+            {
+                names.push((target.0.clone(), ttl.min(record.ttl())));
             }
         }
-        let addrs: Vec<IpAddr> = response
-            .answers()
-            .iter()
-            .filter(|record| names.contains(record.name()))
-            .filter_map(|record| match (record.data(), rtype) {
-                (RData::A(a), RecordType::A) => Some(IpAddr::V4(a.0)),
-                (RData::AAAA(aaaa), RecordType::AAAA) => Some(IpAddr::V6(aaaa.0)),
-                _ => None,
-            })
-            .collect();
-        Ok(addrs)
+        if names.len() == before {
+            break;
+        }
     }
+    answers
+        .iter()
+        .filter_map(|record| {
+            let ttl = reached(&names, record.name())?.min(record.ttl());
+            let ip = match (record.data(), rtype) {
+                (RData::A(a), RecordType::A) => IpAddr::V4(a.0),
+                (RData::AAAA(aaaa), RecordType::AAAA) => IpAddr::V6(aaaa.0),
+                _ => return None,
+            };
+            Some((ip, Duration::from_secs(u64::from(ttl))))
+        })
+        .collect()
+}
+
+/// The TTL on the way to `name`, if the chain reached it.
+fn reached(names: &[(Name, u32)], name: &Name) -> Option<u32> {
+    names.iter().find(|(n, _)| n == name).map(|(_, ttl)| *ttl)
 }
 
 fn fqdn(host: &str) -> Result<Name, ResolveError> {
@@ -721,5 +873,126 @@ mod tests {
             resolved.addrs.iter().all(IpAddr::is_loopback),
             "{resolved:?}"
         );
+    }
+
+    #[test]
+    fn a_host_is_found_on_any_pinned_port() {
+        let mut r = ResolveOverrides::new();
+        r.add_entry("a.test:8443:127.0.0.2").unwrap();
+        r.add_entry("a.test:443:127.0.0.1").unwrap();
+        r.add_entry("a.test:443:[::1]").unwrap();
+        r.add_entry("a.test:8443:127.0.0.1").unwrap();
+        r.add_entry("b.test:443:127.0.0.3").unwrap();
+        assert_eq!(
+            r.lookup_host(&host("A.test.")).unwrap(),
+            vec![
+                "127.0.0.1".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap(),
+                "127.0.0.2".parse().unwrap()
+            ],
+            "ports ascending, each address once"
+        );
+        assert!(r.lookup_host(&host("c.test")).is_none());
+    }
+
+    fn record(owner: &str, ttl: u32, data: RData) -> Record {
+        Record::from_rdata(Name::from_ascii(owner).unwrap(), ttl, data)
+    }
+
+    fn cname(target: &str) -> RData {
+        RData::CNAME(hickory_proto::rr::rdata::CNAME(
+            Name::from_ascii(target).unwrap(),
+        ))
+    }
+
+    fn a(ip: &str) -> RData {
+        RData::A(hickory_proto::rr::rdata::A(ip.parse().unwrap()))
+    }
+
+    #[test]
+    fn ttls_are_the_smallest_along_the_cname_chain() {
+        let answers = vec![
+            record("Alias.test.", 30, cname("mid.test.")),
+            record("mid.test.", 600, cname("end.test.")),
+            record("end.test.", 300, a("192.0.2.1")),
+            record("end.test.", 10, a("192.0.2.2")),
+            // Not on the chain: ignored.
+            record("other.test.", 5, a("192.0.2.9")),
+            // A loop back to the start changes nothing.
+            record("end.test.", 1, cname("alias.test.")),
+        ];
+        let got = chain_records(
+            &Name::from_ascii("alias.test.").unwrap(),
+            RecordType::A,
+            &answers,
+        );
+        assert_eq!(
+            got,
+            vec![
+                ("192.0.2.1".parse().unwrap(), Duration::from_secs(30)),
+                ("192.0.2.2".parse().unwrap(), Duration::from_secs(10)),
+            ]
+        );
+        // AAAA asked: the A records are not answers.
+        assert!(
+            chain_records(
+                &Name::from_ascii("alias.test.").unwrap(),
+                RecordType::AAAA,
+                &answers
+            )
+            .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn families_resolve_with_ttls_from_pins_and_upstream() {
+        let dns = MockDns::start().await;
+        dns.cname("alias.test", "target.test");
+        dns.ttl("alias.test", 40);
+        dns.answer("target.test", &["192.0.2.7", "2001:db8::7"]);
+        dns.ttl("target.test", 90);
+        let mut pins = ResolveOverrides::new();
+        pins.add_entry("pinned.test:8443:127.0.0.9").unwrap();
+        let resolver = Resolver::new(pins, Upstream::Dns(DnsClient::new(dns.addr())));
+        let v4 = resolver
+            .resolve_family(&host("alias.test"), Family::V4)
+            .await
+            .unwrap();
+        assert_eq!(v4.source, AddrSource::Dns);
+        assert_eq!(
+            v4.addrs,
+            vec![("192.0.2.7".parse().unwrap(), Duration::from_secs(40))]
+        );
+        let v6 = resolver
+            .resolve_family(&host("target.test"), Family::V6)
+            .await
+            .unwrap();
+        assert_eq!(
+            v6.addrs,
+            vec![("2001:db8::7".parse().unwrap(), Duration::from_secs(90))]
+        );
+        let pinned = resolver
+            .resolve_family(&host("pinned.test"), Family::V4)
+            .await
+            .unwrap();
+        assert_eq!(pinned.source, AddrSource::Pinned);
+        assert_eq!(
+            pinned.addrs,
+            vec![("127.0.0.9".parse().unwrap(), UNTIMED_TTL)]
+        );
+        let pinned_v6 = resolver
+            .resolve_family(&host("pinned.test"), Family::V6)
+            .await
+            .unwrap();
+        assert!(
+            pinned_v6.addrs.is_empty(),
+            "a pinned name is not asked upstream"
+        );
+        assert!(matches!(
+            resolver
+                .resolve_family(&host("missing.test"), Family::V4)
+                .await,
+            Err(ResolveError::NxDomain { .. })
+        ));
     }
 }

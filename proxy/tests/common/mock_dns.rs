@@ -1,6 +1,8 @@
 //! A mock DNS server on 127.0.0.1 (UDP and TCP, same port) for resolver and
 //! DNS-rebinding tests: answers configured names, NXDOMAIN otherwise, and
 //! can be told to truncate UDP answers or to answer with a wrong id.
+//! CNAMEs chain (up to 8 links); every record has TTL 1 unless [`MockDns::ttl`]
+//! set another for its owner name.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -18,6 +20,7 @@ use tokio::task::JoinHandle;
 struct State {
     addrs: HashMap<String, Vec<IpAddr>>,
     cnames: HashMap<String, String>,
+    ttls: HashMap<String, u32>,
     truncate_udp: bool,
     wrong_id: bool,
     udp_queries: usize,
@@ -127,6 +130,11 @@ impl MockDns {
             .insert(key(name), key(target));
     }
 
+    /// Gives the records owned by `name` (its CNAME or its addresses) `ttl`.
+    pub fn ttl(&self, name: &str, ttl: u32) {
+        self.state.lock().unwrap().ttls.insert(key(name), ttl);
+    }
+
     /// Truncates every UDP answer (TC bit, no records).
     pub fn truncate_udp(&self, on: bool) {
         self.state.lock().unwrap().truncate_udp = on;
@@ -170,11 +178,15 @@ fn answer(state: &State, query: &[u8], udp: bool) -> Option<Vec<u8>> {
     let mut name = key(&question.name().to_ascii());
     let mut owner = question.name().clone();
     let mut found = false;
-    if let Some(target) = state.cnames.get(&name) {
+    let ttl = |name: &str| state.ttls.get(name).copied().unwrap_or(1);
+    for _ in 0..8 {
+        let Some(target) = state.cnames.get(&name) else {
+            break;
+        };
         let target_name = Name::from_ascii(format!("{target}.")).ok()?;
         reply.add_answer(Record::from_rdata(
             owner.clone(),
-            1,
+            ttl(&name),
             RData::CNAME(CNAME(target_name.clone())),
         ));
         owner = target_name;
@@ -189,7 +201,7 @@ fn answer(state: &State, query: &[u8], udp: bool) -> Option<Vec<u8>> {
                 (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(*v6)),
                 _ => continue,
             };
-            reply.add_answer(Record::from_rdata(owner.clone(), 1, rdata));
+            reply.add_answer(Record::from_rdata(owner.clone(), ttl(&name), rdata));
         }
     }
     if !found {
