@@ -31,6 +31,12 @@ pub enum Peer {
         /// Its address.
         addr: SocketAddr,
     },
+    /// A UDP client (the DNS filter): the datagram's source address. The
+    /// daemon looks it up in the kernel's `PEERS` map as UDP.
+    Udp {
+        /// Its address.
+        addr: SocketAddr,
+    },
     /// A unix-socket client, with its credentials when the kernel gave them.
     Unix {
         /// Process id (`SO_PEERCRED`).
@@ -44,6 +50,7 @@ impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Tcp { addr } => write!(f, "{addr}"),
+            Self::Udp { addr } => write!(f, "udp:{addr}"),
             Self::Unix { pid: Some(pid), .. } => write!(f, "unix:pid={pid}"),
             Self::Unix { pid: None, .. } => f.write_str("unix"),
         }
@@ -61,8 +68,24 @@ pub enum RequestKind {
     /// A connection the kernel redirected to the transparent listener
     /// (egress mode `redirect`): the SNI is the host.
     Transparent,
+    /// A DNS query to the DNS filter ([`crate::dns`]): the query name is
+    /// the host, the record type is in [`AuditEvent::dns_type`].
+    Dns,
     /// The request could not be parsed far enough to tell.
     Unknown,
+}
+
+impl RequestKind {
+    /// The stable name (`connect`, `plain_http`, `transparent`, `dns`, `unknown`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::PlainHttp => "plain_http",
+            Self::Transparent => "transparent",
+            Self::Dns => "dns",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 /// One proxy decision with everything known about it.
@@ -116,6 +139,9 @@ pub struct AuditEvent {
     pub end: Option<TunnelEnd>,
     /// The version of the policy snapshot the decision used.
     pub policy_version: Option<String>,
+    /// For [`RequestKind::Dns`]: the query's record type (`A`, `AAAA`,
+    /// `TXT`, ...); `None` for every other kind.
+    pub dns_type: Option<String>,
 }
 
 impl AuditEvent {
@@ -147,6 +173,7 @@ impl AuditEvent {
             total: Duration::ZERO,
             end: None,
             policy_version,
+            dns_type: None,
         }
     }
 }
@@ -326,6 +353,7 @@ mod tests {
             total: Duration::from_micros(1600),
             end: None,
             policy_version: Some("2025-10-21.1".into()),
+            dns_type: None,
         }
     }
 

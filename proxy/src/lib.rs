@@ -2,7 +2,8 @@
 //! allowlisted `host:port`, only when the TLS ClientHello's SNI names that same
 //! host, and only to addresses it resolved and checked itself; and the lane
 //! router ([`router`]), which sends the agent's Anthropic API calls to the
-//! provider each model is routed to, with that provider's credential.
+//! provider each model is routed to, with that provider's credential; and
+//! the DNS filter ([`dns`]), which answers only names the policy allows.
 //!
 //! Layout, one concern per module (DESIGN.md §4):
 //! - [`server`]: [`server::ConnectProxy`], the phases of one connection (I/O edge);
@@ -19,7 +20,9 @@
 //! - [`response`]: the proxy's own HTTP responses;
 //! - [`audit`]: one event per decision, handed to an [`audit::AuditSink`];
 //! - [`router`]: the lane router, one module per concern inside;
-//! - [`transparent`]: the original destination of a kernel-redirected client.
+//! - [`transparent`]: the original destination of a kernel-redirected client;
+//! - [`dns`]: the DNS filter (port 53 of the enforced cgroup, redirected by
+//!   the kernel): wire parsing, the name decision, the UDP/TCP server.
 //!
 //! The lane router (DESIGN.md §5) lives in [`router`].
 #![deny(missing_docs)]
@@ -29,6 +32,7 @@ pub mod attribution;
 pub mod audit;
 pub mod client_hello;
 pub mod decide;
+pub mod dns;
 pub mod forward;
 pub mod net;
 pub mod reason;

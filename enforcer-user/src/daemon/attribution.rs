@@ -4,6 +4,8 @@
 //! - TCP: the client's own address and port in `PEERS` (written by
 //!   `sockops` for sockets of the enforced cgroups). No entry means the
 //!   client is not a process of an enforced cgroup.
+//! - UDP (the DNS filter's datagrams): the datagram's source address and
+//!   port in `PEERS` as UDP, the same way.
 //! - unix sockets: `SO_PEERCRED` gives pid and uid; the cgroup and command
 //!   name are read from `/proc/<pid>` once, at accept.
 //!
@@ -51,8 +53,8 @@ impl KernelAttribution {
         }
     }
 
-    fn tcp(&self, addr: SocketAddr) -> Attribution {
-        match self.peers.lookup(addr, Transport::Tcp) {
+    fn inet(&self, addr: SocketAddr, transport: Transport) -> Attribution {
+        match self.peers.lookup(addr, transport) {
             Ok(Some(task)) => Attribution {
                 enforced: self.tree.contains(task.cgroup_id),
                 identity: ClientIdentity {
@@ -98,7 +100,8 @@ impl KernelAttribution {
 impl ClientAttribution for KernelAttribution {
     fn attribute(&self, peer: &Peer, _local: Option<SocketAddr>) -> Attribution {
         match peer {
-            Peer::Tcp { addr } => self.tcp(*addr),
+            Peer::Tcp { addr } => self.inet(*addr, Transport::Tcp),
+            Peer::Udp { addr } => self.inet(*addr, Transport::Udp),
             Peer::Unix { pid, uid } => self.unix(*pid, *uid),
         }
     }

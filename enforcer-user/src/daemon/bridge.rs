@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use proxy::audit::{AuditEvent, AuditSink, RequestKind};
+use proxy::audit::{AuditEvent, AuditSink};
 
 use super::metrics::Metrics;
 use crate::{
@@ -108,12 +108,8 @@ pub fn proxy_record(event: &AuditEvent) -> AuditRecord {
     record.duration_ms = Some(event.total.as_secs_f64() * 1000.0);
     record.detail = Some(
         serde_json::json!({
-            "kind": match event.kind {
-                RequestKind::Connect => "connect",
-                RequestKind::PlainHttp => "plain_http",
-                RequestKind::Transparent => "transparent",
-                RequestKind::Unknown => "unknown",
-            },
+            "kind": event.kind.as_str(),
+            "dns_type": event.dns_type,
             "ech": event.ech,
             "original_destination": event.original_destination.map(|addr| addr.to_string()),
             "address_class": event.address_class.map(|class| class.as_str()),
