@@ -202,6 +202,7 @@ pub trait AuditSink: Send + Sync {
 /// for deny); values in fields, never in the message.
 pub fn log_event(event: &AuditEvent) {
     let host = event.host.as_deref().unwrap_or("");
+    let dns_type = event.dns_type.as_deref().unwrap_or("");
     let sni = event.sni.join(",");
     let upstream = event.upstream.map(|a| a.to_string()).unwrap_or_default();
     let original = event
@@ -220,6 +221,7 @@ pub fn log_event(event: &AuditEvent) {
         Decision::Allow => tracing::info!(
             decision = event.verdict.decision.as_str(),
             reason = event.verdict.reason.as_str(),
+            kind = event.kind.as_str(),
             client = %event.client,
             pid,
             comm,
@@ -241,6 +243,8 @@ pub fn log_event(event: &AuditEvent) {
         Decision::Deny => tracing::warn!(
             decision = event.verdict.decision.as_str(),
             reason = event.verdict.reason.as_str(),
+            kind = event.kind.as_str(),
+            dns_type,
             client = %event.client,
             pid,
             comm,
