@@ -7,7 +7,7 @@
 //! - [`wire`]: parse the query with hickory-proto (malformed, not a QUERY,
 //!   not exactly one question, or a response: `FORMERR`/`NOTIMP` or drop)
 //!   and build the answer bytes (pure);
-//! - [`decide`]: the decision, a pure function of (question, policy
+//! - [`decide`](mod@decide): the decision, a pure function of (question, policy
 //!   snapshot, now): resolve (A/AAAA of an allowed name), empty (other
 //!   types of an allowed name) or refuse; and which resolved addresses may
 //!   be answered (the proxy's address-class check), with capped TTLs;

@@ -1,7 +1,7 @@
 //! The DNS filter server: [`DnsFilter`] serves UDP datagrams and TCP
 //! connections (2-byte length framing, several queries per connection)
 //! and takes each query through fixed phases, I/O here and judgement in
-//! [`super::decide`]:
+//! [`super::decide`](mod@super::decide):
 //!
 //! 1. a slot among [`DnsLimits::max_in_flight`] queries, else the datagram
 //!    is dropped (UDP) or the connection closed (TCP), counted;
