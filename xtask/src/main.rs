@@ -344,7 +344,7 @@ fn count_list_lines(text: &str) -> u64 {
 }
 
 /// The proxy's fuzz targets (proxy/fuzz) and how long each runs in `test`.
-const FUZZ_TARGETS: [&str; 2] = ["client_hello", "connect_request"];
+const FUZZ_TARGETS: [&str; 3] = ["client_hello", "connect_request", "dns_query"];
 const FUZZ_SECONDS: u32 = 20;
 
 /// Runs one fuzz target for a bounded time from its seeds; a crash fails it.
