@@ -545,3 +545,37 @@ async fn over_the_in_flight_bound_datagrams_are_dropped_and_counted() {
         "the query timeout"
     );
 }
+
+#[tokio::test]
+async fn idle_tcp_connections_are_closed_and_extra_ones_refused() {
+    let dns = mock().await;
+    let limits = DnsLimits {
+        max_tcp_connections: 1,
+        tcp_idle_timeout: Duration::from_millis(300),
+        ..DnsLimits::default()
+    };
+    let f = Filter::start(mock_upstream(&dns), None, limits).await;
+    let mut first = TcpStream::connect(f.tcp).await.unwrap();
+    let answer = tcp_exchange(&mut first, &query("allowed.test.", RecordType::A).1).await;
+    assert_eq!(answer.response_code(), ResponseCode::NoError);
+    // Over the connection bound: closed at once, counted.
+    let mut second = TcpStream::connect(f.tcp).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(f.filter.stats().dropped_overload, 1);
+    // The first one, idle past the timeout, is closed.
+    let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // Its slot is free again.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut third = TcpStream::connect(f.tcp).await.unwrap();
+    let answer = tcp_exchange(&mut third, &query("allowed.test.", RecordType::A).1).await;
+    assert_eq!(answer.response_code(), ResponseCode::NoError);
+}

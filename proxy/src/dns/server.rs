@@ -275,7 +275,7 @@ async fn tcp_connection(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr
     let admitted = Arc::new(attribution::check(shared.gate.as_ref(), &peer, local));
     let (mut reader, writer) = stream.into_split();
     let (answers, queue) = mpsc::channel::<Vec<u8>>(TCP_ANSWER_QUEUE);
-    let writing = write_answers(writer, queue);
+    let writing = write_answers(writer, queue, shared.limits.tcp_idle_timeout);
     let reading = async move {
         let idle = shared.limits.tcp_idle_timeout;
         loop {
@@ -320,8 +320,14 @@ async fn tcp_connection(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr
 }
 
 /// Writes each answer with its length prefix; ends when every sender is
-/// gone or the client stops reading.
-async fn write_answers(mut writer: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>) {
+/// gone, or when the client stops reading (a write not done within
+/// `timeout`): then the queue closes and queries still running drop their
+/// answers at once instead of holding their in-flight slots.
+async fn write_answers(
+    mut writer: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    timeout: Duration,
+) {
     while let Some(answer) = queue.recv().await {
         let Ok(len) = u16::try_from(answer.len()) else {
             continue;
@@ -329,8 +335,9 @@ async fn write_answers(mut writer: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec
         let mut framed = Vec::with_capacity(answer.len() + 2);
         framed.extend_from_slice(&len.to_be_bytes());
         framed.extend_from_slice(&answer);
-        if writer.write_all(&framed).await.is_err() {
-            return;
+        match tokio::time::timeout(timeout, writer.write_all(&framed)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
         }
     }
     let _ = writer.shutdown().await;
