@@ -62,9 +62,16 @@ pub mod map_names {
     /// written by `sockops` once the port is known, deleted when the socket
     /// closes. The transparent listener looks its peers up here.
     pub const REDIRECTS: &str = "REDIRECTS";
+    /// One-slot array of [`crate::RedirectConfig`]: whether port-53 traffic
+    /// (`egress.dns = "filtered"`) is rewritten to the DNS filter, and where
+    /// its listeners are (UDP and TCP share the address and port).
+    /// `recvmsg4/6` give the answers back the resolver's address, and
+    /// `cgroup_skb/egress` records each query's sender in `PEERS` (protocol
+    /// UDP), which the filter looks up to attribute it.
+    pub const DNS_REDIRECT: &str = "DNS_REDIRECT";
 
     /// Every map that is pinned (by name) so enforcement state outlives the loader.
-    pub const PINNED: [&str; 15] = [
+    pub const PINNED: [&str; 16] = [
         CONFIG,
         ALLOW4,
         ALLOW6,
@@ -80,6 +87,7 @@ pub mod map_names {
         REDIRECT_PORTS,
         ORIG_DST,
         REDIRECTS,
+        DNS_REDIRECT,
     ];
 }
 
@@ -133,6 +141,8 @@ pub mod stat {
     pub const EVENTS_LOST: u32 = 1;
     /// TCP connects rewritten to the transparent listener (egress mode `redirect`).
     pub const REDIRECTED: u32 = 2;
+    /// Port-53 connects and sendmsgs rewritten to the DNS filter.
+    pub const DNS_REDIRECTED: u32 = 3;
     /// Denies, by reason: `DENIED_BASE + reason as u32`.
     pub const DENIED_BASE: u32 = 8;
     /// Number of slots.

@@ -10,7 +10,11 @@
 //! some allowlist entry names (`REDIRECT_PORTS`) is rewritten to the
 //! daemon's transparent listener (only while the daemon's tagged socket
 //! listens there), its original destination kept in `ORIG_DST` for
-//! `getpeername4/6` and `sockops`. Everything else is denied with EPERM,
+//! `getpeername4/6` and `sockops`. With `egress.dns = "filtered"`
+//! (`DNS_REDIRECT`), port-53 connects and sendmsgs (UDP and TCP, either
+//! mode) are rewritten to the daemon's DNS filter the same way, under the
+//! same ownership rule; `recvmsg4/6` give its answers the resolver's
+//! address. Everything else is denied with EPERM,
 //! counted in `STATS`, remembered in `RECENT` and sent to userspace
 //! through `EVENTS`.
 //!
@@ -95,6 +99,8 @@ static REDIRECT_PORTS: HashMap<u16, u8> = HashMap::pinned(MAX_REDIRECT_PORTS, 0)
 static ORIG_DST: OrigDstMap = OrigDstMap::new();
 #[map]
 static REDIRECTS: LruHashMap<SocketKey, OriginalDestination> = LruHashMap::pinned(MAX_REDIRECTS, 0);
+#[map]
+static DNS_REDIRECT: Array<RedirectConfig> = Array::pinned(1, 0);
 
 // === unix sockets: the map of the second object's programs (src/unix.rs) ===
 // Declared here so aya creates and pins it with the others; no program of
@@ -329,8 +335,8 @@ fn judge_sock_addr4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let verdict = judge(ctx, hook, &destination);
     if let Ok(Some(listener)) = verdict {
         let l = &listener.addr;
-        // SAFETY: user_ip4 and user_port are writable in connect4 contexts
-        // (only connect hooks redirect); full-width writes.
+        // SAFETY: user_ip4 and user_port are writable in connect4 and
+        // sendmsg4 contexts (the hooks that rewrite); full-width writes.
         unsafe {
             core::ptr::write_volatile(
                 &raw mut (*sa).user_ip4,
@@ -391,8 +397,8 @@ fn judge_sock_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     }
     let verdict = judge(ctx, hook, &destination);
     if let Ok(Some(listener)) = verdict {
-        // SAFETY: user_ip6 and user_port are writable in connect6 contexts
-        // (only connect hooks redirect); full-width writes.
+        // SAFETY: user_ip6 and user_port are writable in connect6 and
+        // sendmsg6 contexts (the hooks that rewrite); full-width writes.
         unsafe {
             write_ip6(sa, &listener.addr);
             core::ptr::write_volatile(&raw mut (*sa).user_port, u32::from(listener.port.to_be()));
@@ -428,8 +434,9 @@ unsafe fn write_ip6(sa: *mut bpf_sock_addr, addr: &[u8; 16]) {
     }
 }
 
-/// The whole connect/sendmsg judgement: [`decide`], then, for a connect
-/// it denied, the redirect ([`redirect_target`]); and the socket's
+/// The whole connect/sendmsg judgement: [`decide`], then, for DNS it
+/// denied, the DNS filter ([`dns_target`]), and for a connect it denied,
+/// the redirect ([`redirect_target`]); and the socket's
 /// bookkeeping for what was allowed (the connecting task, the judged
 /// destination, the original destination of a redirect).
 /// `Ok(Some(listener))`: rewrite the destination to `listener`.
@@ -442,6 +449,7 @@ fn judge(
     let connect = hook == Hook::Connect4 || hook == Hook::Connect6;
     let verdict = match decide(ctx, destination) {
         Ok(()) => Ok(None),
+        Err(Reason::Dns) => dns_target(ctx, destination).map(Some),
         Err(reason) if connect => redirect_target(ctx, destination, reason).map(Some),
         Err(reason) => Err(reason),
     };
@@ -464,10 +472,10 @@ fn judge(
     verdict
 }
 
-/// A redirect: counted, allowed.
+/// A rewrite to a listener of the daemon: allowed (counted where it was
+/// chosen).
 #[inline(always)]
 fn redirected() -> i32 {
-    count(stat::REDIRECTED);
     ALLOW
 }
 
@@ -515,7 +523,118 @@ fn redirect_target(
     if receiver_owner(ctx, &listener) != owner::DAEMON {
         return Err(Reason::EndpointNotOwned);
     }
+    count(stat::REDIRECTED);
     Ok(listener)
+}
+
+// === DNS filter (`egress.dns = "filtered"`) ===
+
+/// For port-53 traffic [`decide`] denied (connect or sendmsg, UDP or TCP):
+/// the daemon's DNS filter listener of the same family to rewrite it to,
+/// when filtering is on (`DNS_REDIRECT`) and the daemon's own tagged
+/// socket of that protocol is what receives there. Otherwise denied: with
+/// filtering off as DNS, with the daemon down as an unowned endpoint, so
+/// nobody else can receive the cgroup's queries.
+#[inline(never)]
+fn dns_target(ctx: &SockAddrContext, destination: &Destination) -> Result<Destination, Reason> {
+    let Some(config) = DNS_REDIRECT.get(0) else {
+        return Err(Reason::Dns);
+    };
+    if config.enabled != 1
+        || (destination.protocol != protocol::TCP && destination.protocol != protocol::UDP)
+    {
+        return Err(Reason::Dns);
+    }
+    let (addr, port) = if is_v4_mapped(&destination.addr) {
+        (config.listen4, config.port4)
+    } else {
+        (config.listen6, config.port6)
+    };
+    if port == 0 {
+        return Err(Reason::EndpointNotOwned);
+    }
+    let listener = Destination {
+        addr,
+        port,
+        ..*destination
+    };
+    if receiver_owner(ctx, &listener) != owner::DAEMON {
+        return Err(Reason::EndpointNotOwned);
+    }
+    count(stat::DNS_REDIRECTED);
+    Ok(listener)
+}
+
+/// Whether `addr`/`port` (as the context or a packet shows a source or
+/// destination) is a DNS filter listener.
+#[inline(always)]
+fn is_dns_listener(config: &RedirectConfig, addr: &[u8; 16], port: u16) -> bool {
+    config.enabled == 1
+        && ((config.port4 != 0 && port == config.port4 && *addr == config.listen4)
+            || (config.port6 != 0 && port == config.port6 && *addr == config.listen6))
+}
+
+/// An answer a rewritten socket receives from the DNS filter shows the
+/// resolver the application sent to (its `ORIG_DST`), so stub resolvers
+/// that check the answer's source accept it. Nothing is ever refused here.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: sa is the program's context; user_ip4/user_port are readable
+    // in recvmsg4 (the datagram's source).
+    let (ip, port) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*sa).user_ip4),
+            core::ptr::read_volatile(&raw const (*sa).user_port),
+        )
+    };
+    let source = v4_mapped(ip.to_ne_bytes());
+    if let Some(config) = DNS_REDIRECT.get(0)
+        && is_dns_listener(config, &source, u16::from_be(port as u16))
+        && let Some(original) = original_of(&ctx)
+        && is_v4_mapped(&original.addr)
+    {
+        let a = &original.addr;
+        // SAFETY: user_ip4 and user_port are writable in recvmsg4.
+        unsafe {
+            core::ptr::write_volatile(
+                &raw mut (*sa).user_ip4,
+                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+            );
+            core::ptr::write_volatile(&raw mut (*sa).user_port, u32::from(original.port.to_be()));
+        }
+    }
+    ALLOW
+}
+
+/// The same for IPv6 sockets (an IPv4 resolver stays IPv4-mapped).
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let mut source = [0u8; 16];
+    // SAFETY: sa is the program's context; user_ip6/user_port are readable
+    // in recvmsg6; exact-width reads.
+    let port = unsafe {
+        for i in 0..4 {
+            let bytes = core::ptr::read_volatile(&raw const (*sa).user_ip6[i]).to_ne_bytes();
+            source[i * 4] = bytes[0];
+            source[i * 4 + 1] = bytes[1];
+            source[i * 4 + 2] = bytes[2];
+            source[i * 4 + 3] = bytes[3];
+        }
+        core::ptr::read_volatile(&raw const (*sa).user_port)
+    };
+    if let Some(config) = DNS_REDIRECT.get(0)
+        && is_dns_listener(config, &source, u16::from_be(port as u16))
+        && let Some(original) = original_of(&ctx)
+    {
+        // SAFETY: user_ip6 and user_port are writable in recvmsg6.
+        unsafe {
+            write_ip6(sa, &original.addr);
+            core::ptr::write_volatile(&raw mut (*sa).user_port, u32::from(original.port.to_be()));
+        }
+    }
+    ALLOW
 }
 
 /// `ORIG_DST`: not cloned (an accepted socket has no original destination).
@@ -1324,7 +1443,88 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
         deny_packet(&ctx, Reason::DestinationMismatch, fam, &addr, proto, port);
         return DENY;
     }
+    record_dns_sender(&ctx, fam, &addr);
     ALLOW
+}
+
+/// A UDP query to the DNS filter: its sender (the packet's source address
+/// and port) goes into `PEERS` with the socket's tag, so the filter can
+/// tell who asked. Here, not at connect: a connected UDP socket gets its
+/// port only after `connect4/6` ran, and its sends never pass `sendmsg4/6`.
+/// A query without an entry is refused as unattributed (fail closed).
+#[inline(never)]
+fn record_dns_sender(ctx: &SkBuffContext, fam: u16, destination: &[u8; 16]) {
+    let Some(config) = DNS_REDIRECT.get(0) else {
+        return;
+    };
+    if config.enabled != 1 {
+        return;
+    }
+    let (source, l4) = if fam == family::INET {
+        let Ok(header) = ctx.load::<[u8; 16]>(0) else {
+            return;
+        };
+        let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & IP_OFFSET_MASK;
+        if header[9] != protocol::UDP || fragment_offset != 0 {
+            return;
+        }
+        (
+            v4_mapped([header[12], header[13], header[14], header[15]]),
+            (header[0] & 0x0f) as usize * 4,
+        )
+    } else {
+        // Only a UDP header right after the fixed header: a query with
+        // extension headers stays unattributed.
+        if ctx.load::<u8>(6) != Ok(protocol::UDP) {
+            return;
+        }
+        let Ok(source) = ctx.load::<[u8; 16]>(8) else {
+            return;
+        };
+        (source, 40)
+    };
+    let Ok(ports) = ctx.load::<[u8; 4]>(l4) else {
+        return;
+    };
+    if !is_dns_listener(
+        config,
+        destination,
+        u16::from_be_bytes([ports[2], ports[3]]),
+    ) {
+        return;
+    }
+    let skb = ctx.skb.skb;
+    // SAFETY: skb is the program's context; sk is readable (may be null).
+    let sk = unsafe { core::ptr::read_volatile(&raw const (*skb).__bindgen_anon_2.sk) };
+    if sk.is_null() {
+        return;
+    }
+    // SAFETY: sk is the packet's (non-null) socket.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return;
+    }
+    let Some(tag) = SOCK_TAGS.tag_of(full.cast()) else {
+        return;
+    };
+    if tag.owner != owner::CGROUP {
+        return;
+    }
+    let key = SocketKey {
+        addr: source,
+        port: u16::from_be_bytes([ports[0], ports[1]]),
+        protocol: protocol::UDP,
+        pad: 0,
+    };
+    let peer = PeerInfo {
+        cgroup_id: tag.cgroup_id,
+        pid: tag.pid,
+        tgid: tag.tgid,
+        uid: tag.uid,
+        pad: 0,
+        comm: tag.comm,
+    };
+    let _ = PEERS.insert(key, peer, 0);
 }
 
 fn ipv6_routing_header(ctx: &SkBuffContext) -> bool {

@@ -579,6 +579,8 @@ fn enforcement_survives_sigkill_and_reattach_leaves_one_program_per_hook() {
         "connect6",
         "getpeername4",
         "getpeername6",
+        "recvmsg4",
+        "recvmsg6",
         "sendmsg4",
         "sendmsg6",
         "setsockopt",

@@ -163,6 +163,20 @@ fn render(status: &CgroupStatus) -> String {
             )
         }
     };
+    let _ = if status.dns_filter.is_empty() {
+        writeln!(
+            out,
+            "  DNS: denied (egress.dns = deny, or no DNS filter listener)"
+        )
+    } else {
+        let listeners: Vec<String> = status.dns_filter.iter().map(ToString::to_string).collect();
+        writeln!(
+            out,
+            "  DNS: filtered (port 53 rewritten to {}; rewritten {})",
+            listeners.join(", "),
+            status.counters.dns_redirected
+        )
+    };
     let now = boot_now_ns();
     let direct: Vec<String> = status
         .direct

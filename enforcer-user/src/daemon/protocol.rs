@@ -326,6 +326,7 @@ mod tests {
                 allowed: 5,
                 events_lost: 1,
                 redirected: 0,
+                dns_redirected: 0,
                 denied: vec![("not_allowlisted".into(), 2)],
             }),
             state_dir: "/var/lib/enforcer".into(),
@@ -335,7 +336,7 @@ mod tests {
             concat!(
                 r#"{"ok":true,"result":{"cgroup":"agents.slice","cgroup_id":42,"credential_names":["ANTHROPIC_API_KEY"],"#,
                 r#""egress_mode":"proxy-only","families_enforced":true,"grants":[{"expires_at":"2026-11-22T10:00:00Z","reason":null,"scope":"proxy","target":"example.com:443"}],"#,
-                r#""kernel":{"allowed":5,"denied":[["not_allowlisted",2]],"events_lost":1,"redirected":0},"#,
+                r#""kernel":{"allowed":5,"denied":[["not_allowlisted",2]],"dns_redirected":0,"events_lost":1,"redirected":0},"#,
                 r#""listeners":{"proxy":"127.0.0.1:3128","router":"127.0.0.1:8787"},"open_tunnels":0,"pid":7,"#,
                 r#""policy":{"expires_at":null,"generation":3,"origin":{"key_id":"k1","kind":"signed","sha256":"ab","source":"/etc/enforcer/policy.pack.json"},"version":"2026-11-22.1"},"state_dir":"/var/lib/enforcer"}}"#
             )

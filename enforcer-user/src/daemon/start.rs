@@ -433,6 +433,8 @@ fn start_kernel(
             debug_log: options.debug_bpf,
             redirect: bound.redirect_settings(),
             redirect_ports: report.snapshot.redirect_ports(SystemTime::now()),
+            // The daemon serves no DNS filter yet: port 53 stays denied.
+            dns: kernel::dns::DnsRedirect::default(),
         },
     )
     .map_err(|source| DaemonError::Attach {

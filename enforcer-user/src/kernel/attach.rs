@@ -26,6 +26,7 @@ use enforcer_ebpf::map_names;
 
 use super::{
     CgroupPath, KernelError, bpffs,
+    dns::DnsRedirect,
     events::EventReader,
     hooks::{HOOKS, HookKind, HookSpec, LSM_PTRACE, LSM_SOCKET_CREATE},
     lsm,
@@ -56,6 +57,9 @@ pub struct AttachOptions {
     pub redirect: RedirectSettings,
     /// TCP ports redirected in mode `redirect` (the allowlist's).
     pub redirect_ports: BTreeSet<u16>,
+    /// The DNS filter's listeners (`egress.dns = "filtered"`); default:
+    /// none, port 53 is denied.
+    pub dns: DnsRedirect,
 }
 
 /// Whether socket families beyond IPv4/IPv6 are enforced by BPF-LSM.
@@ -223,6 +227,7 @@ pub fn attach(cgroup: &CgroupPath, options: &AttachOptions) -> Result<Attachment
     maps.set_endpoints(&options.endpoints)?;
     maps.set_redirect_ports(&options.redirect_ports)?;
     maps.set_redirect(&options.redirect)?;
+    maps.set_dns_redirect(&options.dns)?;
 
     let cgroup_file = cgroup.open()?;
     let mut staged: Vec<(&HookSpec, PinnedLink)> = Vec::new();

@@ -33,7 +33,7 @@ pub struct HookSpec {
 /// Every program enforcer attaches, in attach order. The LSM programs come
 /// last: they are the ones that may fail to load, and the rest stand
 /// without them.
-pub const HOOKS: [HookSpec; 12] = [
+pub const HOOKS: [HookSpec; 14] = [
     HookSpec {
         program: "sock_create",
         kind: HookKind::Sock(CgroupSockAttachType::SockCreate),
@@ -59,6 +59,16 @@ pub const HOOKS: [HookSpec; 12] = [
     HookSpec {
         program: "getpeername6",
         kind: HookKind::SockAddr(CgroupSockAddrAttachType::GetPeerName6),
+    },
+    // Before connect4/6 and sendmsg4/6 for the same reason: once a query
+    // can be rewritten to the DNS filter, its answer shows the resolver.
+    HookSpec {
+        program: "recvmsg4",
+        kind: HookKind::SockAddr(CgroupSockAddrAttachType::UDPRecvMsg4),
+    },
+    HookSpec {
+        program: "recvmsg6",
+        kind: HookKind::SockAddr(CgroupSockAddrAttachType::UDPRecvMsg6),
     },
     HookSpec {
         program: "connect4",

@@ -94,6 +94,8 @@ pub struct Counters {
     pub events_lost: u64,
     /// TCP connects rewritten to the transparent listener.
     pub redirected: u64,
+    /// Port-53 connects and sendmsgs rewritten to the DNS filter.
+    pub dns_redirected: u64,
     /// Denies by reason name (every reason listed, zero included).
     pub denied: Vec<(String, u64)>,
 }
@@ -332,6 +334,7 @@ impl PinnedMaps {
             allowed: read(stat::ALLOWED)?,
             events_lost: read(stat::EVENTS_LOST)?,
             redirected: read(stat::REDIRECTED)?,
+            dns_redirected: read(stat::DNS_REDIRECTED)?,
             denied,
         })
     }

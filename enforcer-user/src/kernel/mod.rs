@@ -8,6 +8,7 @@
 pub mod attach;
 pub mod bpffs;
 pub mod cgroup;
+pub mod dns;
 pub mod events;
 pub mod hooks;
 pub mod lsm;

@@ -53,6 +53,9 @@ pub struct CgroupStatus {
     pub transparent: Vec<std::net::SocketAddr>,
     /// The TCP ports redirected in mode `redirect` (`REDIRECT_PORTS`).
     pub redirect_ports: Vec<u16>,
+    /// The DNS filter listeners port-53 traffic is rewritten to
+    /// (`DNS_REDIRECT`); empty: DNS is denied.
+    pub dns_filter: Vec<std::net::SocketAddr>,
     /// Direct allow entries.
     pub direct: Vec<DirectEntry>,
     /// Counters.
@@ -150,6 +153,10 @@ pub fn one(
             .flatten()
             .collect(),
         redirect_ports: maps.redirect_ports()?.into_iter().collect(),
+        dns_filter: {
+            let dns = maps.dns_redirect()?;
+            [dns.listen4, dns.listen6].into_iter().flatten().collect()
+        },
         cgroup,
         hooks,
         families_enforced,

@@ -69,6 +69,10 @@ impl Layer {
 pub enum Expect {
     /// Refused with `EPERM` by the named layer; its decoy untouched.
     Denied(Layer),
+    /// DNS: refused with `EPERM`, or rewritten by the named layer to the
+    /// daemon's DNS filter (`egress.dns = "filtered"`), so the send
+    /// succeeds; either way its decoy untouched.
+    Filtered(Layer),
     /// A path that must work (the daemon's endpoints, the cgroup's own servers).
     Reached,
 }
@@ -308,13 +312,14 @@ pub const MATRIX: &[AttemptSpec] = &[
         M::UdpSendto,
         Target::Decoy(P::Host6, Udp),
     ),
-    deny(
-        "dns_direct",
-        "DNS (UDP port 53) to a resolver address on this host",
-        L::Sendmsg4,
-        M::UdpSendto,
-        Target::Decoy(P::Dns, Udp),
-    ),
+    AttemptSpec {
+        id: "dns_direct",
+        tries: "DNS (UDP port 53) to a resolver address on this host",
+        expect: Expect::Filtered(L::Sendmsg4),
+        method: M::UdpSendto,
+        target: Target::Decoy(P::Dns, Udp),
+        v6: false,
+    },
     deny(
         "raw_socket",
         "socket(AF_INET, SOCK_RAW)",
@@ -719,8 +724,11 @@ pub fn judge(
             Some(Outcome::Ok {}) => Verdict::Passed,
             _ => Verdict::Broken,
         },
-        Expect::Denied(_) if !claimed => Verdict::NotEnforced,
-        Expect::Denied(_) => {
+        Expect::Denied(_) | Expect::Filtered(_) if !claimed => Verdict::NotEnforced,
+        Expect::Filtered(_) if decoy_hits > 0 => Verdict::Bypass,
+        // Rewritten to the DNS filter: the send went there, not to the decoy.
+        Expect::Filtered(_) if matches!(outcome, Some(Outcome::Ok {})) => Verdict::Passed,
+        Expect::Denied(_) | Expect::Filtered(_) => {
             let reached = decoy_hits > 0 || matches!(outcome, Some(Outcome::Ok {}));
             if reached {
                 return Verdict::Bypass;
@@ -813,6 +821,20 @@ mod tests {
                 "no attempt for {layer:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_dns_row_passes_when_denied_or_filtered_and_never_with_its_decoy_hit() {
+        let row = spec("dns_direct").unwrap();
+        assert_eq!(judge(row, Some(&eperm()), 0, true), Verdict::Passed);
+        assert_eq!(judge(row, Some(&Outcome::Ok {}), 0, true), Verdict::Passed);
+        assert_eq!(judge(row, Some(&Outcome::Ok {}), 1, true), Verdict::Bypass);
+        assert_eq!(judge(row, Some(&eperm()), 1, true), Verdict::Bypass);
+        assert_eq!(judge(row, None, 0, true), Verdict::Inconclusive);
+        assert_eq!(
+            judge(row, Some(&Outcome::Ok {}), 0, false),
+            Verdict::NotEnforced
+        );
     }
 
     #[test]

@@ -171,7 +171,7 @@ pub async fn run(config: &SelftestConfig) -> Result<SelftestReport, SelftestErro
                 matrix::DecoyAddr::Unix(path) => path.display().to_string(),
             });
             let layer = match spec.expect {
-                Expect::Denied(layer) => Some(layer),
+                Expect::Denied(layer) | Expect::Filtered(layer) => Some(layer),
                 Expect::Reached => None,
             };
             let (observed, verdict, decoy_hits) = match planned {

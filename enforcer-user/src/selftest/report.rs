@@ -33,6 +33,7 @@ impl AttemptResult {
     pub fn expected_text(expect: Expect) -> &'static str {
         match expect {
             Expect::Denied(_) => "denied",
+            Expect::Filtered(_) => "denied or filtered",
             Expect::Reached => "reached",
         }
     }

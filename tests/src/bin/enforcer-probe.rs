@@ -64,6 +64,12 @@
 //!                                           (what came back before EOF or 3 s, lossy UTF-8, may be
 //!                                           empty); the transparent-listener tests' client
 //! enforcer-probe http-get ADDR HOST         the same with `GET /probe HTTP/1.1` and `Host: HOST`
+//! enforcer-probe dns-ask KIND ADDR NAME [TYPE]
+//!                                           one DNS query for NAME (A, AAAA or TXT; default A) to
+//!                                           ADDR over KIND (udp-sendto: unconnected; udp-connect;
+//!                                           tcp: length-framed); prints `from ADDR` (recvfrom's
+//!                                           source, or getpeername), `rcode N` and `answer IP TTL`
+//!                                           per address; 3 s for the answer
 //! ```
 //!
 //! With `ENFORCER_PROBE_USER=UID:GID` in its environment the probe drops to
@@ -145,6 +151,16 @@ fn main() -> ExitCode {
                     .as_bytes(),
             )),
             _ => Err("http-get needs ADDR HOST".into()),
+        },
+        "dns-ask" => match (
+            args.get(1).map(String::as_str),
+            addr_arg(&args, 2),
+            args.get(3),
+        ) {
+            (Some(kind), Ok(a), Some(name)) => {
+                dns_ask(kind, a, name, args.get(4).map_or("A", String::as_str))
+            }
+            _ => Err("dns-ask needs KIND ADDR NAME [TYPE]".into()),
         },
         "unjudged" => match (
             args.get(1).map(String::as_str),
@@ -911,6 +927,89 @@ fn first_exchange(addr: SocketAddr, first: &[u8]) -> io::Result<()> {
     }
     let reply = String::from_utf8_lossy(&reply).replace(['\r', '\n'], " ");
     println!("reply {reply}");
+    Ok(())
+}
+
+/// Builds the `dns-ask` query; the I/O is [`ask`].
+fn dns_ask(
+    kind: &str,
+    addr: SocketAddr,
+    name: &str,
+    qtype: &str,
+) -> Result<io::Result<()>, String> {
+    use hickory_proto::{
+        op::{Message, MessageType, OpCode, Query},
+        rr::{Name, RecordType},
+    };
+    let record_type = match qtype {
+        "A" => RecordType::A,
+        "AAAA" => RecordType::AAAA,
+        "TXT" => RecordType::TXT,
+        other => return Err(format!("unknown TYPE {other:?}")),
+    };
+    let name = Name::from_ascii(name).map_err(|error| error.to_string())?;
+    let mut message = Message::new();
+    message
+        .set_id(0x4242)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true);
+    message.add_query(Query::query(name, record_type));
+    let query = message.to_vec().map_err(|error| error.to_string())?;
+    if !matches!(kind, "udp-sendto" | "udp-connect" | "tcp") {
+        return Err(format!("unknown KIND {kind:?}"));
+    }
+    Ok(ask(kind, addr, &query))
+}
+
+/// Sends `query` to `addr` over `kind` and prints what came back.
+fn ask(kind: &str, addr: SocketAddr, query: &[u8]) -> io::Result<()> {
+    use hickory_proto::{op::Message, rr::RData};
+    use std::io::Read as _;
+    let timeout = Some(std::time::Duration::from_secs(3));
+    let mut buf = vec![0u8; 65_535];
+    let (reply, from) = match kind {
+        "udp-sendto" => {
+            let socket = udp_for(addr)?;
+            socket.set_read_timeout(timeout)?;
+            socket.send_to(query, addr)?;
+            let (n, from) = socket.recv_from(&mut buf)?;
+            (buf[..n].to_vec(), from)
+        }
+        "udp-connect" => {
+            let socket = udp_for(addr)?;
+            socket.connect(addr)?;
+            socket.set_read_timeout(timeout)?;
+            socket.send(query)?;
+            let n = socket.recv(&mut buf)?;
+            (buf[..n].to_vec(), socket.peer_addr()?)
+        }
+        _ => {
+            let mut stream = TcpStream::connect(addr)?;
+            stream.set_read_timeout(timeout)?;
+            let mut framed = u16::try_from(query.len())
+                .unwrap_or(u16::MAX)
+                .to_be_bytes()
+                .to_vec();
+            framed.extend_from_slice(query);
+            stream.write_all(&framed)?;
+            let mut length = [0u8; 2];
+            stream.read_exact(&mut length)?;
+            let mut reply = vec![0u8; usize::from(u16::from_be_bytes(length))];
+            stream.read_exact(&mut reply)?;
+            (reply, stream.peer_addr()?)
+        }
+    };
+    println!("from {from}");
+    let message = Message::from_vec(&reply).map_err(io::Error::other)?;
+    println!("rcode {}", u16::from(message.response_code()));
+    for record in message.answers() {
+        match record.data() {
+            RData::A(a) => println!("answer {} {}", a.0, record.ttl()),
+            RData::AAAA(a) => println!("answer {} {}", a.0, record.ttl()),
+            _ => {}
+        }
+    }
     Ok(())
 }
 
