@@ -10,12 +10,11 @@
 
 use std::net::SocketAddr;
 
-use aya::maps::{Array, MapData};
 use enforcer_ebpf::{RedirectConfig, map_names};
 
 use super::{
     KernelError,
-    maps::{PinnedMaps, ip_from_bytes, map_error, mapped_bytes},
+    maps::{PinnedMaps, ip_from_bytes, mapped_bytes},
 };
 
 /// Where the DNS filter listens; no listener at all: port 53 is denied.
@@ -66,24 +65,12 @@ impl DnsRedirect {
 impl PinnedMaps {
     /// Writes where the DNS filter listens (or that there is none).
     pub fn set_dns_redirect(&self, settings: &DnsRedirect) -> Result<(), KernelError> {
-        let name = map_names::DNS_REDIRECT;
-        let mut array: Array<MapData, RedirectConfig> = self
-            .map(name)?
-            .try_into()
-            .map_err(map_error(name, "opening"))?;
-        array
-            .set(0, settings.config(), 0)
-            .map_err(map_error(name, "writing the DNS filter settings"))
+        self.set_listener_config(map_names::DNS_REDIRECT, settings.config())
     }
 
     /// Where the programs send port-53 traffic, as written.
     pub fn dns_redirect(&self) -> Result<DnsRedirect, KernelError> {
-        let name = map_names::DNS_REDIRECT;
-        let array: Array<MapData, RedirectConfig> = self
-            .map(name)?
-            .try_into()
-            .map_err(map_error(name, "opening"))?;
-        let config = array.get(&0, 0).map_err(map_error(name, "reading"))?;
+        let config = self.listener_config(map_names::DNS_REDIRECT)?;
         Ok(DnsRedirect::from_config(&config))
     }
 }

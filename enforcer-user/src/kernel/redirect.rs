@@ -119,24 +119,39 @@ impl RedirectSettings {
 impl PinnedMaps {
     /// Writes the mode and the transparent listeners.
     pub fn set_redirect(&self, settings: &RedirectSettings) -> Result<(), KernelError> {
-        let name = map_names::REDIRECT;
+        self.set_listener_config(map_names::REDIRECT, settings.config())
+    }
+
+    /// Writes the one [`RedirectConfig`] of `name` (`REDIRECT` or `DNS_REDIRECT`).
+    pub(super) fn set_listener_config(
+        &self,
+        name: &'static str,
+        config: RedirectConfig,
+    ) -> Result<(), KernelError> {
         let mut array: Array<MapData, RedirectConfig> = self
             .map(name)?
             .try_into()
             .map_err(map_error(name, "opening"))?;
         array
-            .set(0, settings.config(), 0)
-            .map_err(map_error(name, "writing the redirect settings"))
+            .set(0, config, 0)
+            .map_err(map_error(name, "writing the listener settings"))
     }
 
-    /// The mode and the transparent listeners as written.
-    pub fn redirect(&self) -> Result<RedirectSettings, KernelError> {
-        let name = map_names::REDIRECT;
+    /// The one [`RedirectConfig`] of `name`, as written.
+    pub(super) fn listener_config(
+        &self,
+        name: &'static str,
+    ) -> Result<RedirectConfig, KernelError> {
         let array: Array<MapData, RedirectConfig> = self
             .map(name)?
             .try_into()
             .map_err(map_error(name, "opening"))?;
-        let config = array.get(&0, 0).map_err(map_error(name, "reading"))?;
+        array.get(&0, 0).map_err(map_error(name, "reading"))
+    }
+
+    /// The mode and the transparent listeners as written.
+    pub fn redirect(&self) -> Result<RedirectSettings, KernelError> {
+        let config = self.listener_config(map_names::REDIRECT)?;
         Ok(RedirectSettings::from_config(&config))
     }
 
