@@ -17,7 +17,7 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use policy::Host;
 use proxy::attribution::{Attribution, ClientAttribution, ClientGate, OutsideClients};
 use proxy::audit::{MemorySink, Peer, RequestKind};
-use proxy::dns::{DnsFilter, DnsFilterConfig, DnsLimits, LearnedAnswers};
+use proxy::dns::{DnsFilter, DnsFilterConfig, DnsLimits, LearnedAnswers, LearnedWait};
 use proxy::net::resolve::{DnsClient, ResolveOverrides, Resolver, Upstream};
 use proxy::reason::{Reason, Verdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,11 +33,12 @@ type LearnedCall = (String, Vec<(IpAddr, Duration)>);
 struct Learned(Mutex<Vec<LearnedCall>>);
 
 impl LearnedAnswers for Learned {
-    fn answered(&self, name: &Host, addrs: &[(IpAddr, Duration)]) {
+    fn answered(&self, name: &Host, addrs: &[(IpAddr, Duration)]) -> LearnedWait {
         self.0
             .lock()
             .unwrap()
             .push((name.to_string(), addrs.to_vec()));
+        Box::pin(std::future::ready(()))
     }
 }
 

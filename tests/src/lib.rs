@@ -753,6 +753,109 @@ fn is_source_routed_to(packet: &[u8], destination: std::net::IpAddr) -> bool {
     }
 }
 
+/// A DNS server on loopback standing in for the daemon's `--dns-upstream`:
+/// it answers A and AAAA questions for the names it was given (with their
+/// TTLs), NXDOMAIN for every other name, and counts the queries per name.
+/// Nothing under test ever asks the host's own resolver.
+pub struct MockDns {
+    /// Where it listens (UDP).
+    pub addr: std::net::SocketAddr,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MockDns {
+    /// Serves `records`: `(name, address, TTL seconds)`; a name may repeat.
+    pub fn start(records: &[(&str, std::net::IpAddr, u32)]) -> Self {
+        use hickory_proto::{
+            op::{Message, MessageType, ResponseCode},
+            rr::{Name, RData, Record, RecordType, rdata},
+        };
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let records: Vec<(Name, std::net::IpAddr, u32)> = records
+            .iter()
+            .map(|(name, ip, ttl)| (Name::from_ascii(format!("{name}.")).unwrap(), *ip, *ttl))
+            .collect();
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (asked, stop) = (asked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let Ok(query) = Message::from_vec(&buf[..n]) else {
+                        continue;
+                    };
+                    let Some(question) = query.queries().first().cloned() else {
+                        continue;
+                    };
+                    let name = question.name().to_ascii().to_lowercase();
+                    asked
+                        .lock()
+                        .unwrap()
+                        .push(name.trim_end_matches('.').to_owned());
+                    let mut reply = Message::new();
+                    reply
+                        .set_id(query.id())
+                        .set_message_type(MessageType::Response)
+                        .set_op_code(query.op_code())
+                        .set_recursion_desired(query.recursion_desired())
+                        .set_recursion_available(true)
+                        .add_query(question.clone());
+                    let known: Vec<_> = records
+                        .iter()
+                        .filter(|(n, _, _)| n.to_ascii().eq_ignore_ascii_case(&name))
+                        .collect();
+                    if known.is_empty() {
+                        reply.set_response_code(ResponseCode::NXDomain);
+                    }
+                    for (record_name, ip, ttl) in known {
+                        let data = match (question.query_type(), ip) {
+                            (RecordType::A, std::net::IpAddr::V4(v4)) => RData::A(rdata::A(*v4)),
+                            (RecordType::AAAA, std::net::IpAddr::V6(v6)) => {
+                                RData::AAAA(rdata::AAAA(*v6))
+                            }
+                            _ => continue,
+                        };
+                        reply.add_answer(Record::from_rdata(record_name.clone(), *ttl, data));
+                    }
+                    if let Ok(bytes) = reply.to_vec() {
+                        let _ = socket.send_to(&bytes, from);
+                    }
+                }
+            })
+        };
+        Self {
+            addr,
+            asked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The names asked so far (lower case, no final dot), in order.
+    pub fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+impl Drop for MockDns {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::test_cgroup_owner;

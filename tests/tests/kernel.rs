@@ -34,6 +34,10 @@ mod unix_sockets;
 #[path = "kernel/transparent.rs"]
 mod transparent;
 
+// === issue 15: the DNS filter (tests/kernel/dns_filter.rs) ===
+#[path = "kernel/dns_filter.rs"]
+mod dns_filter;
+
 /// A test cgroup with the programs attached through the library API.
 /// Fields drop in order: events, attachment, then the cgroup guard (which
 /// detaches and removes everything).

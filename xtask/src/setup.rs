@@ -46,6 +46,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // The systemd VM layer's Debian rootfs (`cargo xtask test-vm --systemd`).
     "debootstrap",
     "cpio",
+    // The clients tests (tests/tests/clients.rs): Debian's Go, whose
+    // pure-Go resolver sends its own DNS, built static at test time.
+    "golang-go",
+    // Node's `fetch` ignores the proxy variables (the same tests).
+    "nodejs",
 ];
 
 /// Runs every set-up step.

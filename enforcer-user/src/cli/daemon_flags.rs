@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use enforcer::policy_source::{FetchConfig, LoaderConfig, PackSource};
 use enforcer::{
-    daemon::{DaemonOptions, paths::DEFAULT_STATE_DIR},
+    daemon::{DaemonOptions, dns_sockets::DEFAULT_DNS_LISTEN, paths::DEFAULT_STATE_DIR},
     kernel::{CgroupMount, CgroupPath, maps::parse_socket_addr, redirect::Mode},
 };
 use policy::signing::read_public_key;
@@ -71,10 +71,12 @@ pub struct DaemonFlags {
     /// Refuse a pack whose SHA-256 (hex) is not this one.
     #[arg(long, value_name = "HEX")]
     pub policy_sha256: Option<String>,
-    /// The DNS filter's address (accepted for compatibility; no DNS filter
-    /// is served yet, so DNS from the cgroup stays denied).
-    #[arg(long, value_name = "ADDR", value_parser = parse_socket_addr)]
-    pub dns_listen: Option<SocketAddr>,
+    /// Where the DNS filter listens, UDP and TCP on one loopback address
+    /// (`egress.dns = "filtered"`; port 0: a free port). The cgroup's
+    /// port-53 traffic is rewritten to it; the other address family gets a
+    /// free port on its own loopback.
+    #[arg(long, value_name = "ADDR", value_parser = parse_socket_addr, default_value_t = DEFAULT_DNS_LISTEN)]
+    pub dns_listen: SocketAddr,
     /// State directory: audit database, policy cache, grants.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -180,9 +182,10 @@ impl DaemonFlags {
                 "--policy needs at least one --policy-pubkey to verify the pack's signature"
             );
         }
-        if self.dns_listen.is_some() {
-            tracing::warn!(
-                "--dns-listen: no DNS filter is served yet; DNS from the cgroup stays denied"
+        if !self.dns_listen.ip().is_loopback() {
+            anyhow::bail!(
+                "--dns-listen {}: the DNS filter listens on a loopback address only (127.0.0.0/8 or [::1])",
+                self.dns_listen
             );
         }
         Ok(DaemonOptions {
@@ -211,6 +214,7 @@ impl DaemonFlags {
             selftest_table: false,
             serve_outside_clients: self.serve_outside_clients,
             egress_mode: self.egress_mode.map(Mode::from),
+            dns_listen: self.dns_listen,
         })
     }
 }

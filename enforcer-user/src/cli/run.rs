@@ -299,6 +299,12 @@ async fn under_daemon(
         transparent6: status["listeners"]["transparent6"]
             .as_str()
             .and_then(|a| a.parse().ok()),
+        dns: status["listeners"]["dns"]
+            .as_str()
+            .and_then(|a| a.parse().ok()),
+        dns6: status["listeners"]["dns6"]
+            .as_str()
+            .and_then(|a| a.parse().ok()),
     };
     tracing::info!(cgroup = %cgroup.relative.display(), "using the running daemon");
     // The daemon's pack is not at hand here: confine with the embedded

@@ -100,8 +100,8 @@ pub struct Summary {
     /// Unix socket connects denied (`unix_socket`): host services such as
     /// nscd or a terminal multiplexer's server, not the network.
     pub unix: u64,
-    /// DNS queries denied: kernel denies to port 53 (`dns_not_enforcer`);
-    /// no DNS filter is served yet.
+    /// DNS queries denied: kernel denies to port 53 (`egress.dns = "deny"`)
+    /// and names the DNS filter refused (`dns_refused`).
     pub dns: u64,
     /// Lane-router requests refused.
     pub requests: u64,
@@ -120,6 +120,7 @@ impl Summary {
             }
             match record.source {
                 Source::Kernel if record.reason == Reason::Dns.as_str() => summary.dns += 1,
+                Source::Proxy if record.reason == Reason::DnsRefused.as_str() => summary.dns += 1,
                 Source::Kernel if record.reason == Reason::UnixSocket.as_str() => {
                     summary.unix += 1;
                 }

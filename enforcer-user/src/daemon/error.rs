@@ -16,6 +16,8 @@ pub enum Listener {
     Metrics,
     /// The transparent listener (egress mode `redirect`).
     Transparent,
+    /// The DNS filter's UDP and TCP sockets (`egress.dns = "filtered"`).
+    Dns,
 }
 
 impl Listener {
@@ -26,6 +28,7 @@ impl Listener {
             Self::Router => "--router-listen",
             Self::Metrics => "--metrics-listen",
             Self::Transparent => "--egress-mode",
+            Self::Dns => "--dns-listen",
         }
     }
 }
@@ -38,6 +41,7 @@ impl Listener {
             Self::Router => "the lane router",
             Self::Metrics => "the metrics listener",
             Self::Transparent => "the transparent listener",
+            Self::Dns => "the DNS filter",
         }
     }
 }
@@ -49,6 +53,7 @@ impl fmt::Display for Listener {
             Self::Router => "lane router",
             Self::Metrics => "metrics listener",
             Self::Transparent => "transparent listener",
+            Self::Dns => "DNS filter",
         })
     }
 }

@@ -133,6 +133,7 @@ impl Daemon {
             grants,
             credential_names: credential_names(&snapshot),
             open_tunnels: self.proxy.active_tunnels(),
+            dns: self.dns.as_ref().map(proxy::dns::DnsFilter::stats),
             kernel: self.maps.counters().ok(),
             state_dir: self.state_dir.display().to_string(),
         }

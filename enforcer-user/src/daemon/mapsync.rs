@@ -1,7 +1,9 @@
 //! Keeps the kernel's direct allow maps equal to the policy snapshot's
 //! direct rules (pack `egress.direct` entries and `direct` grants).
 //!
-//! Names are resolved by the daemon's resolver (`--resolve` pins first);
+//! Names are resolved by the daemon's resolver (`--resolve` pins first),
+//! or, while the DNS filter serves, taken from what it answered the
+//! cgroup for them ([`super::learned`]);
 //! addresses the operator wrote (IP literals, pins) are taken as given;
 //! addresses that came from DNS pass the same address-class check as the
 //! proxy's dials (`proxy::net::addr_class::check`), so a rebinding answer cannot
@@ -12,17 +14,19 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use enforcer_ebpf::NEVER_EXPIRES;
-use policy::Snapshot;
+use policy::{DirectRule, Snapshot};
 use proxy::{
     net::addr_class::{LocalAddrs, check},
     net::resolve::{AddrSource, Resolver},
 };
 
+use super::learned::LearnedNames;
 use crate::kernel::{KernelError, PinnedMaps, events::boot_now_ns, maps::Transport};
 
 /// Converts a wall-clock instant to `CLOCK_BOOTTIME` nanoseconds.
@@ -67,8 +71,13 @@ pub struct SyncReport {
 pub struct MapSync {
     maps: PinnedMaps,
     resolver: Resolver,
+    /// With the DNS filter serving: what it answered for direct names.
+    learned: Option<Arc<LearnedNames>>,
     current: HashSet<SocketAddr>,
 }
+
+/// An address a direct rule may reach, where it came from, and until when.
+type Candidate = (IpAddr, AddrSource, Option<SystemTime>);
 
 impl MapSync {
     /// A writer for `maps`, resolving with `resolver`. Entries already in
@@ -82,8 +91,59 @@ impl MapSync {
         Ok(Self {
             maps,
             resolver,
+            learned: None,
             current,
         })
+    }
+
+    /// Takes the addresses of direct rules written as (unpinned) names
+    /// from what the DNS filter answered, instead of resolving them: the
+    /// kernel then allows exactly what the cgroup's clients were told,
+    /// until min(answer TTL, rule expiry).
+    pub fn with_learned_names(mut self, learned: Arc<LearnedNames>) -> Self {
+        self.learned = Some(learned);
+        self
+    }
+
+    /// The addresses `rule` may reach: a pinned name, a literal, or (with
+    /// no DNS filter) a name resolved now, for the rule's life; a name
+    /// the DNS filter answers, its live answers, each until the earlier of
+    /// its TTL and the rule's expiry.
+    async fn candidates(
+        &self,
+        rule: &DirectRule,
+        now: SystemTime,
+    ) -> Result<Vec<Candidate>, String> {
+        let host = &rule.target.host;
+        if let Some(learned) = &self.learned
+            && host.domain().is_some()
+            && self
+                .resolver
+                .pins()
+                .lookup(host, rule.target.port)
+                .is_none()
+        {
+            return Ok(learned
+                .live(host, now)
+                .into_iter()
+                .map(|(ip, until)| {
+                    let until = rule
+                        .expires_at
+                        .map_or(until, |rule_end| rule_end.min(until));
+                    (ip, AddrSource::Dns, Some(until))
+                })
+                .collect());
+        }
+        let resolved = self
+            .resolver
+            .resolve(host, rule.target.port)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(resolved
+            .addrs
+            .into_iter()
+            .map(|ip| (ip, resolved.source, rule.expires_at))
+            .collect())
     }
 
     /// Writes the snapshot's live direct rules and removes everything else.
@@ -98,58 +158,55 @@ impl MapSync {
         // answered. When they cannot be read, DNS answers are refused (an
         // own address could not be told apart from any other).
         let mut local: Option<Result<LocalAddrs, String>> = None;
+        if let Some(learned) = &self.learned {
+            learned.prune(now);
+        }
         for rule in snapshot
             .direct_rules()
             .iter()
             .filter(|rule| rule.is_live(now))
         {
             let target = format!("{}:{}", rule.target.host, rule.target.port);
-            match self
-                .resolver
-                .resolve(&rule.target.host, rule.target.port)
-                .await
-            {
-                Ok(resolved) => {
-                    for ip in resolved.addrs {
-                        // Pinned (`--resolve`) and literal addresses are the operator's own
-                        // choice; DNS answers pass the proxy's own address-class check.
-                        if resolved.source == AddrSource::Dns {
-                            let local = match local.get_or_insert_with(|| {
-                                LocalAddrs::from_system().map_err(|error| error.to_string())
-                            }) {
-                                Ok(local) => &*local,
-                                Err(error) => {
-                                    report.skipped.push((
-                                        target.clone(),
-                                        format!(
-                                            "{ip} (from DNS): refused, this host's own addresses could not be read: {error}"
-                                        ),
-                                    ));
-                                    continue;
-                                }
-                            };
-                            let fronting = &snapshot.policy().fronting;
-                            if let Err(class) =
-                                check(ip, |ip| fronting.private_address_allowed(ip), local)
-                            {
-                                report.skipped.push((
-                                    target.clone(),
-                                    format!(
-                                        "{ip} is a {} address (from DNS): refused",
-                                        class.as_str()
-                                    ),
-                                ));
-                                continue;
-                            }
+            let candidates = match self.candidates(rule, now).await {
+                Ok(candidates) => candidates,
+                Err(why) => {
+                    report.skipped.push((target, why));
+                    continue;
+                }
+            };
+            for (ip, source, expires_at) in candidates {
+                // Pinned (`--resolve`) and literal addresses are the operator's own
+                // choice; DNS answers pass the proxy's own address-class check.
+                if source == AddrSource::Dns {
+                    let local = match local.get_or_insert_with(|| {
+                        LocalAddrs::from_system().map_err(|error| error.to_string())
+                    }) {
+                        Ok(local) => &*local,
+                        Err(error) => {
+                            report.skipped.push((
+                                target.clone(),
+                                format!(
+                                    "{ip} (from DNS): refused, this host's own addresses could not be read: {error}"
+                                ),
+                            ));
+                            continue;
                         }
-                        wanted.push((
-                            SocketAddr::new(ip, rule.target.port),
-                            rule.expires_at,
+                    };
+                    let fronting = &snapshot.policy().fronting;
+                    if let Err(class) = check(ip, |ip| fronting.private_address_allowed(ip), local)
+                    {
+                        report.skipped.push((
                             target.clone(),
+                            format!("{ip} is a {} address (from DNS): refused", class.as_str()),
                         ));
+                        continue;
                     }
                 }
-                Err(error) => report.skipped.push((target, error.to_string())),
+                wanted.push((
+                    SocketAddr::new(ip, rule.target.port),
+                    expires_at,
+                    target.clone(),
+                ));
             }
         }
         // One entry per address; when two rules share it, the later expiry wins.
@@ -183,13 +240,19 @@ impl MapSync {
     }
 }
 
-/// How long to sleep until the next expiry (bounded so a clock jump is
-/// noticed within a minute).
-pub fn until_next(snapshot: &Snapshot, now: SystemTime) -> Duration {
+/// How long to sleep until the next expiry of a rule or of a learned
+/// address (bounded so a clock jump is noticed within a minute).
+pub fn until_next(
+    snapshot: &Snapshot,
+    learned_next: Option<SystemTime>,
+    now: SystemTime,
+) -> Duration {
     let cap = Duration::from_secs(60);
-    snapshot
-        .next_expiry(now)
-        .and_then(|at| at.duration_since(now).ok())
+    let next = match (snapshot.next_expiry(now), learned_next) {
+        (Some(rule), Some(learned)) => Some(rule.min(learned)),
+        (rule, learned) => rule.or(learned),
+    };
+    next.and_then(|at| at.duration_since(now).ok())
         .map_or(cap, |wait| wait.min(cap) + Duration::from_millis(5))
 }
 

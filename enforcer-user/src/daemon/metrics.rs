@@ -47,6 +47,10 @@ pub struct Gauges {
     pub policy_expiry: u64,
     /// The self-test's last result and failures per attempt.
     pub selftest: super::selftest::SelftestMetrics,
+    /// The DNS filter's counters (`None`: no filter, nothing rendered).
+    pub dns: Option<proxy::dns::DnsStatsSnapshot>,
+    /// Port-53 connects and sendmsgs the kernel rewrote to the DNS filter.
+    pub dns_redirected: u64,
 }
 
 /// The daemon's counters.
@@ -132,6 +136,34 @@ impl Metrics {
             "TCP connects the kernel redirected to the transparent listener (egress mode redirect).",
             &[("", gauges.redirected)],
         );
+        if let Some(dns) = &gauges.dns {
+            counter(
+                &mut out,
+                "enforcer_dns_queries_total",
+                "DNS filter queries by outcome (answered, empty, nxdomain, refused, servfail, malformed, dropped_overload).",
+                &[
+                    ("outcome=\"answered\"", dns.answered),
+                    ("outcome=\"empty\"", dns.empty),
+                    ("outcome=\"nxdomain\"", dns.nxdomain),
+                    ("outcome=\"refused\"", dns.refused),
+                    ("outcome=\"servfail\"", dns.servfail),
+                    ("outcome=\"malformed\"", dns.malformed),
+                    ("outcome=\"dropped_overload\"", dns.dropped_overload),
+                ],
+            );
+            counter(
+                &mut out,
+                "enforcer_dns_refusal_events_suppressed_total",
+                "DNS refusals counted but not audited one by one (refusal-event rate limit).",
+                &[("", dns.refusals_suppressed)],
+            );
+            counter(
+                &mut out,
+                "enforcer_dns_redirected_total",
+                "Port-53 connects and datagrams the kernel rewrote to the DNS filter.",
+                &[("", gauges.dns_redirected)],
+            );
+        }
         out.push_str("# HELP enforcer_egress_mode_info The egress mode the kernel enforces (value 1).\n# TYPE enforcer_egress_mode_info gauge\n");
         let _ = writeln!(
             out,
@@ -308,6 +340,25 @@ mod tests {
         assert!(text.contains(
             "enforcer_decisions_total{source=\"proxy\",decision=\"deny\",reason=\"sni_mismatch\"} 2"
         ));
+        assert!(
+            !text.contains("enforcer_dns_queries_total"),
+            "no DNS filter, no DNS counters"
+        );
+        let dns = metrics.render(&Gauges {
+            dns: Some(proxy::dns::DnsStatsSnapshot {
+                answered: 4,
+                refused: 2,
+                ..Default::default()
+            }),
+            dns_redirected: 6,
+            ..Gauges::default()
+        });
+        assert!(
+            dns.contains("\nenforcer_dns_queries_total{outcome=\"answered\"} 4\n")
+                && dns.contains("\nenforcer_dns_queries_total{outcome=\"refused\"} 2\n")
+                && dns.contains("\nenforcer_dns_redirected_total 6\n"),
+            "{dns}"
+        );
         assert!(text.contains("enforcer_router_first_byte_seconds_bucket{le=\"0.0005\"} 0"));
         assert!(text.contains("enforcer_router_first_byte_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("enforcer_relayed_bytes_total{direction=\"down\"} 20"));

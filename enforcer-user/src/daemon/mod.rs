@@ -18,6 +18,8 @@
 //! | `state`     | [`Daemon`]: the state tasks and handlers share             |
 //! | `metrics`   | Prometheus counters, text, and the loopback HTTP endpoint  |
 //! | `mapsync`   | policy direct rules -> kernel direct maps                  |
+//! | `dns_sockets` | the DNS filter's UDP and TCP sockets, one port per family |
+//! | `learned`   | DNS filter answers for direct names -> the map writer       |
 //! | `bridge`    | decisions -> audit records and metrics                     |
 //! | `router`    | the lane router's glue                                     |
 //! | `attribution` | who is behind each accepted connection (kernel `PEERS`)  |
@@ -30,8 +32,10 @@
 pub mod attribution;
 pub mod bridge;
 pub mod control;
+pub mod dns_sockets;
 pub mod error;
 pub mod handlers;
+pub mod learned;
 pub mod mapsync;
 pub mod metrics;
 pub mod notify;
@@ -89,6 +93,9 @@ pub struct DaemonOptions {
     pub serve_outside_clients: bool,
     /// `--egress-mode`: overrides the pack's `egress.mode` (`None`: the pack's).
     pub egress_mode: Option<Mode>,
+    /// `--dns-listen`: where the DNS filter listens (port 0: a free port);
+    /// the other family gets a free port on its loopback.
+    pub dns_listen: SocketAddr,
 }
 
 /// Addresses the daemon actually listens on.
@@ -104,6 +111,12 @@ pub struct Listeners {
     /// Transparent listener, IPv6 (egress mode `redirect`, where `[::1]` exists).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transparent6: Option<SocketAddr>,
+    /// DNS filter, IPv4, UDP and TCP (`egress.dns = "filtered"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<SocketAddr>,
+    /// DNS filter, IPv6 (`egress.dns = "filtered"`, where `[::1]` exists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns6: Option<SocketAddr>,
 }
 
 /// What `run` learns once the daemon enforces.

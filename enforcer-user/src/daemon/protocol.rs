@@ -125,6 +125,9 @@ pub struct StatusResponse {
     pub credential_names: Vec<String>,
     /// Tunnels open in the proxy.
     pub open_tunnels: usize,
+    /// The DNS filter's counters (absent: no filter, `egress.dns = "deny"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<proxy::dns::DnsStatsSnapshot>,
     /// The kernel counters (`null` when the maps cannot be read).
     pub kernel: Option<Counters>,
     /// The state directory (its `audit.db` is where `enforcer run` under
@@ -301,6 +304,8 @@ mod tests {
                 router: "127.0.0.1:8787".parse().unwrap(),
                 transparent: None,
                 transparent6: None,
+                dns: None,
+                dns6: None,
             },
             egress_mode: Mode::ProxyOnly,
             families_enforced: true,
@@ -322,6 +327,7 @@ mod tests {
             }],
             credential_names: vec!["ANTHROPIC_API_KEY".into()],
             open_tunnels: 0,
+            dns: None,
             kernel: Some(Counters {
                 allowed: 5,
                 events_lost: 1,

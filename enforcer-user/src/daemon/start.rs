@@ -6,7 +6,8 @@
 //! 3. listeners bound (their addresses go into the kernel's endpoint map);
 //! 4. kernel: attach re-using the pins of a previous run (no gap), open the
 //!    maps, adopt their direct entries, take the event ring buffer;
-//! 5. background tasks and servers;
+//! 5. background tasks and servers (proxy, transparent listeners, DNS
+//!    filter, router, metrics);
 //! 6. the self-test (the servers accept, so the positive paths can be
 //!    proven; before the first map sync, so a direct entry a previous run
 //!    left is still in the maps and judged): a failure ends start-up with
@@ -20,6 +21,7 @@ use std::{sync::Arc, time::SystemTime};
 use policy::grants::{live_grants, load_grants};
 use proxy::{
     attribution::{ClientGate, OutsideClients},
+    dns::{DnsFilter, DnsFilterConfig, DnsLimits},
     server::{ConnectProxy, ProxyConfig},
     transparent::OriginalDestinations,
 };
@@ -33,7 +35,9 @@ use super::{
     attribution::KernelAttribution,
     bridge::AuditBridge,
     control, credential_names,
+    dns_sockets::DnsSockets,
     error::{DaemonError, KernelStep, Listener},
+    learned::{DirectNameAnswers, LearnedNames},
     mapsync::MapSync,
     metrics::{self, Metrics},
     notify, paths, router,
@@ -92,8 +96,10 @@ pub async fn run(
 
     // 3. Listeners (the transparent ones only in egress mode `redirect`:
     //    `--egress-mode`, else the pack's).
+    //    The DNS filter's sockets where the pack says `egress.dns = "filtered"`.
     let egress_mode = Mode::effective(options.egress_mode, report.snapshot.policy().egress.mode);
-    let bound = Bound::bind(&options, egress_mode).await?;
+    let dns_filtered = report.snapshot.policy().egress.dns == policy::DnsMode::Filtered;
+    let mut bound = Bound::bind(&options, egress_mode, dns_filtered).await?;
     let listeners = bound.listeners;
 
     // 4. Kernel.
@@ -106,6 +112,30 @@ pub async fn run(
         Arc::new(bridge.clone()),
     )
     .with_client_gate(kernel.gate.clone());
+    // The DNS filter; what it answers for direct names feeds the map writer.
+    let dns_sockets = bound.dns.take();
+    let (dns, learned) = match &dns_sockets {
+        Some(_) => {
+            let learned = Arc::new(LearnedNames::default());
+            let filter = DnsFilter::new(DnsFilterConfig {
+                policy: store.subscribe(),
+                resolver: options.resolver.clone(),
+                audit: Arc::new(bridge.clone()),
+                gate: Some(kernel.gate.clone()),
+                learned: Some(Arc::new(DirectNameAnswers::new(
+                    store.subscribe(),
+                    learned.clone(),
+                ))),
+                limits: DnsLimits::default(),
+            });
+            (Some(filter), Some(learned))
+        }
+        None => (None, None),
+    };
+    let mapsync = match &learned {
+        Some(learned) => kernel.mapsync.with_learned_names(learned.clone()),
+        None => kernel.mapsync,
+    };
     let daemon = Arc::new(Daemon {
         cgroup: options.cgroup.clone(),
         cgroup_id: kernel.attachment.cgroup_id,
@@ -116,10 +146,12 @@ pub async fn run(
         state_dir: options.state_dir.clone(),
         bridge: bridge.clone(),
         maps: kernel.status_maps,
-        mapsync: Mutex::new(kernel.mapsync),
+        mapsync: Mutex::new(mapsync),
         proxy: proxy.clone(),
         grant_lock: Mutex::new(()),
         egress_mode,
+        dns: dns.clone(),
+        learned,
         selftest: SelftestRunner::new(
             options.mount.clone(),
             options.cgroup.clone(),
@@ -150,6 +182,14 @@ pub async fn run(
                 .serve_transparent(listener, originals, transparent_stop)
                 .await;
         });
+    }
+    if let (Some(filter), Some(sockets)) = (&dns, dns_sockets) {
+        for pair in sockets.into_pairs() {
+            let (udp_filter, udp_stop) = (filter.clone(), stop());
+            running.spawn(async move { udp_filter.serve_udp(pair.udp, udp_stop).await });
+            let (tcp_filter, tcp_stop) = (filter.clone(), stop());
+            running.spawn(async move { tcp_filter.serve_tcp(pair.tcp, tcp_stop).await });
+        }
     }
     running.spawn(router::serve(
         bound.router,
@@ -191,6 +231,7 @@ pub async fn run(
         while running.join_next().await.is_some() {}
         drop(daemon);
         drop(proxy);
+        drop(dns);
         drop(bridge);
         // The links stay pinned: the cgroup stays enforced after we exit.
         drop(kernel.attachment);
@@ -213,6 +254,7 @@ pub async fn run(
         cgroup_id = kernel.attachment.cgroup_id,
         proxy = %listeners.proxy,
         router = %listeners.router,
+        dns = %listeners.dns.map(|addr| addr.to_string()).unwrap_or_else(|| "denied".to_owned()),
         "enforcing"
     );
     notify::ready();
@@ -249,6 +291,7 @@ pub async fn run(
     while running.join_next().await.is_some() {}
     drop(daemon);
     drop(proxy);
+    drop(dns);
     drop(bridge);
     // The links stay pinned: the cgroup stays enforced after we exit.
     drop(kernel.attachment);
@@ -301,12 +344,19 @@ struct Bound {
     /// The transparent listeners (IPv4, then IPv6 where `[::1]` exists);
     /// none in `proxy-only` mode.
     transparent: Vec<TcpListener>,
+    /// The DNS filter's sockets (`egress.dns = "filtered"`); taken out
+    /// when the filter starts serving.
+    dns: Option<DnsSockets>,
     listeners: Listeners,
     egress_mode: Mode,
 }
 
 impl Bound {
-    async fn bind(options: &DaemonOptions, egress_mode: Mode) -> Result<Self, DaemonError> {
+    async fn bind(
+        options: &DaemonOptions,
+        egress_mode: Mode,
+        dns_filtered: bool,
+    ) -> Result<Self, DaemonError> {
         let proxy = bind_tcp(Listener::Proxy, options.proxy_listen).await?;
         let router = bind_tcp(Listener::Router, options.router_listen).await?;
         let mut listeners = Listeners {
@@ -314,6 +364,8 @@ impl Bound {
             router: local_addr(Listener::Router, &router)?,
             transparent: None,
             transparent6: None,
+            dns: None,
+            dns6: None,
         };
         let mut transparent = Vec::new();
         if egress_mode == Mode::Redirect {
@@ -332,10 +384,20 @@ impl Bound {
                 ),
             }
         }
+        let dns = if dns_filtered {
+            let sockets = DnsSockets::bind(options.dns_listen).await?;
+            let redirect = sockets.redirect();
+            listeners.dns = redirect.listen4;
+            listeners.dns6 = redirect.listen6;
+            Some(sockets)
+        } else {
+            None
+        };
         Ok(Self {
             proxy,
             router,
             transparent,
+            dns,
             listeners,
             egress_mode,
         })
@@ -433,8 +495,12 @@ fn start_kernel(
             debug_log: options.debug_bpf,
             redirect: bound.redirect_settings(),
             redirect_ports: report.snapshot.redirect_ports(SystemTime::now()),
-            // The daemon serves no DNS filter yet: port 53 stays denied.
-            dns: kernel::dns::DnsRedirect::default(),
+            // No DNS filter (`egress.dns = "deny"`): port 53 stays denied.
+            dns: bound
+                .dns
+                .as_ref()
+                .map(DnsSockets::redirect)
+                .unwrap_or_default(),
         },
     )
     .map_err(|source| DaemonError::Attach {
@@ -479,6 +545,12 @@ fn start_kernel(
             .iter()
             .map(|l| l as &dyn std::os::fd::AsFd),
     );
+    //     The DNS filter's sockets, UDP and TCP: port 53 is rewritten only
+    //     while these receive there.
+    for pair in bound.dns.iter().flat_map(DnsSockets::pairs) {
+        claimed.push(&pair.udp);
+        claimed.push(&pair.tcp);
+    }
     ownership::claim_endpoints(&status_maps, &claimed).map_err(step(KernelStep::ClaimEndpoints))?;
     // (f) Agents need a dedicated uid: say so when one is shared.
     super::shared_uids::warn_if_shared(&options.cgroup.absolute);

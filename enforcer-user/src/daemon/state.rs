@@ -6,10 +6,12 @@ use std::{path::PathBuf, sync::Arc, time::SystemTime};
 use policy::{Origin, PolicyStore, Snapshot};
 
 use crate::{audit::Reason, policy_source::Loader};
-use proxy::server::ConnectProxy;
+use proxy::{dns::DnsFilter, server::ConnectProxy};
 use tokio::sync::Mutex;
 
-use super::{Listeners, bridge::AuditBridge, mapsync::MapSync, metrics::Gauges};
+use super::{
+    Listeners, bridge::AuditBridge, learned::LearnedNames, mapsync::MapSync, metrics::Gauges,
+};
 use crate::kernel::{CgroupPath, FamilyEnforcement, PinnedMaps, redirect::Mode};
 
 /// A running daemon's shared state (what the control socket serves).
@@ -42,6 +44,11 @@ pub struct Daemon {
     pub(super) selftest: super::selftest::SelftestRunner,
     /// The egress mode the kernel was told at start-up.
     pub(super) egress_mode: Mode,
+    /// The DNS filter (`egress.dns = "filtered"`), for its counters.
+    pub(super) dns: Option<DnsFilter>,
+    /// What the DNS filter answered for direct names (the map writer's
+    /// source for them, and what wakes it).
+    pub(super) learned: Option<Arc<LearnedNames>>,
 }
 
 impl Daemon {
@@ -100,6 +107,8 @@ impl Daemon {
                 .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs()),
             selftest: self.selftest.metrics(),
+            dns: self.dns.as_ref().map(DnsFilter::stats),
+            dns_redirected: counters.as_ref().map_or(0, |c| c.dns_redirected),
         };
         self.bridge.metrics().render(&gauges)
     }

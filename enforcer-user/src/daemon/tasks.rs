@@ -119,11 +119,28 @@ pub async fn sync_maps(daemon: Arc<Daemon>, shutdown: impl Future<Output = ()>) 
     loop {
         let snapshot = receiver.borrow_and_update().clone();
         let now = SystemTime::now();
+        let generation = daemon.learned.as_ref().map(|learned| learned.generation());
         daemon.sync_maps(&snapshot, now).await;
-        let wait = mapsync::until_next(&snapshot, now);
+        // Answers waiting for their addresses to be allowed go out now.
+        if let (Some(learned), Some(generation)) = (&daemon.learned, generation) {
+            learned.mark_synced(generation);
+        }
+        let learned_next = daemon
+            .learned
+            .as_ref()
+            .and_then(|learned| learned.next_expiry(now));
+        let wait = mapsync::until_next(&snapshot, learned_next, now);
+        // A new answer for a direct name opens its entry at once.
+        let learned = async {
+            match &daemon.learned {
+                Some(learned) => learned.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = &mut shutdown => return,
             changed = receiver.changed() => if changed.is_err() { return },
+            () = learned => {}
             () = tokio::time::sleep(wait) => {}
         }
     }

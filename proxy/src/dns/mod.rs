@@ -28,5 +28,5 @@ pub mod stats;
 pub mod wire;
 
 pub use decide::{DnsDecision, MAX_ANSWER_TTL, decide, select_answers};
-pub use server::{DnsFilter, DnsFilterConfig, DnsLimits, LearnedAnswers};
+pub use server::{DnsFilter, DnsFilterConfig, DnsLimits, LearnedAnswers, LearnedWait};
 pub use stats::{DnsStats, DnsStatsSnapshot};

@@ -11,7 +11,7 @@
 //! 4. [`decide`] under the current policy snapshot: refuse, empty, or resolve;
 //! 5. resolve (pins, then the resolver's upstream) within
 //!    [`DnsLimits::query_timeout`], keep what [`select_answers`] allows, tell
-//!    [`LearnedAnswers`], answer; resolver failure → SERVFAIL.
+//!    [`LearnedAnswers`] (and wait for it), answer; resolver failure → SERVFAIL.
 //!
 //! Every refusal is one [`AuditEvent`] (kind [`RequestKind::Dns`]) unless
 //! the refusal-event token bucket is empty; then it is only counted.
@@ -62,10 +62,15 @@ const LOCAL_ADDRS_TTL: Duration = Duration::from_secs(10);
 /// expiring at the smaller of the answer's TTL and the entry's).
 pub trait LearnedAnswers: Send + Sync {
     /// `name` was answered with `addrs`, each with the TTL it was answered
-    /// with (already capped at [`super::MAX_ANSWER_TTL`]). Called on the
-    /// query's task: return quickly.
-    fn answered(&self, name: &Host, addrs: &[(IpAddr, Duration)]);
+    /// with (already capped at [`super::MAX_ANSWER_TTL`]). The answer is
+    /// sent once the returned future resolves: the daemon waits there
+    /// until the kernel allows those addresses, so the connect the client
+    /// makes right after its answer is not denied. Keep the wait bounded.
+    fn answered(&self, name: &Host, addrs: &[(IpAddr, Duration)]) -> LearnedWait;
 }
+
+/// What [`LearnedAnswers::answered`] hands back: the answer waits for it.
+pub type LearnedWait = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// The filter's own bounds. [`Default`] holds the defaults, in one place.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -443,7 +448,7 @@ impl Shared {
             "DNS answered"
         );
         if let Some(learned) = &self.learned {
-            learned.answered(host, &selected.answers);
+            learned.answered(host, &selected.answers).await;
         }
         Reply::Addresses(
             selected

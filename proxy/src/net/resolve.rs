@@ -297,6 +297,11 @@ impl Resolver {
         Self { pins, upstream }
     }
 
+    /// The operator's `--resolve` pins.
+    pub fn pins(&self) -> &ResolveOverrides {
+        &self.pins
+    }
+
     /// The system resolver with a 5 s bound and no pins.
     pub fn system() -> Self {
         Self::new(

@@ -1,7 +1,8 @@
 //! The daemon as the tests start it: `enforcer attach` on a test cgroup,
 //! with its control socket and state directory in a temporary directory.
-//! Shared by `daemon.rs` and `selftest.rs` (`#[path]`-included; each test
-//! binary uses part of it).
+//! [`Setup`] builds a signed pack and the daemon arguments around it.
+//! Shared by `daemon.rs`, `selftest.rs`, `kernel/` and `clients.rs`
+//! (`#[path]`-included; each test binary uses part of it).
 #![allow(
     dead_code,
     reason = "each test binary that includes this uses part of it"
@@ -113,7 +114,14 @@ impl Daemon {
     /// SIGTERM, then the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
-        terminate(&mut child)
+        let log = self.log.clone();
+        let stopped =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| terminate(&mut child)));
+        stopped.unwrap_or_else(|panic| {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            eprintln!("the daemon's log ({}):\n{text}", log.display());
+            std::panic::resume_unwind(panic)
+        })
     }
 }
 
@@ -148,4 +156,147 @@ pub fn state_dir(label: &str) -> tempfile::TempDir {
         .prefix(&format!("enforcer-{label}-"))
         .tempdir()
         .unwrap()
+}
+
+/// Where the daemon learns its egress mode.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ModeFrom {
+    /// `--egress-mode redirect`.
+    Flag,
+    /// The pack's `"egress": {"mode": "redirect"}`, no flag.
+    Pack,
+    /// `--egress-mode proxy-only`.
+    ProxyOnly,
+}
+
+/// What a [`Setup`]'s pack and daemon arguments hold besides its allowlist.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// Allowlist entries (JSON objects).
+    pub entries: Vec<String>,
+    /// `--resolve` pins (`HOST:PORT:ADDR`).
+    pub pins: Vec<String>,
+    /// Where the egress mode comes from.
+    pub mode: ModeFrom,
+    /// More members of the pack's `egress` object (`"dns":"deny"`), or "".
+    pub egress: String,
+    /// More members of the pack's `fronting` object, or "".
+    pub fronting: String,
+    /// `--dns-upstream`; `None`: a loopback socket that never answers.
+    pub dns_upstream: Option<SocketAddr>,
+}
+
+impl Spec {
+    /// A pack with these entries and pins, nothing else.
+    pub fn new(entries: &[String], pins: &[String], mode: ModeFrom) -> Self {
+        Self {
+            entries: entries.to_vec(),
+            pins: pins.to_vec(),
+            mode,
+            egress: String::new(),
+            fronting: String::new(),
+            dns_upstream: None,
+        }
+    }
+}
+
+/// A signed pack, its key, and the daemon arguments around it. Every
+/// daemon gets `--dns-upstream` at a loopback resolver (by default one
+/// that never answers): nothing under test asks the host's resolver.
+pub struct Setup {
+    _state: tempfile::TempDir,
+    pub state: PathBuf,
+    pub args: Vec<String>,
+    _dns: std::net::UdpSocket,
+}
+
+impl Setup {
+    /// A pack allowing `up.test:PORT` (pinned to 127.0.0.10), nothing else.
+    pub fn new(label: &str, port: u16, mode: ModeFrom) -> Self {
+        Self::with_entries(
+            label,
+            &[format!(r#"{{"hostport":"up.test:{port}"}}"#)],
+            &[format!("up.test:{port}:127.0.0.10")],
+            mode,
+        )
+    }
+
+    /// A pack with these allowlist entries (JSON objects) and `--resolve` pins.
+    pub fn with_entries(label: &str, entries: &[String], pins: &[String], mode: ModeFrom) -> Self {
+        Self::build(label, &Spec::new(entries, pins, mode))
+    }
+
+    /// The pack and arguments `spec` describes.
+    pub fn build(label: &str, spec: &Spec) -> Self {
+        let state = state_dir(label);
+        let dir = state.path().to_owned();
+        let key = dir.join("key");
+        let pack = dir.join("pack.json");
+        let run = |args: &[&str]| {
+            let output = Command::new(enforcer_bin()).args(args).output().unwrap();
+            assert!(output.status.success(), "{args:?}: {output:?}");
+        };
+        run(&["policy", "keygen", "--out", key.to_str().unwrap()]);
+        let mut egress: Vec<&str> = Vec::new();
+        if spec.mode == ModeFrom::Pack {
+            egress.push(r#""mode":"redirect""#);
+        }
+        if !spec.egress.is_empty() {
+            egress.push(&spec.egress);
+        }
+        let mut fronting = vec![format!(r#""allowlist":[{}]"#, spec.entries.join(","))];
+        if !spec.fronting.is_empty() {
+            fronting.push(spec.fronting.clone());
+        }
+        std::fs::write(
+            &pack,
+            format!(
+                r#"{{"schema":"ccp.policy.v1","version":"1","ttlSeconds":3600,
+                "egress":{{{}}},"fronting":{{{}}}}}"#,
+                egress.join(","),
+                fronting.join(",")
+            ),
+        )
+        .unwrap();
+        run(&[
+            "policy",
+            "sign",
+            pack.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        // A resolver that never answers, unless the test brings its own.
+        let dns = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let upstream = spec.dns_upstream.unwrap_or(dns.local_addr().unwrap());
+        let mut args = vec![
+            "--policy".into(),
+            pack.display().to_string(),
+            "--policy-pubkey".into(),
+            format!("{}.pub", key.display()),
+            "--dns-upstream".into(),
+            upstream.to_string(),
+        ];
+        match spec.mode {
+            ModeFrom::Flag => args.extend(["--egress-mode".to_owned(), "redirect".to_owned()]),
+            ModeFrom::ProxyOnly => {
+                args.extend(["--egress-mode".to_owned(), "proxy-only".to_owned()]);
+            }
+            ModeFrom::Pack => {}
+        }
+        for pin in &spec.pins {
+            args.extend(["--resolve".to_owned(), pin.clone()]);
+        }
+        Self {
+            state: dir.join("daemon"),
+            _state: state,
+            args,
+            _dns: dns,
+        }
+    }
+
+    /// `enforcer attach` on `cgroup` with this pack.
+    pub fn start(&self, cgroup: &TestCgroup) -> Daemon {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Daemon::start(cgroup, &self.state, &args)
+    }
 }

@@ -26,8 +26,8 @@ use std::{
 use enforcer_tests::{Decoy, ProbeOutcome, TestCgroup, enforcer_bin, probe_bin, require_root};
 
 #[path = "../common/daemon.rs"]
-mod common;
-use common::{Daemon, state_dir};
+pub(super) mod common;
+use common::{ModeFrom, Setup};
 
 /// What the upstream answers after a ClientHello.
 const UPSTREAM_REPLY: &str = "upstream-saw-client-hello";
@@ -69,98 +69,8 @@ impl Upstream {
     }
 }
 
-/// Where the daemon learns it is in mode `redirect`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ModeFrom {
-    /// `--egress-mode redirect` (the pack says nothing: `proxy-only`).
-    Flag,
-    /// The pack's `"egress": {"mode": "redirect"}`, no flag.
-    Pack,
-}
-
-/// A signed pack allowing `up.test:PORT` (and nothing else), its key, and
-/// the daemon arguments around it.
-struct Setup {
-    _state: tempfile::TempDir,
-    state: std::path::PathBuf,
-    args: Vec<String>,
-    _dns: UdpSocket,
-}
-
-impl Setup {
-    fn new(label: &str, port: u16, mode: ModeFrom) -> Self {
-        Self::with_entries(
-            label,
-            &[format!(r#"{{"hostport":"up.test:{port}"}}"#)],
-            &[format!("up.test:{port}:127.0.0.10")],
-            mode,
-        )
-    }
-
-    /// A pack with these allowlist entries (JSON objects) and `--resolve`
-    /// pins, in mode `redirect` by `mode`.
-    fn with_entries(label: &str, entries: &[String], pins: &[String], mode: ModeFrom) -> Self {
-        let state = state_dir(label);
-        let dir = state.path().to_owned();
-        let key = dir.join("key");
-        let pack = dir.join("pack.json");
-        let run = |args: &[&str]| {
-            let output = Command::new(enforcer_bin()).args(args).output().unwrap();
-            assert!(output.status.success(), "{args:?}: {output:?}");
-        };
-        run(&["policy", "keygen", "--out", key.to_str().unwrap()]);
-        std::fs::write(
-            &pack,
-            format!(
-                r#"{{"schema":"ccp.policy.v1","version":"1","ttlSeconds":3600,{}
-                "fronting":{{"allowlist":[{}]}}}}"#,
-                match mode {
-                    ModeFrom::Pack => r#""egress":{"mode":"redirect"},"#,
-                    ModeFrom::Flag => "",
-                },
-                entries.join(",")
-            ),
-        )
-        .unwrap();
-        run(&[
-            "policy",
-            "sign",
-            pack.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ]);
-        // A resolver that never answers: nothing here may need DNS.
-        let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut args = vec![
-            "--policy".into(),
-            pack.display().to_string(),
-            "--policy-pubkey".into(),
-            format!("{}.pub", key.display()),
-            "--dns-upstream".into(),
-            dns.local_addr().unwrap().to_string(),
-        ];
-        if mode == ModeFrom::Flag {
-            args.extend(["--egress-mode".to_owned(), "redirect".to_owned()]);
-        }
-        for pin in pins {
-            args.extend(["--resolve".to_owned(), pin.clone()]);
-        }
-        Self {
-            state: dir.join("daemon"),
-            _state: state,
-            args,
-            _dns: dns,
-        }
-    }
-
-    fn start(&self, cgroup: &TestCgroup) -> Daemon {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        Daemon::start(cgroup, &self.state, &args)
-    }
-}
-
 /// A port free on 127.0.0.9, 127.0.0.10 and [::1] alike.
-fn shared_free_port() -> (TcpListener, TcpListener, TcpListener) {
+pub(super) fn shared_free_port() -> (TcpListener, TcpListener, TcpListener) {
     for _ in 0..64 {
         let decoy = TcpListener::bind("127.0.0.9:0").unwrap();
         let port = decoy.local_addr().unwrap().port();
