@@ -577,3 +577,188 @@ fn in_proxy_only_mode_proxy_unaware_clients_fail_and_names_still_resolve() {
     assert_eq!(text(&output.stdout), "hello from up.test\n");
     stand.assert_decoys_untouched();
 }
+
+/// A network namespace of the test joined to this host by a veth pair
+/// (`10.231.N.1` here, `10.231.N.2` inside); removed on drop.
+struct NetNs {
+    name: String,
+    host_link: String,
+    /// The address inside the namespace.
+    inside: String,
+    /// Its /30.
+    range: String,
+}
+
+impl NetNs {
+    fn new(tag: &str) -> Self {
+        let n = std::process::id() % 200 + 20;
+        let name = format!("enft-{tag}-{}", std::process::id());
+        let host_link = format!("enft{}h", std::process::id());
+        let peer = format!("enft{}p", std::process::id());
+        let ns = Self {
+            name: name.clone(),
+            host_link: host_link.clone(),
+            inside: format!("10.231.{n}.2"),
+            range: format!("10.231.{n}.0/30"),
+        };
+        let ip = |args: &[&str]| {
+            let output = Command::new("ip").args(args).output().unwrap();
+            assert!(output.status.success(), "ip {args:?}: {output:?}");
+        };
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_link, "type", "veth", "peer", "name", &peer,
+        ]);
+        ip(&["link", "set", &peer, "netns", &name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.231.{n}.1/30"),
+            "dev",
+            &host_link,
+        ]);
+        ip(&["link", "set", &host_link, "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{}/30", ns.inside),
+            "dev",
+            &peer,
+        ]);
+        ip(&["-n", &name, "link", "set", &peer, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_link])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// An ssh-like server inside the namespace: sends a banner on accept,
+/// prints `accepted` per connection.
+const BANNER_SERVER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 2222))
+s.listen(16)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    print("accepted", flush=True)
+    c.sendall(b"SSH-2.0-enforcer-test\r\n")
+    c.close()
+"#;
+
+#[test]
+fn a_direct_entry_by_name_opens_what_the_filter_answered_until_its_ttl_ends() {
+    require_root();
+    let net = Net(33);
+    let stand = Stand::start(net);
+    let ns = NetNs::new("direct");
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "python3",
+            "-c",
+            BANNER_SERVER,
+            &ns.inside,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(server.stdout.take().unwrap());
+    let _server = Owned(server);
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    // The name's answer lives 3 s; the entry itself an hour.
+    let upstream = MockDns::start(&[("git.test", ns.inside.parse().unwrap(), 3)]);
+    let cgroup = TestCgroup::new("clients-direct-name");
+    let mut spec = Spec::new(&[], &[], ModeFrom::ProxyOnly);
+    spec.egress = r#""direct":[{"hostport":"git.test:2222"}]"#.to_owned();
+    spec.fronting = format!(r#""allowPrivateRanges":["{}"]"#, ns.range);
+    spec.dns_upstream = Some(upstream.addr);
+    let setup = Setup::build("clients-direct", &spec);
+    let _daemon = setup.start(&cgroup);
+    let target = format!("{}:2222", ns.inside);
+
+    // Before anyone asked for the name, its address is closed.
+    let (outcome, _) = cgroup.probe(&["tcp-connect", &target]);
+    assert!(outcome.is_eperm(), "before the answer: {outcome:?}");
+    // An ssh-like client: resolves git.test (through the filter) and
+    // connects at once; it reads the server's banner.
+    let client = r#"
+import socket
+s = socket.create_connection(("git.test", 2222), timeout=10)
+print(s.recv(64).decode().strip())
+"#;
+    let output = stand.client(&cgroup, "python3", &["-c", client]);
+    assert!(output.status.success(), "client: {output:?}");
+    assert_eq!(text(&output.stdout).trim(), "SSH-2.0-enforcer-test");
+    let (outcome, _) = cgroup.probe(&["tcp-connect", &target]);
+    assert!(!outcome.is_eperm(), "within the TTL: {outcome:?}");
+    // After the answer's TTL (3 s, at least MIN_LEARNED_TTL): closed again,
+    // though the entry itself lives on.
+    std::thread::sleep(Duration::from_secs(5));
+    let (outcome, _) = cgroup.probe(&["tcp-connect", &target]);
+    assert!(outcome.is_eperm(), "after the TTL: {outcome:?}");
+    assert_eq!(
+        upstream.asked(),
+        vec!["git.test".to_owned(); upstream.asked().len()]
+    );
+    stand.assert_decoys_untouched();
+}
+
+#[test]
+fn a_direct_name_answered_with_loopback_or_metadata_opens_nothing() {
+    require_root();
+    let net = Net(34);
+    let stand = Stand::start(net);
+    let holder = TcpListener::bind((net.decoy(), 2222)).unwrap();
+    let inside = Decoy::tcp(holder);
+    let upstream = MockDns::start(&[
+        ("rebind.test", net.decoy().parse().unwrap(), 60),
+        ("rebind.test", "169.254.169.254".parse().unwrap(), 60),
+    ]);
+    let cgroup = TestCgroup::new("clients-direct-rebind");
+    let mut spec = Spec::new(&[], &[], ModeFrom::ProxyOnly);
+    spec.egress = r#""direct":[{"hostport":"rebind.test:2222"}]"#.to_owned();
+    spec.dns_upstream = Some(upstream.addr);
+    let setup = Setup::build("clients-rebind", &spec);
+    let _daemon = setup.start(&cgroup);
+    let client = r#"
+import socket
+try:
+    socket.create_connection(("rebind.test", 2222), timeout=5)
+    print("connected")
+except PermissionError:
+    print("EPERM")
+except OSError as error:
+    print("error", error)
+"#;
+    let output = stand.client(&cgroup, "python3", &["-c", client]);
+    assert!(output.status.success(), "client: {output:?}");
+    // Loopback and metadata answers are dropped by the filter's own
+    // address-class check: the name resolves to nothing usable, and the
+    // kernel opens nothing.
+    let said = text(&output.stdout);
+    assert!(!said.contains("connected"), "{said}");
+    let (outcome, _) = cgroup.probe(&["tcp-connect", &format!("{}:2222", net.decoy())]);
+    assert!(outcome.is_eperm(), "{outcome:?}");
+    inside.assert_untouched("a loopback answer for a direct name");
+    stand.assert_decoys_untouched();
+}
