@@ -217,10 +217,10 @@ pub struct AllowEntry {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EgressMode {
-    /// TCP connects to a port some allowlist entry names are redirected to the transparent listener (SNI-checked); other connects fail with EPERM.
-    Redirect,
-    /// Only proxy-aware clients work; other connects fail with EPERM. The default until the DNS filter lands (docs/DECISIONS.md).
+    /// TCP connects to a port some allowlist entry names are redirected to the transparent listener (SNI-checked); other connects fail with EPERM. The default.
     #[default]
+    Redirect,
+    /// Only proxy-aware clients work; other connects fail with EPERM.
     ProxyOnly,
 }
 
@@ -250,7 +250,7 @@ pub enum LoopbackMode {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Egress {
-    /// `proxy-only` (default for now) or `redirect`.
+    /// `redirect` (default) or `proxy-only`.
     pub mode: EgressMode,
     /// `filtered` (default) or `deny`.
     pub dns: DnsMode,

@@ -473,7 +473,6 @@ fn grants_expire_in_proxy_and_kernel() {
 fn a_direct_grant_by_name_refuses_rebinding_answers() {
     require_root();
     let cgroup = TestCgroup::new("rebind");
-    let state = state_dir("rebind");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dns = runtime.block_on(mock_dns::MockDns::start());
     // A rebinding answer: loopback and the metadata address.
@@ -481,8 +480,13 @@ fn a_direct_grant_by_name_refuses_rebinding_answers() {
     // The control: a public address the same resolver gives, which is
     // written (a map entry only; nothing connects to it).
     dns.answer("public.test", &["192.88.99.77"]);
-    let resolver = dns.addr().to_string();
-    let daemon = Daemon::start(&cgroup, state.path(), &["--dns-upstream", &resolver]);
+    // With `dns: deny` the map writer resolves names itself (with the DNS
+    // filter serving, names take only the filter's answers: clients.rs).
+    let mut spec = common::Spec::new(&[], &[], common::ModeFrom::ProxyOnly);
+    spec.egress = r#""dns":"deny""#.to_owned();
+    spec.dns_upstream = Some(dns.addr());
+    let setup = common::Setup::build("rebind", &spec);
+    let daemon = setup.start(&cgroup);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let rebind = format!("rebind.test:{port}");

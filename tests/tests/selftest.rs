@@ -400,3 +400,42 @@ fn selftest_on_demand_names_what_a_detached_program_lets_through() {
         "{text}"
     );
 }
+
+#[test]
+fn the_bypass_matrix_passes_in_both_egress_modes() {
+    require_root();
+    for (mode, transparent) in [("redirect", "passed"), ("proxy-only", "not_applicable")] {
+        let cgroup = TestCgroup::new(&format!("selftest-{mode}"));
+        let state = state_dir(&format!("selftest-{mode}"));
+        let daemon = Daemon::start(&cgroup, state.path(), &["--egress-mode", mode]);
+        let output = daemon.cli(&["selftest", "--json"]);
+        assert!(output.status.success(), "{mode}: {output:?}");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["passed"], true, "{mode}: {report:#}");
+        assert_layers_match_this_kernel(
+            &report,
+            &cgroup_status(&status_json(state.path()), &cgroup),
+        );
+        // DNS is filtered in both modes (the fallback pack's `dns`): the
+        // direct query reaches the filter, never the decoy resolver.
+        assert_eq!(
+            verdict(&report, "dns_direct"),
+            "passed",
+            "{mode}: {report:#}"
+        );
+        assert_eq!(
+            verdict(&report, "transparent_reachable"),
+            transparent,
+            "{mode}: {report:#}"
+        );
+        for id in [
+            "tcp4_loopback",
+            "tcp6_host_address",
+            "v6only_wildcard",
+            "ipv6_routing_header",
+        ] {
+            assert_eq!(verdict(&report, id), "passed", "{mode} {id}: {report:#}");
+        }
+        drop(daemon);
+    }
+}

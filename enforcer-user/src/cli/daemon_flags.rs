@@ -109,7 +109,7 @@ pub struct DaemonFlags {
     /// What the kernel does with TCP that does not use the proxy:
     /// `proxy-only` denies it (EPERM); `redirect` sends connects to a port
     /// the allowlist names to the transparent listener, which checks the
-    /// SNI like CONNECT. Default: the pack's `egress.mode` (`proxy-only`
+    /// SNI like CONNECT. Default: the pack's `egress.mode` (`redirect`
     /// unless the pack says otherwise).
     #[arg(long, value_enum, value_name = "MODE")]
     pub egress_mode: Option<EgressModeFlag>,

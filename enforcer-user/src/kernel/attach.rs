@@ -53,7 +53,8 @@ pub struct AttachOptions {
     pub endpoints: Vec<EndpointSpec>,
     /// Turn on the programs' aya-log debug output.
     pub debug_log: bool,
-    /// Egress mode and transparent listeners (default: `proxy-only`).
+    /// Egress mode and transparent listeners (`RedirectSettings::default()`:
+    /// `proxy-only`, no listener; the daemon passes the pack's mode).
     pub redirect: RedirectSettings,
     /// TCP ports redirected in mode `redirect` (the allowlist's).
     pub redirect_ports: BTreeSet<u16>,

@@ -280,10 +280,7 @@ mod tests {
 
     #[test]
     fn the_flag_overrides_the_pack_and_the_default_is_proxy_only() {
-        assert_eq!(
-            Mode::effective(None, EgressMode::default()),
-            Mode::ProxyOnly
-        );
+        assert_eq!(Mode::effective(None, EgressMode::default()), Mode::Redirect);
         assert_eq!(Mode::effective(None, EgressMode::Redirect), Mode::Redirect);
         assert_eq!(
             Mode::effective(Some(Mode::ProxyOnly), EgressMode::Redirect),
