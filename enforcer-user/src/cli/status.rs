@@ -13,7 +13,14 @@ use enforcer::kernel::{
     status::{self, CgroupStatus},
 };
 use enforcer::sandbox::systemd::SliceUnits;
-use enforcer::{daemon::paths::DEFAULT_STATE_DIR, selftest};
+use enforcer::{
+    daemon::{
+        control::ControlClient,
+        paths::{DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR},
+        protocol::Request,
+    },
+    selftest,
+};
 use enforcer_ebpf::NEVER_EXPIRES;
 
 /// Show attached cgroups, their programs, counters and recent denies. Works
@@ -28,6 +35,10 @@ pub struct StatusArgs {
     /// The daemon's state directory (its last self-test report).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: std::path::PathBuf,
+    /// The daemon's control socket: when a daemon answers there, its DNS
+    /// filter's counts are shown for the cgroup it enforces.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    control_socket: std::path::PathBuf,
 }
 
 /// Runs `enforcer status`.
@@ -44,6 +55,18 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let last_selftest = selftest::load_report(&args.state_dir);
+    // Counts only the daemon holds (the DNS filter's answers and
+    // refusals); nothing when no daemon answers.
+    let daemon = ControlClient::new(&args.control_socket)
+        .call(&Request::Status {})
+        .ok();
+    let daemon_dns = |cgroup_id: u64| {
+        daemon
+            .as_ref()
+            .filter(|status| status["cgroup_id"] == cgroup_id)
+            .map(|status| status["dns"].clone())
+            .filter(|dns| !dns.is_null())
+    };
     if args.json {
         println!(
             "{}",
@@ -51,6 +74,10 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "cgroups": cgroups,
                 "slice_units": slice_units,
                 "selftest": last_selftest,
+                "daemon_dns": daemon.as_ref().map(|status| serde_json::json!({
+                    "cgroup_id": status["cgroup_id"],
+                    "dns": status["dns"],
+                })),
             }))?
         );
     } else if cgroups.is_empty() {
@@ -61,6 +88,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         for (cgroup, units) in cgroups.iter().zip(&slice_units) {
             print!("{}", render(cgroup));
+            if let Some(dns) = daemon_dns(cgroup.cgroup_id) {
+                println!("  {}", dns_counts(&dns));
+            }
             println!("  {}", units.describe());
         }
     }
@@ -78,6 +108,20 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon's DNS filter counters as one line.
+fn dns_counts(dns: &serde_json::Value) -> String {
+    let count = |name: &str| dns[name].as_u64().unwrap_or(0);
+    format!(
+        "DNS filter: answered {}, empty {}, refused {} ({} not audited one by one), servfail {}, malformed {}",
+        count("answered"),
+        count("empty"),
+        count("refused"),
+        count("refusals_suppressed"),
+        count("servfail"),
+        count("malformed")
+    )
 }
 
 /// The text form of one cgroup's status.

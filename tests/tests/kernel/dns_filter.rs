@@ -184,11 +184,20 @@ fn port_53_from_the_cgroup_reaches_only_the_filter_and_only_allowed_names_resolv
             >= 7,
         "{status}"
     );
-    let text = Command::new(enforcer_bin()).arg("status").output().unwrap();
+    let text = Command::new(enforcer_bin())
+        .arg("status")
+        .arg("--control-socket")
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.contains("DNS: filtered (port 53 rewritten to 127.0.0.1:"),
         "{text}"
+    );
+    assert!(
+        text.contains("DNS filter: answered 4, empty 1, refused 2 (0 not audited one by one)"),
+        "`enforcer status` shows the daemon's DNS counts: {text}"
     );
 
     // With the daemon gone its sockets are gone: port 53 is denied, never
