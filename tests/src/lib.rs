@@ -856,6 +856,74 @@ impl Drop for MockDns {
     }
 }
 
+/// A test CA and one leaf certificate for `names` (the first is the
+/// subject), written as `ca.pem`, `leaf.pem` and `leaf.key` in `dir` with
+/// `openssl` (P-256, two days); returns the CA's path.
+pub fn test_ca(dir: &Path, names: &[&str]) -> PathBuf {
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (cargo xtask setup installs it)");
+        assert!(output.status.success(), "openssl {args:?}: {output:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"],
+            &["-subj", "/CN=enforcer test CA"],
+            &["-addext", "basicConstraints=critical,CA:TRUE"],
+            &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &["-keyout", "leaf.key", "-out", "leaf.csr"],
+            &["-subj", &format!("/CN={}", names[0])],
+        ]
+        .concat(),
+    );
+    let alt: Vec<String> = names.iter().map(|name| format!("DNS:{name}")).collect();
+    fs::write(
+        dir.join("leaf.ext"),
+        format!(
+            "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            alt.join(",")
+        ),
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    dir.join("ca.pem")
+}
+
 #[cfg(test)]
 mod tests {
     use super::test_cgroup_owner;

@@ -21,11 +21,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_tests::{Decoy, MockDns, TestCgroup, enforcer_bin, require_root};
+use enforcer_tests::{Decoy, MockDns, TestCgroup, require_root, test_ca};
 
 #[path = "common/daemon.rs"]
 mod common;
-use common::{Daemon, ModeFrom, Setup, Spec};
+use common::{Daemon, ModeFrom, Setup, Spec, audit_rows, detail};
 
 /// The addresses of one test's stand-ins, in `127.0.NET.0/24` (each test
 /// its own `NET`, so tests run in parallel).
@@ -244,73 +244,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A CA and one leaf certificate for `names`, as `ca.pem`, `leaf.pem`,
-/// `leaf.key` in `dir`; returns the CA's path.
-fn test_ca(dir: &Path, names: &[&str]) -> PathBuf {
-    let openssl = |args: &[&str]| {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (cargo xtask setup installs it)");
-        assert!(output.status.success(), "openssl {args:?}: {output:?}");
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"],
-            &["-subj", "/CN=enforcer clients test CA"],
-            &["-addext", "basicConstraints=critical,CA:TRUE"],
-            &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req"][..],
-            &ec,
-            &["-keyout", "leaf.key", "-out", "leaf.csr"],
-            &["-subj", &format!("/CN={}", names[0])],
-        ]
-        .concat(),
-    );
-    let alt: Vec<String> = names.iter().map(|name| format!("DNS:{name}")).collect();
-    std::fs::write(
-        dir.join("leaf.ext"),
-        format!(
-            "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-            alt.join(",")
-        ),
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "leaf.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-    ]);
-    dir.join("ca.pem")
-}
-
 /// Starts the HTTPS server for `name` on `ip`:443 and waits until it listens.
 fn https_server(dir: &Path, ip: &str, name: &str) -> Owned {
     let script = dir.join("https_server.py");
@@ -360,41 +293,6 @@ fn go_fetch() -> PathBuf {
         .expect("go (cargo xtask setup installs golang-go)");
     assert!(output.status.success(), "go build: {output:?}");
     binary
-}
-
-/// The proxy's audit rows (JSON) with `filter`, waiting up to 10 s until
-/// `want` of them are stored.
-fn rows(
-    state: &Path,
-    want: usize,
-    filter: impl Fn(&serde_json::Value) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let output = Command::new(enforcer_bin())
-            .args(["events", "--json", "--since", "5m", "--state-dir"])
-            .arg(state)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        let found: Vec<serde_json::Value> = text(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .filter(|row| filter(row))
-            .collect();
-        if found.len() >= want || Instant::now() > deadline {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn kind(row: &serde_json::Value) -> String {
-    row["detail"]
-        .as_str()
-        .and_then(|detail| serde_json::from_str::<serde_json::Value>(detail).ok())
-        .and_then(|detail| detail["kind"].as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// The upstream knows `denied.test` (so its refusal is the policy's, not
@@ -503,15 +401,17 @@ for what, attempt in [
 
     // `enforcer events --since 5m`: the redirected tunnel and the refusal
     // naming the query, both attributed.
-    let refused = rows(&setup.state, 1, |row| {
+    let refused = audit_rows(&setup.state, 1, |row| {
         row["reason"] == "dns_refused" && row["host"] == "denied.test" && row["comm"] == "curl"
     });
     assert!(
         !refused.is_empty(),
         "no dns_refused event for curl's denied.test query"
     );
-    let tunnels = rows(&setup.state, 1, |row| {
-        row["decision"] == "allow" && row["sni"] == "up.test" && kind(row) == "transparent"
+    let tunnels = audit_rows(&setup.state, 1, |row| {
+        row["decision"] == "allow"
+            && row["sni"] == "up.test"
+            && detail(row)["kind"] == "transparent"
     });
     assert!(
         !tunnels.is_empty(),

@@ -769,63 +769,7 @@ impl MockProvider {
     /// A test CA, a certificate for api.anthropic.com from it, and the mock
     /// on [`MOCK_PROVIDER_IP`]:443; returns the mock and the CA's file.
     fn start(dir: &Path) -> (Self, PathBuf) {
-        let openssl = |args: &[&str]| {
-            let output = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("openssl (cargo xtask setup installs it)");
-            assert!(output.status.success(), "openssl {args:?}: {output:?}");
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        openssl(
-            &[
-                &["req", "-x509"][..],
-                &ec,
-                &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"],
-                &["-subj", "/CN=enforcer run_terminal test CA"],
-                &["-addext", "basicConstraints=critical,CA:TRUE"],
-                &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-            ]
-            .concat(),
-        );
-        openssl(
-            &[
-                &["req"][..],
-                &ec,
-                &["-keyout", "leaf.key", "-out", "leaf.csr"],
-                &["-subj", "/CN=api.anthropic.com"],
-            ]
-            .concat(),
-        );
-        std::fs::write(
-            dir.join("leaf.ext"),
-            "subjectAltName=DNS:api.anthropic.com\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "leaf.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "leaf.ext",
-        ]);
+        let ca = enforcer_tests::test_ca(dir, &["api.anthropic.com"]);
         let script = dir.join("mock_provider.py");
         std::fs::write(&script, MOCK_PROVIDER).unwrap();
         let log = dir.join("mock_provider.log");
@@ -853,7 +797,7 @@ impl MockProvider {
             .strip_prefix("ready ")
             .unwrap_or_else(|| panic!("the mock provider did not start: {ready:?}"));
         mock.dns = format!("127.0.0.1:{}", port.trim());
-        (mock, dir.join("ca.pem"))
+        (mock, ca)
     }
 
     fn log(&self) -> String {

@@ -300,3 +300,38 @@ impl Setup {
         Daemon::start(cgroup, &self.state, &args)
     }
 }
+
+/// The audit rows (`enforcer events --json`) of the state directory that
+/// `keep` accepts, waiting up to 10 s until `want` of them are stored.
+pub fn audit_rows(
+    state: &Path,
+    want: usize,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = Command::new(enforcer_bin())
+            .args(["events", "--json", "--since", "1h", "--state-dir"])
+            .arg(state)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .filter(|row| keep(row))
+            .collect();
+        if rows.len() >= want || Instant::now() > deadline {
+            return rows;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A proxy row's `detail`, parsed (`null` when it has none).
+pub fn detail(row: &serde_json::Value) -> serde_json::Value {
+    row["detail"]
+        .as_str()
+        .and_then(|detail| serde_json::from_str(detail).ok())
+        .unwrap_or_default()
+}

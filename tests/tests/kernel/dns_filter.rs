@@ -12,12 +12,11 @@ use std::{
     net::{SocketAddr, TcpListener, UdpSocket},
     path::Path,
     process::Command,
-    time::{Duration, Instant},
 };
 
 use enforcer_tests::{Decoy, MockDns, ProbeOutcome, TestCgroup, enforcer_bin, require_root};
 
-use super::transparent::common::{ModeFrom, Setup, Spec};
+use super::transparent::common::{ModeFrom, Setup, Spec, audit_rows, detail};
 
 /// What `enforcer-probe dns-ask` printed.
 #[derive(Debug)]
@@ -78,32 +77,11 @@ fn resolver_decoys(addr: &str) -> (Decoy, Decoy) {
     (Decoy::udp(udp), Decoy::tcp(tcp))
 }
 
-/// The proxy's DNS audit rows (JSON) of the probes, waiting up to 10 s
-/// until `want` of them are stored.
+/// The proxy's DNS audit rows.
 fn dns_rows(state: &Path, want: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let output = Command::new(enforcer_bin())
-            .args(["events", "--json", "--state-dir"])
-            .arg(state)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .filter(|row: &serde_json::Value| {
-                row["source"] == "proxy"
-                    && row["detail"]
-                        .as_str()
-                        .is_some_and(|detail| detail.contains(r#""kind":"dns""#))
-            })
-            .collect();
-        if rows.len() >= want || Instant::now() > deadline {
-            return rows;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    audit_rows(state, want, |row| {
+        row["source"] == "proxy" && detail(row)["kind"] == "dns"
+    })
 }
 
 #[test]

@@ -20,14 +20,14 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU32, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use enforcer_tests::{Decoy, ProbeOutcome, TestCgroup, enforcer_bin, probe_bin, require_root};
 
 #[path = "../common/daemon.rs"]
 pub(super) mod common;
-use common::{ModeFrom, Setup};
+use common::{ModeFrom, Setup, audit_rows, detail};
 
 /// What the upstream answers after a ClientHello.
 const UPSTREAM_REPLY: &str = "upstream-saw-client-hello";
@@ -119,38 +119,14 @@ fn first_exchange(
     Ok((line("peer "), line("reply")))
 }
 
-/// The proxy's audit rows (JSON) for the probes' transparent connections
-/// (the start-up self-test's direct connect to the listener is left out),
-/// waiting up to 10 s until `want` of them are stored.
+/// The proxy's audit rows for the probes' transparent connections (the
+/// start-up self-test's direct connect to the listener is left out).
 fn transparent_rows(state: &Path, want: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let output = Command::new(enforcer_bin())
-            .args(["events", "--json", "--state-dir"])
-            .arg(state)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .filter(|row: &serde_json::Value| {
-                row["source"] == "proxy"
-                    && row["comm"] == "enforcer-probe"
-                    && row["detail"]
-                        .as_str()
-                        .is_some_and(|detail| detail.contains(r#""kind":"transparent""#))
-            })
-            .collect();
-        if rows.len() >= want || Instant::now() > deadline {
-            return rows;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn detail(row: &serde_json::Value) -> serde_json::Value {
-    serde_json::from_str(row["detail"].as_str().unwrap()).unwrap()
+    audit_rows(state, want, |row| {
+        row["source"] == "proxy"
+            && row["comm"] == "enforcer-probe"
+            && detail(row)["kind"] == "transparent"
+    })
 }
 
 #[test]
