@@ -200,7 +200,7 @@ impl ConnectProxy {
 
     /// Accepts connections the kernel redirected (egress mode `redirect`)
     /// until `shutdown` resolves, and takes each through
-    /// [`handle_transparent`]. `originals` says where each client asked to go.
+    /// `handle_transparent`. `originals` says where each client asked to go.
     pub async fn serve_transparent(
         &self,
         listener: TcpListener,

@@ -1,6 +1,6 @@
 //! The kernel side of enforcement, seen from userspace.
 //!
-//! Load, attach and pin are separate steps ([`attach`]); [`detach`] undoes
+//! Load, attach and pin are separate steps ([`attach()`]); [`detach`] undoes
 //! them. State lives in bpffs pins ([`paths`]), so enforcement outlives the
 //! process that attached it (fail-closed) and `status` can read it back
 //! with no daemon running ([`status`]).

@@ -3,7 +3,7 @@
 //!
 //! Each [`AttemptSpec`] says what one attempt tries, which kernel layer
 //! claims to stop it (or that it is a path that must work), and what it is
-//! aimed at. [`plan`] fills in the concrete addresses (decoys, endpoints);
+//! aimed at. [`plan_one`] fills in the concrete addresses (decoys, endpoints);
 //! [`judge`] turns the probe's [`Outcome`] and the decoy's hit count into a
 //! [`Verdict`]. Nothing here touches a socket.
 

@@ -14,7 +14,7 @@
 //! 8. relay the response ([`super::stream`]).
 //!
 //! [`handle`] reads as that list: each phase is a function that returns
-//! `Result<_, RouteError>`, and every refusal goes through [`refuse`], so
+//! `Result<_, RouteError>`, and every refusal goes through `refuse`, so
 //! every request ends in one Anthropic-shaped error or one relayed response,
 //! and in one audit event ([`Pending`] emits on drop if the task dies).
 //! The policy snapshot is taken once at arrival: a reload never changes a
