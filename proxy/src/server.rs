@@ -23,7 +23,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use policy::{Host, Limits, Snapshot};
@@ -40,7 +40,7 @@ use crate::decide::{
     RequestDecision, TransparentDecision, decide_client_hello, decide_request, decide_transparent,
 };
 use crate::forward::origin_head;
-use crate::net::addr_class::LocalAddrs;
+use crate::net::addr_class::{LocalAddrs, LocalAddrsCache};
 use crate::net::dial::{AddressCheck, DialError, dial};
 use crate::net::resolve::Resolver;
 use crate::reason::{Reason, Verdict};
@@ -103,7 +103,7 @@ struct ProxyState {
     gate: Option<ClientGate>,
     tunnels: Arc<Admission>,
     rejecting: Arc<Admission>,
-    local_addrs: Mutex<Option<(Instant, Arc<LocalAddrs>)>>,
+    local_addrs: LocalAddrsCache,
     /// Set once by [`ConnectProxy::abort_all`]; every connection task watches it.
     aborted: watch::Sender<bool>,
 }
@@ -117,6 +117,7 @@ impl ConnectProxy {
         resolver: Resolver,
         audit: Arc<dyn AuditSink>,
     ) -> Self {
+        let local_addrs = LocalAddrsCache::new(config.local_addrs_ttl);
         Self {
             shared: Arc::new(ProxyState {
                 config,
@@ -126,7 +127,7 @@ impl ConnectProxy {
                 gate: None,
                 tunnels: Admission::new(),
                 rejecting: Admission::new(),
-                local_addrs: Mutex::new(None),
+                local_addrs,
                 aborted: watch::Sender::new(false),
             }),
         }
@@ -150,7 +151,7 @@ impl ConnectProxy {
                 gate: Some(gate),
                 tunnels: shared.tunnels.clone(),
                 rejecting: shared.rejecting.clone(),
-                local_addrs: Mutex::new(None),
+                local_addrs: LocalAddrsCache::new(shared.config.local_addrs_ttl),
                 aborted: shared.aborted.clone(),
             },
         };
@@ -273,26 +274,7 @@ async fn accept_backoff(error: io::Error) {
 impl ProxyState {
     /// This host's interface addresses, refreshed at most every `local_addrs_ttl`.
     fn local_addrs(&self) -> Arc<LocalAddrs> {
-        let mut cached = match self.local_addrs.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some((at, addrs)) = cached.as_ref()
-            && at.elapsed() < self.config.local_addrs_ttl
-        {
-            return addrs.clone();
-        }
-        let addrs = match LocalAddrs::from_system() {
-            Ok(addrs) => Arc::new(addrs),
-            Err(error) => {
-                tracing::warn!(error = %error, "getifaddrs failed; keeping the previous interface addresses");
-                cached
-                    .as_ref()
-                    .map_or_else(|| Arc::new(LocalAddrs::default()), |(_, a)| a.clone())
-            }
-        };
-        *cached = Some((Instant::now(), addrs.clone()));
-        addrs
+        self.local_addrs.get()
     }
 
     /// The request-head bounds: the proxy's own and the policy's.

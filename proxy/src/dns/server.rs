@@ -37,7 +37,7 @@ use tokio::time::Instant;
 
 use crate::attribution::{self, Admitted, ClientGate};
 use crate::audit::{AuditEvent, AuditSink, Peer, RequestKind};
-use crate::net::addr_class::LocalAddrs;
+use crate::net::addr_class::LocalAddrsCache;
 use crate::net::resolve::{Family, ResolveError, Resolver};
 use crate::reason::{Reason, Verdict};
 use crate::server::PolicyWatch;
@@ -152,7 +152,7 @@ struct Shared {
     tcp_connections: Arc<Semaphore>,
     refusal_events: Mutex<TokenBucket>,
     stats: DnsStats,
-    local_addrs: Mutex<Option<(Instant, Arc<LocalAddrs>)>>,
+    local_addrs: LocalAddrsCache,
 }
 
 /// The transport a query came over: it bounds the answer's size.
@@ -186,7 +186,7 @@ impl DnsFilter {
                 )),
                 limits,
                 stats: DnsStats::default(),
-                local_addrs: Mutex::new(None),
+                local_addrs: LocalAddrsCache::new(LOCAL_ADDRS_TTL),
             }),
         }
     }
@@ -424,7 +424,7 @@ impl Shared {
                 return Reply::ServFail;
             }
         };
-        let local = self.local_addrs();
+        let local = self.local_addrs.get();
         let selected = select_answers(&resolved, &snapshot.policy().fronting, &local);
         if let Some((_, class)) = selected.refused.first() {
             tracing::info!(
@@ -495,29 +495,5 @@ impl Shared {
         event.handshake = started.elapsed();
         event.total = event.handshake;
         self.audit.record(event);
-    }
-
-    /// This host's interface addresses, refreshed at most every [`LOCAL_ADDRS_TTL`].
-    fn local_addrs(&self) -> Arc<LocalAddrs> {
-        let mut cached = match self.local_addrs.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some((at, addrs)) = cached.as_ref()
-            && at.elapsed() < LOCAL_ADDRS_TTL
-        {
-            return addrs.clone();
-        }
-        let addrs = match LocalAddrs::from_system() {
-            Ok(addrs) => Arc::new(addrs),
-            Err(error) => {
-                tracing::warn!(error = %error, "getifaddrs failed; keeping the previous interface addresses");
-                cached
-                    .as_ref()
-                    .map_or_else(|| Arc::new(LocalAddrs::default()), |(_, a)| a.clone())
-            }
-        };
-        *cached = Some((Instant::now(), addrs.clone()));
-        addrs
     }
 }

@@ -17,6 +17,8 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use policy::Fronting;
 use serde::Serialize;
@@ -102,6 +104,46 @@ impl std::fmt::Display for AddressClass {
 }
 
 // === impl LocalAddrs ===
+
+/// [`LocalAddrs`] read at most once per `ttl` (interfaces change rarely;
+/// reading them on every dial or answer would cost a syscall walk). When
+/// a read fails the previous set is kept (empty before the first).
+#[derive(Debug)]
+pub struct LocalAddrsCache {
+    ttl: Duration,
+    cached: Mutex<Option<(Instant, Arc<LocalAddrs>)>>,
+}
+
+impl LocalAddrsCache {
+    /// A cache that reads the interfaces again after `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// This host's interface addresses, at most `ttl` old.
+    pub fn get(&self) -> Arc<LocalAddrs> {
+        let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, addrs)) = cached.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return addrs.clone();
+        }
+        let addrs = match LocalAddrs::from_system() {
+            Ok(addrs) => Arc::new(addrs),
+            Err(error) => {
+                tracing::warn!(error = %error, "getifaddrs failed; keeping the previous interface addresses");
+                cached
+                    .as_ref()
+                    .map_or_else(|| Arc::new(LocalAddrs::default()), |(_, a)| a.clone())
+            }
+        };
+        *cached = Some((Instant::now(), addrs.clone()));
+        addrs
+    }
+}
 
 /// This host's own interface addresses (a snapshot).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
