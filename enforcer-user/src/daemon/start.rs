@@ -65,6 +65,10 @@ use crate::{
 /// their audit events before the writer is flushed.
 const ABORT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// At shutdown, how long the kernel event reader gets to drain the ring
+/// buffer into the audit log.
+const EVENTS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Starts everything and serves until `shutdown`; then drains and returns.
 ///
 /// `ready` receives the listeners once the cgroup is enforced and the
@@ -166,7 +170,13 @@ pub async fn run(
     // 5. Background tasks and servers.
     let stop = || shutdown_signal(shutdown.clone());
     let mut running = tokio::task::JoinSet::new();
-    running.spawn(tasks::kernel_events(kernel.events, bridge.clone(), stop()));
+    // Its own task, not in `running`: at shutdown it drains what the ring
+    // buffer still holds, and is waited for (not aborted) before the rest.
+    let mut kernel_events = tokio::spawn(tasks::kernel_events(
+        kernel.events,
+        bridge.clone(),
+        stop(),
+    ));
     running.spawn(tasks::refresh_policy(loader.clone(), stop()));
     running.spawn(tasks::log_swaps(store.clone(), bridge.clone(), stop()));
     let serving = proxy.clone();
@@ -228,6 +238,8 @@ pub async fn run(
     };
     if let Some(error) = refused {
         running.abort_all();
+        kernel_events.abort();
+        let _ = kernel_events.await;
         while running.join_next().await.is_some() {}
         drop(daemon);
         drop(proxy);
@@ -286,6 +298,15 @@ pub async fn run(
         // Each aborted connection still leaves its one audit event.
         proxy.abort_all();
         let _ = tokio::time::timeout(ABORT_GRACE, proxy.wait_idle()).await;
+    }
+    // The kernel's last deny events (the cgroup's final connects) are
+    // recorded before the writer stops: `enforcer run`'s summary counts them.
+    if tokio::time::timeout(EVENTS_DRAIN, &mut kernel_events)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the kernel event reader did not finish draining; stopping it");
+        kernel_events.abort();
     }
     running.abort_all();
     while running.join_next().await.is_some() {}
