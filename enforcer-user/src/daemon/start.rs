@@ -172,11 +172,8 @@ pub async fn run(
     let mut running = tokio::task::JoinSet::new();
     // Its own task, not in `running`: at shutdown it drains what the ring
     // buffer still holds, and is waited for (not aborted) before the rest.
-    let mut kernel_events = tokio::spawn(tasks::kernel_events(
-        kernel.events,
-        bridge.clone(),
-        stop(),
-    ));
+    let mut kernel_events =
+        tokio::spawn(tasks::kernel_events(kernel.events, bridge.clone(), stop()));
     running.spawn(tasks::refresh_policy(loader.clone(), stop()));
     running.spawn(tasks::log_swaps(store.clone(), bridge.clone(), stop()));
     let serving = proxy.clone();
