@@ -64,6 +64,9 @@ const PROXY_VARIABLES: [&str; 8] = [
     "no_proxy",
 ];
 
+/// Node's `fetch` of `argv[1]`: prints the body, or the error's cause (exit 1).
+const NODE_FETCH: &str = "fetch(process.argv[1]).then(r => r.text()).then(t => process.stdout.write(t)).catch(e => { console.log('error: ' + (e.cause || e)); process.exit(1); })";
+
 /// One HTTPS server: answers every GET with `hello from NAME`.
 const HTTPS_SERVER: &str = r#"
 import http.server, ssl, sys
@@ -392,11 +395,10 @@ for what, attempt in [
     let output = stand.client(&cgroup, go.to_str().unwrap(), &["https://up.test/"]);
     assert!(output.status.success(), "go: {output:?}");
     assert_eq!(text(&output.stdout), "hello from up.test\n", "go");
-    let node_fetch = "fetch(process.argv[1]).then(r => r.text()).then(t => process.stdout.write(t)).catch(e => { console.log('error: ' + (e.cause || e)); process.exit(1); })";
-    let output = stand.client(&cgroup, "node", &["-e", node_fetch, "https://up.test/"]);
+    let output = stand.client(&cgroup, "node", &["-e", NODE_FETCH, "https://up.test/"]);
     assert!(output.status.success(), "node: {output:?}");
     assert_eq!(text(&output.stdout), "hello from up.test\n", "node");
-    let output = stand.client(&cgroup, "node", &["-e", node_fetch, "https://denied.test/"]);
+    let output = stand.client(&cgroup, "node", &["-e", NODE_FETCH, "https://denied.test/"]);
     assert!(!output.status.success(), "node denied.test: {output:?}");
 
     // `enforcer events --since 5m`: the redirected tunnel and the refusal
@@ -453,8 +455,7 @@ fn in_proxy_only_mode_proxy_unaware_clients_fail_and_names_still_resolve() {
         text(&output.stdout).contains("operation not permitted"),
         "go: {output:?}"
     );
-    let node_fetch = "fetch(process.argv[1]).then(r => r.text()).then(t => process.stdout.write(t)).catch(e => { console.log('error: ' + (e.cause || e)); process.exit(1); })";
-    let output = stand.client(&cgroup, "node", &["-e", node_fetch, "https://up.test/"]);
+    let output = stand.client(&cgroup, "node", &["-e", NODE_FETCH, "https://up.test/"]);
     assert!(!output.status.success(), "node in proxy-only: {output:?}");
     assert!(text(&output.stdout).contains("EPERM"), "node: {output:?}");
     let output = stand.curl(&cgroup, &[], "https://up.test/");

@@ -284,27 +284,18 @@ async fn under_daemon(
                 .collect()
         })
         .unwrap_or_default();
+    let listener = |name: &str| -> Option<std::net::SocketAddr> {
+        status["listeners"][name]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+    };
     let listeners: Listeners = Listeners {
-        proxy: status["listeners"]["proxy"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .context("the daemon's status has no proxy address")?,
-        router: status["listeners"]["router"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .context("the daemon's status has no router address")?,
-        transparent: status["listeners"]["transparent"]
-            .as_str()
-            .and_then(|a| a.parse().ok()),
-        transparent6: status["listeners"]["transparent6"]
-            .as_str()
-            .and_then(|a| a.parse().ok()),
-        dns: status["listeners"]["dns"]
-            .as_str()
-            .and_then(|a| a.parse().ok()),
-        dns6: status["listeners"]["dns6"]
-            .as_str()
-            .and_then(|a| a.parse().ok()),
+        proxy: listener("proxy").context("the daemon's status has no proxy address")?,
+        router: listener("router").context("the daemon's status has no router address")?,
+        transparent: listener("transparent"),
+        transparent6: listener("transparent6"),
+        dns: listener("dns"),
+        dns6: listener("dns6"),
     };
     tracing::info!(cgroup = %cgroup.relative.display(), "using the running daemon");
     // The daemon's pack is not at hand here: confine with the embedded

@@ -11,10 +11,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, SystemTime},
 };
 
@@ -23,7 +20,7 @@ use proxy::{
     dns::{LearnedAnswers, LearnedWait},
     server::PolicyWatch,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 /// The shortest life of a learned address: an answer with TTL 0 or 1 must
 /// still let the client that asked connect right after.
@@ -40,32 +37,21 @@ const EXTENSION_WORTH_A_SYNC: Duration = Duration::from_secs(1);
 pub const SYNC_WAIT: Duration = Duration::from_secs(1);
 
 /// The learned addresses, by name, each with when it stops.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct LearnedNames {
     names: Mutex<HashMap<Host, HashMap<IpAddr, SystemTime>>>,
-    changed: Notify,
-    /// Bumped by every record that needs a sync.
-    recorded: AtomicU64,
+    /// Bumped by every record that needs a sync (the map writer waits on it).
+    recorded: watch::Sender<u64>,
     /// The last record generation the map writer has written.
     synced: watch::Sender<u64>,
 }
 
-impl Default for LearnedNames {
-    fn default() -> Self {
-        Self {
-            names: Mutex::default(),
-            changed: Notify::new(),
-            recorded: AtomicU64::new(0),
-            synced: watch::Sender::new(0),
-        }
-    }
-}
-
 impl LearnedNames {
     /// Records that `name` was answered with `addrs` (each with its TTL)
-    /// at `now`. When an address is new or lives noticeably longer, wakes
-    /// [`Self::changed`] and returns the generation the map writer must
-    /// reach ([`Self::wait_synced`]) before the kernel allows it.
+    /// at `now`. When an address is new or lives noticeably longer, bumps
+    /// the generation ([`Self::changed_since`] wakes) and returns it: the
+    /// map writer must reach it ([`Self::wait_synced`]) before the kernel
+    /// allows the address.
     pub fn record(
         &self,
         name: &Host,
@@ -96,14 +82,17 @@ impl LearnedNames {
         if !wake {
             return None;
         }
-        let generation = self.recorded.fetch_add(1, Ordering::SeqCst) + 1;
-        self.changed.notify_one();
+        let mut generation = 0;
+        self.recorded.send_modify(|recorded| {
+            *recorded += 1;
+            generation = *recorded;
+        });
         Some(generation)
     }
 
     /// The latest record generation (the map writer reads it before a pass).
     pub fn generation(&self) -> u64 {
-        self.recorded.load(Ordering::SeqCst)
+        *self.recorded.borrow()
     }
 
     /// The map writer finished a pass that began at `generation`.
@@ -157,9 +146,13 @@ impl LearnedNames {
             .copied()
     }
 
-    /// Resolves when something was learned since the last call.
-    pub async fn changed(&self) {
-        self.changed.notified().await;
+    /// Resolves once something was learned after `generation`.
+    pub async fn changed_since(&self, generation: u64) {
+        let _ = self
+            .recorded
+            .subscribe()
+            .wait_for(|recorded| *recorded > generation)
+            .await;
     }
 }
 
@@ -258,7 +251,7 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let first = names.record(&host("git.test"), &[(a, Duration::from_secs(30))], now);
         assert_eq!(first, Some(1));
-        tokio::time::timeout(Duration::from_secs(1), names.changed())
+        tokio::time::timeout(Duration::from_secs(1), names.changed_since(0))
             .await
             .unwrap();
         assert_eq!(
@@ -266,7 +259,7 @@ mod tests {
             None
         );
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), names.changed())
+            tokio::time::timeout(Duration::from_millis(50), names.changed_since(1))
                 .await
                 .is_err()
         );

@@ -132,9 +132,9 @@ pub async fn sync_maps(daemon: Arc<Daemon>, shutdown: impl Future<Output = ()>) 
         let wait = mapsync::until_next(&snapshot, learned_next, now);
         // A new answer for a direct name opens its entry at once.
         let learned = async {
-            match &daemon.learned {
-                Some(learned) => learned.changed().await,
-                None => std::future::pending().await,
+            match (&daemon.learned, generation) {
+                (Some(learned), Some(generation)) => learned.changed_since(generation).await,
+                _ => std::future::pending().await,
             }
         };
         tokio::select! {
