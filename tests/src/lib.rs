@@ -17,6 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod standins;
+pub use standins::{MockProvider, NetNs, Owned, bounded};
+
 /// How long a test waits for `enforcer attach` to come up (or to refuse)
 /// before it fails. A bound against hangs, not a time assertion: under
 /// QEMU TCG (`cargo xtask test-vm`) loading and verifying the programs

@@ -17,11 +17,11 @@
 use std::{
     net::{TcpListener, UdpSocket},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Output, Stdio},
+    time::Duration,
 };
 
-use enforcer_tests::{Decoy, MockDns, TestCgroup, require_root, test_ca};
+use enforcer_tests::{Decoy, MockDns, NetNs, Owned, TestCgroup, bounded, require_root, test_ca};
 
 #[path = "common/daemon.rs"]
 mod common;
@@ -112,16 +112,6 @@ func main() {
 	fmt.Print(string(body))
 }
 "#;
-
-/// A child process of the test, killed on drop.
-struct Owned(Child);
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The stand-ins: CA, HTTPS servers, decoys, the clients' resolv.conf.
 struct Stand {
@@ -226,21 +216,6 @@ impl Stand {
             .assert_untouched("the clients' resolver (TCP)");
         self.decoy.assert_untouched("the decoy on port 443");
     }
-}
-
-/// Waits for `command` at most `limit`; kills it past that (a test fails
-/// on a hang rather than waiting forever).
-fn bounded(mut command: Command, limit: Duration) -> Output {
-    let mut child = command.spawn().unwrap();
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -477,72 +452,6 @@ fn in_proxy_only_mode_proxy_unaware_clients_fail_and_names_still_resolve() {
     );
     assert_eq!(text(&output.stdout), "hello from up.test\n");
     stand.assert_decoys_untouched();
-}
-
-/// A network namespace of the test joined to this host by a veth pair
-/// (`10.231.N.1` here, `10.231.N.2` inside); removed on drop.
-struct NetNs {
-    name: String,
-    host_link: String,
-    /// The address inside the namespace.
-    inside: String,
-    /// Its /30.
-    range: String,
-}
-
-impl NetNs {
-    fn new(tag: &str) -> Self {
-        let n = std::process::id() % 200 + 20;
-        let name = format!("enft-{tag}-{}", std::process::id());
-        let host_link = format!("enft{}h", std::process::id());
-        let peer = format!("enft{}p", std::process::id());
-        let ns = Self {
-            name: name.clone(),
-            host_link: host_link.clone(),
-            inside: format!("10.231.{n}.2"),
-            range: format!("10.231.{n}.0/30"),
-        };
-        let ip = |args: &[&str]| {
-            let output = Command::new("ip").args(args).output().unwrap();
-            assert!(output.status.success(), "ip {args:?}: {output:?}");
-        };
-        ip(&["netns", "add", &name]);
-        ip(&[
-            "link", "add", &host_link, "type", "veth", "peer", "name", &peer,
-        ]);
-        ip(&["link", "set", &peer, "netns", &name]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("10.231.{n}.1/30"),
-            "dev",
-            &host_link,
-        ]);
-        ip(&["link", "set", &host_link, "up"]);
-        ip(&[
-            "-n",
-            &name,
-            "addr",
-            "add",
-            &format!("{}/30", ns.inside),
-            "dev",
-            &peer,
-        ]);
-        ip(&["-n", &name, "link", "set", &peer, "up"]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_link])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
 }
 
 /// An ssh-like server inside the namespace: sends a banner on accept,

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_tests::{TestCgroup, enforcer_bin, require_root};
+use enforcer_tests::{MockProvider, TestCgroup, enforcer_bin, require_root};
 
 /// The unprivileged user the commands run as.
 const USER: &str = "enforcer-test";
@@ -654,164 +654,6 @@ const MOCK_PROVIDER_IP: &str = "127.0.21.1";
 /// passthrough: the mock provider sees it; it opens nothing).
 const PLACEHOLDER_KEY: &str = "sk-ant-api03-enforcer-placeholder-not-a-key-0000";
 
-/// A stand-in for api.anthropic.com (HTTPS with the test's CA; the Messages
-/// API, streamed or not: it answers `ENFORCER-PING-x` with
-/// `ENFORCER-PONG-x from the mock provider`) and a DNS server that refuses
-/// every query (the daemon's `--dns-upstream`). Prints `ready DNSPORT`;
-/// logs one line per request (method, path, which credential header came,
-/// never a value or a body) and per DNS query.
-const MOCK_PROVIDER: &str = r#"
-import http.server, json, re, socket, ssl, sys, threading
-
-addr, cert, key, log_path = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-log = open(log_path, "a", buffering=1)
-lock = threading.Lock()
-
-def note(line):
-    with lock:
-        log.write(line + "\n")
-
-def serve_dns(sock):
-    while True:
-        query, peer = sock.recvfrom(4096)
-        if len(query) < 12:
-            continue
-        note("dns query")
-        # The same id and question; QR set, RCODE 5 (REFUSED), no records.
-        flags = bytes([0x80 | (query[2] & 0x79), 0x05])
-        sock.sendto(query[:2] + flags + query[4:6] + b"\0\0\0\0\0\0" + query[12:], peer)
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def note_request(self):
-        note("%s %s x-api-key=%s authorization=%s" % (self.command, self.path.split("?")[0],
-             "x-api-key" in self.headers, "authorization" in self.headers))
-
-    def reply(self, status, body):
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def not_found(self):
-        self.reply(404, '{"type":"error","error":{"type":"not_found_error","message":"mock: no such endpoint"}}')
-
-    def do_GET(self):
-        self.note_request()
-        self.not_found()
-
-    def do_POST(self):
-        self.note_request()
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
-        path = self.path.split("?")[0]
-        if path == "/v1/messages/count_tokens":
-            return self.reply(200, '{"input_tokens": 12}')
-        if path != "/v1/messages":
-            return self.not_found()
-        request = json.loads(body)
-        found = re.search(rb"ENFORCER-PING-([A-Za-z0-9]+)", body)
-        text = "ENFORCER-PONG-%s from the mock provider" % found.group(1).decode() if found else "mock answer"
-        usage = {"input_tokens": 12, "output_tokens": 8, "cache_creation_input_tokens": 0,
-                 "cache_read_input_tokens": 0}
-        message = {"id": "msg_mock_01", "type": "message", "role": "assistant",
-                   "model": request.get("model", "claude-sonnet-4-5"), "content": [],
-                   "stop_reason": None, "stop_sequence": None, "usage": usage}
-        if not request.get("stream"):
-            message.update(content=[{"type": "text", "text": text}], stop_reason="end_turn")
-            return self.reply(200, json.dumps(message))
-        events = [
-            ("message_start", {"type": "message_start", "message": message}),
-            ("content_block_start", {"type": "content_block_start", "index": 0,
-                                     "content_block": {"type": "text", "text": ""}}),
-            ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                     "delta": {"type": "text_delta", "text": text}}),
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 8},
-                               "delta": {"stop_reason": "end_turn", "stop_sequence": None}}),
-            ("message_stop", {"type": "message_stop"}),
-        ]
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("cache-control", "no-cache")
-        self.send_header("transfer-encoding", "chunked")
-        self.end_headers()
-        for name, data in events:
-            frame = ("event: %s\ndata: %s\n\n" % (name, json.dumps(data))).encode()
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
-        self.wfile.write(b"0\r\n\r\n")
-
-dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-dns.bind(("127.0.0.1", 0))
-threading.Thread(target=serve_dns, args=(dns,), daemon=True).start()
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(cert, key)
-server = http.server.ThreadingHTTPServer((addr, 443), Handler)
-server.socket = context.wrap_socket(server.socket, server_side=True)
-print("ready %d" % dns.getsockname()[1], flush=True)
-server.serve_forever()
-"#;
-
-/// The mock provider's process, killed (it is this test's child) on drop.
-struct MockProvider {
-    child: std::process::Child,
-    /// Its refusing DNS server, for `--dns-upstream`.
-    dns: String,
-    log: PathBuf,
-}
-
-impl MockProvider {
-    /// A test CA, a certificate for api.anthropic.com from it, and the mock
-    /// on [`MOCK_PROVIDER_IP`]:443; returns the mock and the CA's file.
-    fn start(dir: &Path) -> (Self, PathBuf) {
-        let ca = enforcer_tests::test_ca(dir, &["api.anthropic.com"]);
-        let script = dir.join("mock_provider.py");
-        std::fs::write(&script, MOCK_PROVIDER).unwrap();
-        let log = dir.join("mock_provider.log");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .args([MOCK_PROVIDER_IP, "leaf.pem", "leaf.key"])
-            .arg(&log)
-            .current_dir(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut ready = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut ready,
-        )
-        .unwrap();
-        let mut mock = Self {
-            child,
-            dns: String::new(),
-            log,
-        };
-        let port = ready
-            .strip_prefix("ready ")
-            .unwrap_or_else(|| panic!("the mock provider did not start: {ready:?}"));
-        mock.dns = format!("127.0.0.1:{}", port.trim());
-        (mock, ca)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for MockProvider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The globally installed Claude Code's version, from its package.json
 /// (never by running `claude` outside `enforcer run`: it calls home).
 fn installed_claude_code() -> Option<String> {
@@ -856,7 +698,7 @@ fn claude_code_keeps_its_terminal_and_the_summary_names_its_calls_home() {
     );
     let work = work_dir("claude");
     let state = tempfile::tempdir().unwrap();
-    let (provider, ca) = MockProvider::start(work.path());
+    let (provider, ca) = MockProvider::start(work.path(), MOCK_PROVIDER_IP);
 
     // The user's side: a project, and Claude Code's configuration with the
     // first-run dialogs done (onboarding, the placeholder key approved by

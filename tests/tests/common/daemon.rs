@@ -32,6 +32,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(cgroup: &TestCgroup, state: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(cgroup, state, extra, &[])
+    }
+
+    /// [`Daemon::start`] with these environment variables set for it (a
+    /// lane's credential, say).
+    pub fn start_with_env(
+        cgroup: &TestCgroup,
+        state: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         std::fs::create_dir_all(state).unwrap();
         let socket = state.join("control.sock");
         // One log per start, so a restart in the same state directory
@@ -54,6 +65,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(state)
             .args(extra)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
