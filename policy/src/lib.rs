@@ -19,13 +19,14 @@
 //! * the map writer: [`Snapshot::direct_rules`] with expiry instants and
 //!   [`Snapshot::next_expiry`];
 //! * the DNS filter: [`Snapshot::name_allowed`];
-//! * the CLI: [`tools`].
+//! * the CLI: [`tools`], and [`edit`] (`policy suggest --apply`).
 #![deny(missing_docs)]
 
 pub mod addr;
 pub mod allowlist;
 pub mod api_route;
 pub mod duration;
+pub mod edit;
 pub mod fallback;
 pub mod grants;
 pub mod host;

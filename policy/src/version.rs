@@ -53,6 +53,41 @@ impl Version {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// The next version after this one: its last run of digits plus one
+    /// (`2025-10-21.3` -> `2025-10-21.4`, `1.9` -> `1.10`), or `.1`
+    /// appended when it does not end in a digit (`beta` -> `beta.1`).
+    /// `None` when the result would be longer than [`MAX_VERSION_LEN`].
+    pub fn bumped(&self) -> Option<Version> {
+        let digits = self
+            .text
+            .bytes()
+            .rev()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        let text = if digits == 0 {
+            format!("{}.1", self.text)
+        } else {
+            let (head, number) = self.text.split_at(self.text.len() - digits);
+            format!("{head}{}", increment_decimal(number))
+        };
+        Version::parse(&text).ok()
+    }
+}
+
+/// `number` (ASCII digits) plus one, as decimal text of any length; a carry
+/// out of the first digit adds one (`099` -> `100`, `99` -> `100`).
+fn increment_decimal(number: &str) -> String {
+    let mut digits: Vec<u8> = number.bytes().collect();
+    for digit in digits.iter_mut().rev() {
+        if *digit == b'9' {
+            *digit = b'0';
+        } else {
+            *digit += 1;
+            return String::from_utf8_lossy(&digits).into_owned();
+        }
+    }
+    format!("1{}", String::from_utf8_lossy(&digits))
 }
 
 impl fmt::Display for Version {
@@ -157,6 +192,23 @@ mod tests {
     }
 
     #[test]
+    fn bumped_is_the_next_newer_version() {
+        for (from, to) in [
+            ("2025-10-21.3", "2025-10-21.4"),
+            ("1.9", "1.10"),
+            ("1.09", "1.10"),
+            ("99", "100"),
+            ("beta", "beta.1"),
+            ("1.0-rc", "1.0-rc.1"),
+        ] {
+            let next = v(from).bumped().unwrap();
+            assert_eq!(next.as_str(), to);
+            assert!(next > v(from), "{to} > {from}");
+        }
+        assert_eq!(v(&"a".repeat(63)).bumped(), None, "too long");
+    }
+
+    #[test]
     fn invalid_versions() {
         for s in ["", "1 2", "1/2", "ü", &"1".repeat(65)] {
             let e = Version::parse(s).unwrap_err();
@@ -172,6 +224,13 @@ mod tests {
             if a <= b && b <= c {
                 prop_assert!(a <= c);
             }
+        }
+
+        #[test]
+        fn bumped_is_always_newer(a in "[0-9a-zA-Z._+~-]{1,40}") {
+            let a = v(&a);
+            let next = a.bumped().unwrap();
+            prop_assert!(next > a, "{} > {}", next, a);
         }
 
         #[test]

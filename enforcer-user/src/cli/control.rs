@@ -2,7 +2,7 @@
 //! control socket (and read the audit database).
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, SystemTime},
 };
@@ -190,27 +190,17 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         };
         write_line(&mut stdout, &line).context("writing to stdout")
     };
-    if path.exists() {
-        let store = AuditStore::open_read_only(&path)?;
+    if path.exists() || !args.follow {
         let filter = EventFilter {
             since: args.since.map(|since| since.resolve(SystemTime::now())),
             limit: Some(args.limit),
             ..live.clone()
         };
-        for record in store
-            .query(&filter)
-            .with_context(|| format!("reading {}", path.display()))?
-        {
+        for record in read_audit(&args.state_dir, &filter)? {
             if !print(&record)? {
                 return Ok(ExitCode::SUCCESS);
             }
         }
-    } else if !args.follow {
-        anyhow::bail!(
-            "no audit database at {} (has a daemon run with --state-dir {}?)",
-            path.display(),
-            args.state_dir.display()
-        );
     }
     if args.follow {
         let mut failed = None;
@@ -228,6 +218,24 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The audit records under `state_dir` that match `filter`, oldest first
+/// (`enforcer events`, `enforcer policy suggest`); an error naming the
+/// directory when it holds no audit database.
+pub fn read_audit(state_dir: &Path, filter: &EventFilter) -> anyhow::Result<Vec<AuditRecord>> {
+    let path = paths::audit_db(state_dir);
+    if !path.exists() {
+        anyhow::bail!(
+            "no audit database at {} (has a daemon run with --state-dir {}?)",
+            path.display(),
+            state_dir.display()
+        );
+    }
+    let store = AuditStore::open_read_only(&path)?;
+    store
+        .query(filter)
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 /// Writes `line` and a newline; `Ok(false)` when the reader has gone (a

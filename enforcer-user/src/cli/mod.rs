@@ -7,6 +7,7 @@ pub mod daemon_flags;
 pub mod detach;
 pub mod logging;
 pub mod policy;
+pub mod policy_suggest;
 pub mod run;
 pub mod run_summary;
 pub mod run_unix;

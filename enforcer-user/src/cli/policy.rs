@@ -77,6 +77,8 @@ pub enum PolicyCommand {
         #[arg(value_name = "PACK")]
         pack: PathBuf,
     },
+    // The help text is `SuggestArgs`' doc comment.
+    Suggest(super::policy_suggest::SuggestArgs),
     /// Print the JSON Schema of policy packs (generated from the code).
     ///
     /// Example: enforcer policy schema > schema.json
@@ -141,6 +143,7 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
         PolicyCommand::Show { pack } => {
             print!("{}", tools::show_pack(&pack, now)?);
         }
+        PolicyCommand::Suggest(args) => super::policy_suggest::run(args)?,
         PolicyCommand::Schema => {
             print!("{}", tools::schema_json());
         }

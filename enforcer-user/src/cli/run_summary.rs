@@ -17,6 +17,8 @@ use std::{
 
 use enforcer::audit::{AuditRecord, Decision, Reason, Source};
 
+use super::policy_suggest::{Remedy, remedy_for};
+
 /// `--summary`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SummaryMode {
@@ -74,17 +76,12 @@ impl Group {
         if self.destination == UNKNOWN {
             return None;
         }
-        let proxy = [Reason::NotAllowlisted.as_str(), Reason::Expired.as_str()];
-        let kernel = [Reason::Destination.as_str(), Reason::DirectExpired.as_str()];
-        match self.source {
-            Source::Proxy if proxy.contains(&self.reason.as_str()) => {
-                Some(format!("{} --ttl 1h", self.destination))
-            }
+        // The same rule as `enforcer policy suggest`'s.
+        match remedy_for(self.source, &self.reason) {
+            Remedy::Allowlist => Some(format!("{} --ttl 1h", self.destination)),
             // The command went around the proxy: only a direct kernel entry opens that.
-            Source::Kernel if kernel.contains(&self.reason.as_str()) => {
-                Some(format!("{} --ttl 1h --direct", self.destination))
-            }
-            _ => None,
+            Remedy::Direct => Some(format!("{} --ttl 1h --direct", self.destination)),
+            Remedy::DnsName | Remedy::None(_) => None,
         }
     }
 }
@@ -316,7 +313,7 @@ fn format_start(start: SystemTime) -> String {
 }
 
 /// `text` quoted for a POSIX shell when it needs it.
-fn shell_word(text: &str) -> String {
+pub fn shell_word(text: &str) -> String {
     let plain = !text.is_empty()
         && text
             .chars()
