@@ -44,6 +44,11 @@ enum Task {
     TestVm(vm::VmArgs),
     /// Set up, build, and show the kernel enforcing a transient cgroup.
     Demo,
+    /// Set up, build, and run the tool matrix alone (tests/tests/compat.rs:
+    /// git, pip, npm, cargo, go, curl, wget, requests, httpx, Node's fetch,
+    /// Claude Code inside `enforcer run`, both egress modes; as root). It
+    /// rewrites docs/COMPATIBILITY.md. `test` runs it too.
+    TestCompat,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +67,9 @@ fn main() -> ExitCode {
         Task::TestVm(args) => setup::run().and_then(|()| vm::run(&args)).map(|totals| {
             println!("{}", totals.closing_line(&[]));
         }),
+        Task::TestCompat => setup::run()
+            .and_then(|()| build())
+            .and_then(|()| test_compat()),
         Task::Demo => setup::run()
             .and_then(|()| build())
             .and_then(|()| demo::run()),
@@ -300,6 +308,30 @@ fn test() -> anyhow::Result<()> {
     println!("{}", totals.closing_line(&skip_reasons));
     if totals.failed > 0 {
         bail!("{} test(s) failed: {}", totals.failed, failures.join("; "));
+    }
+    Ok(())
+}
+
+/// The tool matrix's test binary, with the binaries `build` made.
+fn test_compat() -> anyhow::Result<()> {
+    let target = workspace_root().join("target/debug");
+    let totals = run_counting_tests(
+        cargo()
+            .args([
+                "test",
+                "-p",
+                "enforcer-tests",
+                "--test",
+                "compat",
+                "--",
+                "--nocapture",
+            ])
+            .env("ENFORCER_BIN", target.join("enforcer"))
+            .env("ENFORCER_PROBE", target.join("enforcer-probe")),
+    )?;
+    println!("{}", totals.closing_line(&[]));
+    if totals.failed > 0 || totals.passed == 0 {
+        bail!("the tool matrix failed (docs/COMPATIBILITY.md says what it measured)");
     }
     Ok(())
 }

@@ -6,7 +6,8 @@
 //! - the `x86_64-unknown-linux-musl` target (static test binaries);
 //! - cargo-fuzz (the proxy's parsers are fuzzed for a bounded time in `test`);
 //! - the Debian packages the tests use;
-//! - the official `anthropic` Python SDK (lane router tests);
+//! - the official `anthropic` Python SDK (lane router tests), `requests`
+//!   and `httpx` (the tool matrix);
 //! - Claude Code, pinned (`enforcer run -- claude` in the terminal tests);
 //! - the unprivileged user `enforcer-test` that `enforcer run` tests drop to.
 
@@ -51,6 +52,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "golang-go",
     // Node's `fetch` ignores the proxy variables (the same tests).
     "nodejs",
+    // The tool matrix (tests/tests/compat.rs): wget, and an sshd (run in
+    // the test's network namespace; nothing starts it as a service here).
+    "wget",
+    "openssh-server",
+    "openssh-client",
 ];
 
 /// Runs every set-up step.
@@ -197,12 +203,47 @@ fn debian_packages() -> anyhow::Result<()> {
         );
     }
     run_command(Command::new("apt-get").arg("update"))?;
-    run_command(
+    // Packages install their services (openssh-server's sshd) but none
+    // is started: the tests run their own, on addresses they choose.
+    let no_services = NoServiceStarts::install()?;
+    let installed = run_command(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    );
+    drop(no_services);
+    installed
+}
+
+/// Debian's `/usr/sbin/policy-rc.d` answering 101 ("action forbidden")
+/// while packages install, so that none starts its service; removed on
+/// drop. Left alone when the machine already has one.
+struct NoServiceStarts(Option<PathBuf>);
+
+impl NoServiceStarts {
+    fn install() -> anyhow::Result<Self> {
+        let path = PathBuf::from("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            return Ok(Self(None));
+        }
+        std::fs::write(
+            &path,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while packages install\nexit 101\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .with_context(|| format!("making {} executable", path.display()))?;
+        Ok(Self(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// The unprivileged user `enforcer run` tests drop to.
@@ -245,15 +286,35 @@ fn cargo_fuzz() -> anyhow::Result<()> {
     ]))
 }
 
-/// The official Anthropic SDK, pinned: the lane router is tested with it.
-const ANTHROPIC_SDK: &str = "anthropic==1.13.0";
+/// Python packages, pinned: the official Anthropic SDK (the lane router is
+/// tested with it), and `requests` and `httpx` (rows of the tool matrix,
+/// tests/tests/compat.rs).
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("anthropic", "1.13.0"),
+    ("requests", "2.34.2"),
+    ("httpx", "0.28.1"),
+];
 
 fn python_packages() -> anyhow::Result<()> {
-    let wanted = ANTHROPIC_SDK.split("==").nth(1).unwrap_or_default();
+    let check = PYTHON_PACKAGES
+        .iter()
+        .map(|(name, _)| format!("{name}.__version__"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let imports = PYTHON_PACKAGES
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let wanted = PYTHON_PACKAGES
+        .iter()
+        .map(|(_, version)| *version)
+        .collect::<Vec<_>>()
+        .join(" ");
     let installed = output_text(
-        Command::new("python3").args(["-c", "import anthropic; print(anthropic.__version__)"]),
+        Command::new("python3").args(["-c", &format!("import {imports}; print({check})")]),
     )
-    .is_some_and(|version| version.trim() == wanted);
+    .is_some_and(|versions| versions.trim() == wanted);
     if installed {
         return Ok(());
     }
@@ -265,7 +326,13 @@ fn python_packages() -> anyhow::Result<()> {
         // directory (~/.local), which no system package reads.
         pip.args(["--user", "--break-system-packages"]);
     }
-    run_command(pip.arg(ANTHROPIC_SDK))
+    run_command(
+        pip.args(
+            PYTHON_PACKAGES
+                .iter()
+                .map(|(name, version)| format!("{name}=={version}")),
+        ),
+    )
 }
 
 /// Claude Code's npm package.

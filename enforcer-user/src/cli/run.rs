@@ -621,6 +621,9 @@ async fn spawn_and_wait(
         .env("all_proxy", &proxy)
         .env("NO_PROXY", "localhost,127.0.0.1,::1")
         .env("no_proxy", "localhost,127.0.0.1,::1")
+        // Node's built-in fetch ignores the variables above unless told
+        // (Node 22.21 and 24 on; earlier ones ignore this too: docs/COMPATIBILITY.md).
+        .env("NODE_USE_ENV_PROXY", "1")
         .env("ANTHROPIC_BASE_URL", format!("http://{}", listeners.router))
         .env("ENFORCER_CGROUP", cgroup.relative.display().to_string());
     // The lanes' credentials stay with the enforcer, never in the agent's environment.
