@@ -46,6 +46,22 @@ pub enum EditError {
         /// The pack's version.
         version: String,
     },
+    /// The version is not one this crate can raise.
+    #[error("version `{version}` is not a pack version; set a newer version by hand")]
+    BadVersion {
+        /// The pack's version.
+        version: String,
+    },
+    /// Entries with a TTL count from `issuedAt`, which the edit removes
+    /// (signing stamps it anew): they would live again from the new stamp.
+    #[error(
+        "entries with a ttl count from issuedAt, which the edited copy drops for signing to stamp anew, so they would live again from then: {}; remove them or give them a new ttl by hand, then apply",
+        entries.join(", ")
+    )]
+    TimedEntries {
+        /// The entries (`section: hostport (ttl)`).
+        entries: Vec<String>,
+    },
     /// Serialising the result failed.
     #[error("writing the pack JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -86,12 +102,35 @@ pub fn add_entries(
     let raw = parse_raw(bytes)?;
     let old_version = raw.version.clone();
     let new_version = Version::parse(&raw.version)
-        .ok()
-        .and_then(|version| version.bumped())
+        .map_err(|_| EditError::BadVersion {
+            version: raw.version.clone(),
+        })?
+        .bumped()
         .ok_or_else(|| EditError::VersionTooLong {
             version: raw.version.clone(),
         })?
         .to_string();
+    if raw.issued_at.is_some() {
+        let timed: Vec<String> = raw
+            .fronting
+            .allowlist
+            .iter()
+            .map(|entry| ("fronting.allowlist", &entry.hostport, &entry.ttl))
+            .chain(
+                raw.egress
+                    .direct
+                    .iter()
+                    .map(|entry| ("egress.direct", &entry.hostport, &entry.ttl)),
+            )
+            .filter_map(|(section, hostport, ttl)| {
+                ttl.as_ref()
+                    .map(|ttl| format!("{section}: {hostport} ({ttl})"))
+            })
+            .collect();
+        if !timed.is_empty() {
+            return Err(EditError::TimedEntries { entries: timed });
+        }
+    }
     let mut pack: Json = serde_json::from_slice(bytes)?;
     let Json::Object(top) = &mut pack else {
         return Err(EditError::NotA {
@@ -300,7 +339,7 @@ mod tests {
   "ttlSeconds": 86400,
   "fronting": {
     "requireSNI": true,
-    "allowlist": [{"hostport": "pypi.org:443", "ttl": "7d"}],
+    "allowlist": [{"hostport": "pypi.org:443"}],
     "allowPrivateRanges": ["10.20.0.0/16"]
   },
   "limits": {"maxRequestBytes": 1048576}
@@ -353,7 +392,7 @@ mod tests {
         assert_eq!(
             value["fronting"]["allowlist"],
             serde_json::json!([
-                {"hostport": "pypi.org:443", "ttl": "7d"},
+                {"hostport": "pypi.org:443"},
                 {"hostport": "npm.mirror.test:443", "ttl": "1h"}
             ])
         );
@@ -394,6 +433,31 @@ mod tests {
         );
         let error = add_entries(long.as_bytes(), &[], &[]).unwrap_err();
         assert!(matches!(error, EditError::VersionTooLong { .. }), "{error}");
+    }
+
+    #[test]
+    fn refuses_to_revive_entries_whose_ttl_counts_from_the_old_issued_at() {
+        let timed = PACK.replace(
+            r#"{"hostport": "pypi.org:443"}"#,
+            r#"{"hostport": "pypi.org:443", "ttl": "7d"}"#,
+        );
+        let error = add_entries(timed.as_bytes(), &[entry("a.test:443")], &[]).unwrap_err();
+        assert!(matches!(error, EditError::TimedEntries { .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("fronting.allowlist: pypi.org:443 (7d)"),
+            "{error}"
+        );
+        // Without an issuedAt the TTLs count from signing, before and after.
+        let unstamped = timed.replace("  \"issuedAt\": \"2025-10-21T00:00:00Z\",\n", "");
+        add_entries(unstamped.as_bytes(), &[entry("a.test:443")], &[]).unwrap();
+        let bad = add_entries(
+            br#"{"schema":"ccp.policy.v1","version":"not a version!","ttlSeconds":60}"#,
+            &[],
+            &[],
+        );
+        assert!(matches!(bad, Err(EditError::BadVersion { .. })), "{bad:?}");
     }
 
     #[test]

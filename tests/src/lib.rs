@@ -18,7 +18,10 @@ use std::{
 };
 
 mod standins;
-pub use standins::{MockProvider, NetNs, Owned, bounded};
+pub use standins::{
+    CLAUDE_CODE_VERSION, MockProvider, NetNs, Owned, PLACEHOLDER_KEY, bounded, seed_claude_config,
+    spawn_ready,
+};
 
 /// How long a test waits for `enforcer attach` to come up (or to refuse)
 /// before it fails. A bound against hangs, not a time assertion: under

@@ -17,6 +17,47 @@ impl Drop for Owned {
     }
 }
 
+/// Spawns `command` (stdout piped) and waits for its first line, which
+/// must be `ready`; `what` names it in the failure.
+pub fn spawn_ready(mut command: Command, what: &str) -> Owned {
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready", "{what} did not start");
+    Owned(child)
+}
+
+/// Claude Code as `cargo xtask setup` pins it (xtask/src/setup.rs,
+/// `CLAUDE_CODE_VERSION`): the configuration [`seed_claude_config`]
+/// writes is that version's.
+pub const CLAUDE_CODE_VERSION: &str = "2.1.112";
+
+/// What Claude Code holds instead of a key in the tests.
+pub const PLACEHOLDER_KEY: &str = "sk-ant-api03-enforcer-placeholder-not-a-key-0000";
+
+/// Claude Code's configuration in `config` with the first-run dialogs done
+/// (onboarding, [`PLACEHOLDER_KEY`] approved by its last 20 characters,
+/// `project` trusted).
+pub fn seed_claude_config(config: &Path, project: &Path) {
+    std::fs::create_dir_all(project).unwrap();
+    std::fs::create_dir_all(config).unwrap();
+    let settings = serde_json::json!({
+        "hasCompletedOnboarding": true,
+        "lastOnboardingVersion": CLAUDE_CODE_VERSION,
+        "theme": "dark",
+        "customApiKeyResponses": {
+            "approved": [&PLACEHOLDER_KEY[PLACEHOLDER_KEY.len() - 20..]],
+            "rejected": [],
+        },
+        "projects": { project.display().to_string(): { "hasTrustDialogAccepted": true } },
+    });
+    std::fs::write(config.join(".claude.json"), settings.to_string()).unwrap();
+}
+
 /// Waits for `command` at most `limit`; kills it past that (a test fails
 /// on a hang rather than waiting forever).
 pub fn bounded(mut command: Command, limit: Duration) -> Output {
@@ -40,6 +81,8 @@ pub struct NetNs {
     host_link: String,
     /// The address inside the namespace.
     pub inside: String,
+    /// This host's end of the veth pair.
+    pub host: String,
     /// Its /30.
     pub range: String,
 }
@@ -55,6 +98,7 @@ impl NetNs {
             name: name.clone(),
             host_link: host_link.clone(),
             inside: format!("10.231.{n}.2"),
+            host: format!("10.231.{n}.1"),
             range: format!("10.231.{n}.0/30"),
         };
         let ip = |args: &[&str]| {

@@ -21,7 +21,9 @@ use std::{
     time::Duration,
 };
 
-use enforcer_tests::{Decoy, MockDns, NetNs, Owned, TestCgroup, bounded, require_root, test_ca};
+use enforcer_tests::{
+    Decoy, MockDns, NetNs, Owned, TestCgroup, bounded, require_root, spawn_ready, test_ca,
+};
 
 #[path = "common/daemon.rs"]
 mod common;
@@ -226,26 +228,13 @@ fn text(bytes: &[u8]) -> String {
 fn https_server(dir: &Path, ip: &str, name: &str) -> Owned {
     let script = dir.join("https_server.py");
     std::fs::write(&script, HTTPS_SERVER).unwrap();
-    let mut child = Command::new("python3")
+    let mut command = Command::new("python3");
+    command
         .arg(&script)
         .args([ip, name, "leaf.pem", "leaf.key"])
         .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut ready,
-    )
-    .unwrap();
-    assert_eq!(
-        ready.trim(),
-        "ready",
-        "the HTTPS server for {name} did not start"
-    );
-    Owned(child)
+        .stderr(Stdio::inherit());
+    spawn_ready(command, &format!("the HTTPS server for {name}"))
 }
 
 /// The static Go client, built once per target directory (Debian's Go,

@@ -14,7 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_tests::{MockProvider, TestCgroup, enforcer_bin, require_root};
+use enforcer_tests::{
+    CLAUDE_CODE_VERSION, MockProvider, PLACEHOLDER_KEY, TestCgroup, enforcer_bin, require_root,
+    seed_claude_config,
+};
 
 /// The unprivileged user the commands run as.
 const USER: &str = "enforcer-test";
@@ -642,17 +645,9 @@ fn under_a_daemon_the_summary_counts_only_the_runs_cgroup() {
     );
 }
 
-/// Claude Code as `cargo xtask setup` pins it (xtask/src/setup.rs,
-/// `CLAUDE_CODE_VERSION`): the configuration seeded below is that version's.
-const CLAUDE_CODE_VERSION: &str = "2.1.112";
-
 /// Where the mock provider listens: `api.anthropic.com:443` is pinned here
 /// (`--resolve`), so the lane's calls stay on this machine.
 const MOCK_PROVIDER_IP: &str = "127.0.21.1";
-
-/// What Claude Code holds instead of a key (the fallback pack's lane is
-/// passthrough: the mock provider sees it; it opens nothing).
-const PLACEHOLDER_KEY: &str = "sk-ant-api03-enforcer-placeholder-not-a-key-0000";
 
 /// The globally installed Claude Code's version, from its package.json
 /// (never by running `claude` outside `enforcer run`: it calls home).
@@ -703,21 +698,11 @@ fn claude_code_keeps_its_terminal_and_the_summary_names_its_calls_home() {
     // The user's side: a project, and Claude Code's configuration with the
     // first-run dialogs done (onboarding, the placeholder key approved by
     // its last 20 characters, the project trusted).
+    // (The fallback pack's lane is passthrough: the mock provider sees the
+    // placeholder key; it opens nothing.)
     let project = work.path().join("project");
     let config = work.path().join("claude-config");
-    std::fs::create_dir(&project).unwrap();
-    std::fs::create_dir(&config).unwrap();
-    let settings = serde_json::json!({
-        "hasCompletedOnboarding": true,
-        "lastOnboardingVersion": CLAUDE_CODE_VERSION,
-        "theme": "dark",
-        "customApiKeyResponses": {
-            "approved": [&PLACEHOLDER_KEY[PLACEHOLDER_KEY.len() - 20..]],
-            "rejected": [],
-        },
-        "projects": { project.display().to_string(): { "hasTrustDialogAccepted": true } },
-    });
-    std::fs::write(config.join(".claude.json"), settings.to_string()).unwrap();
+    seed_claude_config(&config, &project);
     give_to_user(&project);
     give_to_user(&config);
 

@@ -206,6 +206,17 @@ fn debian_packages() -> anyhow::Result<()> {
     // Packages install their services (openssh-server's sshd) but none
     // is started: the tests run their own, on addresses they choose.
     let no_services = NoServiceStarts::install()?;
+    if missing.contains(&"openssh-server") {
+        // Nor at the next boot: Debian's ssh.service and init script do
+        // not start sshd while this file exists (a machine that had an
+        // sshd before keeps it: the package was not missing there).
+        std::fs::create_dir_all("/etc/ssh").context("creating /etc/ssh")?;
+        std::fs::write(
+            "/etc/ssh/sshd_not_to_be_run",
+            "cargo xtask setup installed openssh-server for the tests only\n",
+        )
+        .context("writing /etc/ssh/sshd_not_to_be_run")?;
+    }
     let installed = run_command(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])

@@ -78,8 +78,9 @@ pub struct SuggestArgs {
     /// The daemon's state directory (audit.db, the cached pack).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
-    /// Check the suggestions against this pack file.
-    #[arg(long, value_name = "PACK")]
+    /// Check the suggestions against this pack file (not with --apply,
+    /// which checks against the pack it edits).
+    #[arg(long, value_name = "PACK", conflicts_with = "apply")]
     policy: Option<PathBuf>,
     /// Write a copy of PACK with the suggested entries added (version
     /// raised, issuedAt removed, unsigned) to --out.
@@ -124,7 +125,9 @@ pub fn run(args: SuggestArgs) -> anyhow::Result<()> {
         .into_iter()
         .filter(|record| scope.as_ref().is_none_or(|scope| scope.contains(record)))
         .collect();
-    let local = LocalAddrs::from_system().unwrap_or_else(|_| LocalAddrs::new([]));
+    // Without this host's addresses, its own could be suggested: refuse.
+    let local = LocalAddrs::from_system()
+        .context("reading this host's addresses (never suggested as destinations)")?;
     let options = Options {
         ttl: policy::format_duration(args.ttl),
         now,
@@ -503,6 +506,13 @@ pub fn remedy(record: &AuditRecord) -> Remedy {
         Remedy::Direct if detail_is("protocol", json!(libc::IPPROTO_UDP)) => {
             Remedy::None("UDP: direct entries open TCP only".to_owned())
         }
+        // Only a question for addresses names a server to connect to.
+        Remedy::DnsName => match detail.as_ref().and_then(|d| d["dns_type"].as_str()) {
+            Some(kind) if kind != "A" && kind != "AAAA" => Remedy::None(format!(
+                "a {kind} query: only names asked for addresses (A/AAAA) are suggested"
+            )),
+            _ => Remedy::DnsName,
+        },
         other => other,
     }
 }
@@ -731,6 +741,11 @@ pub fn suggest(
                 tally.refuse(shown, format!("not a valid host: {error}"), record)
             }
             (Remedy::DnsName, Some(Ok(host)), _) => match host {
+                Host::Domain(name) if name.as_str().ends_with(".arpa") => tally.refuse(
+                    shown,
+                    "a reverse-lookup or resolver-discovery name (.arpa), not a server".into(),
+                    record,
+                ),
                 Host::Domain(_) => dns.push((record, host)),
                 Host::Ip(_) => tally.refuse(shown, "a DNS query for an address".into(), record),
             },
@@ -963,6 +978,15 @@ mod tests {
     const ISSUED: u64 = 1_761_004_800;
     const RUN: u64 = 4242;
 
+    /// [`pack_text`] without its timed entry (`--apply` refuses to revive
+    /// entries whose TTL counts from the old issuedAt).
+    fn untimed_pack_text(block_ip_literal: bool) -> String {
+        pack_text(block_ip_literal).replace(
+            ",\n      {\"hostport\": \"short.test:443\", \"ttl\": \"1m\"}",
+            "",
+        )
+    }
+
     fn pack_text(block_ip_literal: bool) -> String {
         format!(
             r#"{{
@@ -1022,6 +1046,18 @@ mod tests {
 
     fn dns(name: &str) -> AuditRecord {
         record(Source::Proxy, Reason::DnsRefused, name, None, "npm")
+    }
+
+    #[test]
+    fn only_address_queries_for_server_names_are_suggested() {
+        let mut txt = dns("t.test");
+        txt.detail = Some(json!({"kind": "dns", "dns_type": "TXT"}).to_string());
+        let mut aaaa = dns("v6.test");
+        aaaa.detail = Some(json!({"kind": "dns", "dns_type": "AAAA"}).to_string());
+        let s = run(&[txt, aaaa, dns("9.2.0.192.in-addr.arpa")]);
+        assert_eq!(hostports(&s.allowlist), [("v6.test:443", 1)]);
+        assert!(refused(&s, "t.test").contains("TXT query"));
+        assert!(refused(&s, "9.2.0.192.in-addr.arpa").contains(".arpa"));
     }
 
     fn kernel(host: &str, port: u16) -> AuditRecord {
@@ -1138,7 +1174,7 @@ mod tests {
                 ttl: d.ttl.clone(),
             })
             .collect();
-        let edited = edit::add_entries(pack_text(false).as_bytes(), &[], &entries).unwrap();
+        let edited = edit::add_entries(untimed_pack_text(false).as_bytes(), &[], &entries).unwrap();
         assert_eq!(
             lint_bytes(&edited.bytes, now())
                 .unwrap()
@@ -1360,7 +1396,7 @@ mod tests {
     fn apply_writes_a_valid_unsigned_copy_and_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let pack_path = dir.path().join("pack.json");
-        let bytes = pack_text(false).into_bytes();
+        let bytes = untimed_pack_text(false).into_bytes();
         fs::write(&pack_path, &bytes).unwrap();
         let s = suggest(
             &[dns("npm.mirror.test"), kernel("8.8.8.8", 22)],
@@ -1385,7 +1421,7 @@ mod tests {
         let policy = lint_bytes(&fs::read(&written.path).unwrap(), now())
             .unwrap()
             .policy;
-        assert_eq!(policy.fronting.allowlist.len(), 3);
+        assert_eq!(policy.fronting.allowlist.len(), 2);
         assert_eq!(policy.egress.direct.len(), 2);
         assert_eq!(fs::read(&pack_path).unwrap(), bytes, "PACK unchanged");
         assert!(
