@@ -440,6 +440,28 @@ impl Sshd {
     }
 }
 
+/// Every HTTPS stand-in name and the address serving it: the allowed
+/// registry, the denied one (another host, inside `ns`), the mirror of the
+/// suggestion step, the provider. The mock resolver answers these and the
+/// daemon pins them on port 443.
+fn stand_in_addresses(ns: &NetNs) -> Vec<(&'static str, String)> {
+    let mut addresses: Vec<(&'static str, String)> = ALLOWED_NAMES
+        .iter()
+        .map(|(_, name)| (*name, ALLOWED_IP.to_owned()))
+        .collect();
+    addresses.extend(
+        DENIED_NAMES
+            .iter()
+            .map(|(_, name)| (*name, ns.inside.clone())),
+    );
+    addresses.extend([
+        (MIRROR_NAME, MIRROR_IP.to_owned()),
+        ("api.anthropic.com", PROVIDER_IP.to_owned()),
+        ("api.denied.test", ns.inside.clone()),
+    ]);
+    addresses
+}
+
 /// Every stand-in of the matrix.
 struct Stand {
     dir: tempfile::TempDir,
@@ -509,16 +531,10 @@ impl Stand {
         let sshd = Sshd::start(&ssh_dir, &ns);
         // The mock resolver answers every name: a bypass of the policy
         // would find its stand-in, not a missing record.
-        let mut records: Vec<(&str, std::net::IpAddr, u32)> = Vec::new();
-        for (_, name) in ALLOWED_NAMES {
-            records.push((name, ALLOWED_IP.parse().unwrap(), 300));
-        }
-        for (_, name) in DENIED_NAMES {
-            records.push((name, ns.inside.parse().unwrap(), 300));
-        }
-        records.push((MIRROR_NAME, MIRROR_IP.parse().unwrap(), 300));
-        records.push(("api.anthropic.com", PROVIDER_IP.parse().unwrap(), 300));
-        records.push(("api.denied.test", ns.inside.parse().unwrap(), 300));
+        let mut records: Vec<(&str, std::net::IpAddr, u32)> = stand_in_addresses(&ns)
+            .into_iter()
+            .map(|(name, ip)| (name, ip.parse().unwrap(), 300))
+            .collect();
         records.push((SSH_NAME, ns.inside.parse().unwrap(), 300));
         let upstream = MockDns::start(&records);
         let resolv = dir.path().join("resolv.conf");
@@ -558,18 +574,10 @@ impl Stand {
 
     /// The `--resolve` pins: every stand-in name at its stand-in.
     fn pins(&self) -> Vec<String> {
-        let mut pins: Vec<String> = ALLOWED_NAMES
-            .iter()
-            .map(|(_, name)| format!("{name}:443:{ALLOWED_IP}"))
+        let mut pins: Vec<String> = stand_in_addresses(&self.ns)
+            .into_iter()
+            .map(|(name, ip)| format!("{name}:443:{ip}"))
             .collect();
-        pins.extend(
-            DENIED_NAMES
-                .iter()
-                .map(|(_, name)| format!("{name}:443:{}", self.ns.inside)),
-        );
-        pins.push(format!("{MIRROR_NAME}:443:{MIRROR_IP}"));
-        pins.push(format!("api.anthropic.com:443:{PROVIDER_IP}"));
-        pins.push(format!("api.denied.test:443:{}", self.ns.inside));
         pins.sort();
         pins.dedup();
         pins
@@ -924,22 +932,19 @@ fn measure(stand: &Stand, daemon: &ModeDaemon, tool: &Tool, cargo: &Path) -> Cel
     let blocked_reason = if works {
         None
     } else {
-        wait_for_deny(daemon, output.cgroup_id, &(ALLOWED_IP.to_owned(), 443)).or_else(|| {
-            ALLOWED_NAMES.iter().find_map(|(_, name)| {
-                let found = daemon
-                    .denies(output.cgroup_id)
-                    .into_iter()
-                    .find(|row| row["host"] == *name);
-                found.and_then(|row| row["reason"].as_str().map(str::to_owned))
-            })
-        })
+        // The allowed stand-in by address (a kernel deny) or by name.
+        let allowed: Vec<(&str, u16)> = std::iter::once(ALLOWED_IP)
+            .chain(ALLOWED_NAMES.iter().map(|(_, name)| *name))
+            .map(|host| (host, 443))
+            .collect();
+        wait_for_deny(daemon, output.cgroup_id, &allowed)
     };
     // The denied operation: failed, and an audit row names its destination.
     let destination = (tool.denied_destination)(stand);
     let denied_reason = if denied_status == Some("0") {
         None
     } else {
-        wait_for_deny(daemon, output.cgroup_id, &destination)
+        wait_for_deny(daemon, output.cgroup_id, &[(&destination.0, destination.1)])
     };
     if denied_reason.is_none() {
         eprintln!(
@@ -961,20 +966,22 @@ fn measure(stand: &Stand, daemon: &ModeDaemon, tool: &Tool, cargo: &Path) -> Cel
     }
 }
 
-/// The reason of the first deny row of cgroup `cgroup_id` naming
-/// `destination` (host and port; a DNS refusal names the host alone),
+/// The reason of the first deny row of cgroup `cgroup_id` naming one of
+/// `destinations` (host and port; a DNS refusal names the host alone),
 /// waiting up to 10 s for the audit writer.
 fn wait_for_deny(
     daemon: &ModeDaemon,
     cgroup_id: u64,
-    destination: &(String, u16),
+    destinations: &[(&str, u16)],
 ) -> Option<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let found = daemon.denies(cgroup_id).into_iter().find(|row| {
-            row["host"].as_str() == Some(destination.0.as_str())
-                && (row["reason"] == "dns_refused"
-                    || row["port"].as_u64() == Some(u64::from(destination.1)))
+            destinations.iter().any(|(host, port)| {
+                row["host"].as_str() == Some(*host)
+                    && (row["reason"] == "dns_refused"
+                        || row["port"].as_u64() == Some(u64::from(*port)))
+            })
         });
         if let Some(row) = found {
             return row["reason"].as_str().map(str::to_owned);
@@ -1256,7 +1263,7 @@ fn suggestion_makes_the_install_work(stand: &Stand, daemon: &ModeDaemon, cargo: 
     let cgroup = first.cgroup_id.to_string();
     // Wait until the refusal is in the audit log.
     assert!(
-        wait_for_deny(daemon, first.cgroup_id, &(MIRROR_NAME.to_owned(), 443)).is_some(),
+        wait_for_deny(daemon, first.cgroup_id, &[(MIRROR_NAME, 443)]).is_some(),
         "no deny for {MIRROR_NAME}"
     );
     let suggested = daemon.pack.with_extension("suggested.json");

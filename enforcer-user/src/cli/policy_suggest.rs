@@ -506,13 +506,23 @@ pub fn remedy(record: &AuditRecord) -> Remedy {
         Remedy::Direct if detail_is("protocol", json!(libc::IPPROTO_UDP)) => {
             Remedy::None("UDP: direct entries open TCP only".to_owned())
         }
-        // Only a question for addresses names a server to connect to.
-        Remedy::DnsName => match detail.as_ref().and_then(|d| d["dns_type"].as_str()) {
-            Some(kind) if kind != "A" && kind != "AAAA" => Remedy::None(format!(
-                "a {kind} query: only names asked for addresses (A/AAAA) are suggested"
-            )),
-            _ => Remedy::DnsName,
-        },
+        // Only a question for a server's addresses names one to connect to.
+        Remedy::DnsName => {
+            let arpa = record.host.as_deref().is_some_and(|host| {
+                host.trim_end_matches('.')
+                    .to_ascii_lowercase()
+                    .ends_with(".arpa")
+            });
+            match detail.as_ref().and_then(|d| d["dns_type"].as_str()) {
+                Some(kind) if kind != "A" && kind != "AAAA" => Remedy::None(format!(
+                    "a {kind} query: only names asked for addresses (A/AAAA) are suggested"
+                )),
+                _ if arpa => Remedy::None(
+                    "a reverse-lookup or resolver-discovery name (.arpa), not a server".to_owned(),
+                ),
+                _ => Remedy::DnsName,
+            }
+        }
         other => other,
     }
 }
@@ -741,11 +751,6 @@ pub fn suggest(
                 tally.refuse(shown, format!("not a valid host: {error}"), record)
             }
             (Remedy::DnsName, Some(Ok(host)), _) => match host {
-                Host::Domain(name) if name.as_str().ends_with(".arpa") => tally.refuse(
-                    shown,
-                    "a reverse-lookup or resolver-discovery name (.arpa), not a server".into(),
-                    record,
-                ),
                 Host::Domain(_) => dns.push((record, host)),
                 Host::Ip(_) => tally.refuse(shown, "a DNS query for an address".into(), record),
             },
