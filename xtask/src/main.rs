@@ -49,6 +49,20 @@ enum Task {
     /// Claude Code inside `enforcer run`, both egress modes; as root). It
     /// rewrites docs/COMPATIBILITY.md. `test` runs it too.
     TestCompat,
+    /// Set up, build (release), and run the benchmarks (bench/: enforcer
+    /// against direct, Squid, tinyproxy and nginx on loopback; as root).
+    /// Rewrites docs/BENCHMARKS.md and docs/benchmarks.svg; with
+    /// `--smoke`, every target once with a few requests, nothing written.
+    Bench(BenchArgs),
+}
+
+/// `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Every target once, a few requests each, debug build, nothing
+    /// written: proves the bench still runs (`test` runs this).
+    #[arg(long)]
+    smoke: bool,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +84,7 @@ fn main() -> ExitCode {
         Task::TestCompat => setup::run()
             .and_then(|()| build())
             .and_then(|()| test_compat()),
+        Task::Bench(args) => setup::run().and_then(|()| bench(args.smoke)),
         Task::Demo => setup::run()
             .and_then(|()| build())
             .and_then(|()| demo::run()),
@@ -276,6 +291,20 @@ fn test() -> anyhow::Result<()> {
             }
         }
     }
+    // The bench, once with a few requests per target, so it cannot rot
+    // (as root: it attaches programs; no time is asserted).
+    if root_tests_plan(is_root(), std::env::var_os("CI").is_some()) == RootTests::Skip {
+        totals.skipped += 1;
+        skip_reasons.push("cargo xtask bench --smoke: not root".to_owned());
+    } else {
+        match bench(true) {
+            Ok(()) => totals.passed += 1,
+            Err(error) => {
+                totals.failed += 1;
+                failures.push(format!("cargo xtask bench --smoke: {error:#}"));
+            }
+        }
+    }
     match vm::run(&vm::VmArgs::default()) {
         Ok(vm) => {
             totals.passed += vm.passed;
@@ -310,6 +339,36 @@ fn test() -> anyhow::Result<()> {
         bail!("{} test(s) failed: {}", totals.failed, failures.join("; "));
     }
     Ok(())
+}
+
+/// `cargo xtask bench`: the release build measured, its report written
+/// into docs/; `--smoke`: the debug build, once, nothing written.
+fn bench(smoke: bool) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the bench attaches kernel programs to cgroups of its own: run `sudo cargo xtask bench`"
+        );
+    }
+    let root = workspace_root();
+    let mut command;
+    if smoke {
+        build()?;
+        let target = root.join("target/debug");
+        command = Command::new(target.join("enforcer-bench"));
+        command
+            .args(["run", "--smoke", "--enforcer"])
+            .arg(target.join("enforcer"));
+    } else {
+        run_command(cargo().args(["build", "--release", "--bins"]))?;
+        let target = root.join("target/release");
+        command = Command::new(target.join("enforcer-bench"));
+        command
+            .args(["run", "--enforcer"])
+            .arg(target.join("enforcer"))
+            .arg("--out")
+            .arg(root.join("docs"));
+    }
+    run_command(&mut command)
 }
 
 /// The tool matrix's test binary, with the binaries `build` made.

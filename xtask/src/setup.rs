@@ -5,7 +5,8 @@
 //!   nightly toolchain (Debian's LLVM is too old for rustc's);
 //! - the `x86_64-unknown-linux-musl` target (static test binaries);
 //! - cargo-fuzz (the proxy's parsers are fuzzed for a bounded time in `test`);
-//! - the Debian packages the tests use;
+//! - the Debian packages the tests use, and the bench's peers (Squid,
+//!   tinyproxy, nginx, wrk);
 //! - the official `anthropic` Python SDK (lane router tests), `requests`
 //!   and `httpx` (the tool matrix);
 //! - Claude Code, pinned (`enforcer run -- claude` in the terminal tests);
@@ -57,6 +58,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "wget",
     "openssh-server",
     "openssh-client",
+    // The bench's peers (bench/, `cargo xtask bench`; `test` runs its
+    // smoke pass): Squid and tinyproxy as CONNECT proxies, nginx as the
+    // router's reverse-proxy peer, wrk as the router's load. None is
+    // started as a service; the bench runs its own, by pid.
+    "squid",
+    "tinyproxy",
+    "nginx-light",
+    "wrk",
 ];
 
 /// Runs every set-up step.

@@ -1,0 +1,923 @@
+//! The orchestrator: stand-ins, daemons and peers up; every measurement,
+//! targets interleaved within each repetition; the report.
+
+use std::{
+    net::{SocketAddr, ToSocketAddrs as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use enforcer_tests::{TestCgroup, spawn_ready};
+
+use crate::{
+    enforcer::Daemon,
+    load::Measured,
+    peers::{self, Peer},
+    process,
+    report::{Report, Section},
+};
+
+/// `enforcer-bench run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Every target once with a few requests and no waits, nothing
+    /// written: proves the bench still runs (`cargo xtask test`).
+    #[arg(long)]
+    pub smoke: bool,
+    /// The `enforcer` binary measured.
+    #[arg(long)]
+    pub enforcer: PathBuf,
+    /// Where BENCHMARKS.md and benchmarks.svg are written (not with --smoke).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Repetitions; targets are interleaved within each.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+}
+
+/// The upstream's public name, as the default pack allows it, and the
+/// loopback address that stands in for it.
+pub const UPSTREAM_NAME: &str = "api.anthropic.com";
+const UPSTREAM_IP: &str = "127.0.60.10";
+/// The resolver the bench's namespace names: nothing listens there, so a
+/// lookup that misses the hosts file fails here instead of leaving.
+const DEAD_RESOLVER: &str = "127.0.60.53";
+
+/// How much of each measurement a run does.
+struct Plan {
+    reps: usize,
+    tunnel_seconds: f64,
+    tunnel_limit: u64,
+    bulk_one: u64,
+    bulk_each_of_eight: u64,
+    wrk_seconds: u32,
+    event_requests: u64,
+    connects: u32,
+    settle: Duration,
+}
+
+impl Plan {
+    fn new(args: &RunArgs) -> Self {
+        if args.smoke {
+            Self {
+                reps: 1,
+                tunnel_seconds: 5.0,
+                tunnel_limit: 8,
+                bulk_one: 1 << 20,
+                bulk_each_of_eight: 1 << 18,
+                wrk_seconds: 1,
+                event_requests: 2,
+                connects: 200,
+                settle: Duration::from_secs(1),
+            }
+        } else {
+            Self {
+                reps: args.reps.max(1),
+                tunnel_seconds: 5.0,
+                tunnel_limit: u64::MAX,
+                bulk_one: 1 << 30,
+                bulk_each_of_eight: 1 << 27,
+                wrk_seconds: 5,
+                event_requests: 25,
+                connects: 200_000,
+                settle: Duration::from_secs(30),
+            }
+        }
+    }
+}
+
+/// Everything the measurements share.
+struct Bench {
+    exe: PathBuf,
+    ca: PathBuf,
+    upstream_pid: u32,
+    wrk_script: PathBuf,
+}
+
+/// One target of the CONNECT rows.
+struct ConnectTarget<'a> {
+    label: String,
+    /// `--via` of the load process.
+    via: String,
+    cgroup: &'a TestCgroup,
+    /// The proxy's pid (CPU, RSS), none for direct.
+    server: Option<u32>,
+}
+
+/// One target of the router rows.
+struct RouterTarget<'a> {
+    label: String,
+    /// wrk's URL.
+    url: String,
+    /// The events load's `--via` and `--connect`.
+    via: &'static str,
+    connect: SocketAddr,
+    cgroup: &'a TestCgroup,
+    server: Option<u32>,
+}
+
+/// What one load process (or wrk run) measured, and the CPU it cost.
+struct Observed {
+    measured: Measured,
+    client_cpu: f64,
+    server_cpu: f64,
+    upstream_cpu: f64,
+    peak_rss: f64,
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the bench attaches kernel programs to cgroups of its own: run it as root");
+    }
+    if let Some(status) = own_mount_namespace()? {
+        if status.success() {
+            return Ok(());
+        }
+        bail!("the bench failed ({status})");
+    }
+    let plan = Plan::new(args);
+    let work = tempfile::Builder::new()
+        .prefix("enforcer-bench-")
+        .tempdir()?;
+    let dir = work.path();
+    let hosts = name_the_upstream(dir)?;
+    let ca = enforcer_tests::test_ca(dir, &[UPSTREAM_NAME, "bench.test"]);
+    let exe = std::env::current_exe()?;
+    let upstream_addr: SocketAddr = format!("{UPSTREAM_IP}:443").parse()?;
+    let mut upstream = Command::new(&exe);
+    upstream
+        .args(["upstream", "--listen", &upstream_addr.to_string(), "--cert"])
+        .arg(dir.join("leaf.pem"))
+        .arg("--key")
+        .arg(dir.join("leaf.key"));
+    let upstream = spawn_ready(upstream, "the bench upstream");
+    let wrk_script = dir.join("messages.lua");
+    std::fs::write(&wrk_script, WRK_SCRIPT)?;
+    let bench = Bench {
+        exe,
+        ca: ca.clone(),
+        upstream_pid: upstream.0.id(),
+        wrk_script,
+    };
+
+    let plain = TestCgroup::new("bench-plain");
+    let proxy_cgroup = TestCgroup::new("bench-proxy-only");
+    let redirect_cgroup = TestCgroup::new("bench-redirect");
+    let resolver = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let daemon_args = vec![
+        "--resolve".to_owned(),
+        format!("{UPSTREAM_NAME}:443:{UPSTREAM_IP}"),
+        "--extra-ca".to_owned(),
+        ca.display().to_string(),
+        "--dns-upstream".to_owned(),
+        resolver.local_addr()?.to_string(),
+    ];
+    let proxy_only = Daemon::start(
+        &args.enforcer,
+        &proxy_cgroup,
+        "proxy-only",
+        &dir.join("proxy-only"),
+        &daemon_args,
+    )?;
+    let redirect = Daemon::start(
+        &args.enforcer,
+        &redirect_cgroup,
+        "redirect",
+        &dir.join("redirect"),
+        &daemon_args,
+    )?;
+    let mut report = Report::new(args.smoke);
+    let squid = peer(&mut report, "Squid", peers::squid(dir, &hosts));
+    let tinyproxy = peer(&mut report, "tinyproxy", peers::tinyproxy(dir));
+    let nginx = peer(
+        &mut report,
+        "nginx",
+        peers::nginx(dir, upstream_addr, UPSTREAM_NAME, &ca),
+    );
+    for (name, why) in MISSING_PEERS {
+        report.missing(name, why);
+    }
+    std::thread::sleep(plan.settle.min(Duration::from_secs(5)));
+
+    let mut connect_targets = vec![
+        ConnectTarget {
+            label: "direct".into(),
+            via: "direct".into(),
+            cgroup: &plain,
+            server: None,
+        },
+        ConnectTarget {
+            label: "enforcer proxy-only".into(),
+            via: format!("proxy:{}", proxy_only.proxy),
+            cgroup: &proxy_cgroup,
+            server: Some(proxy_only.pid()),
+        },
+        ConnectTarget {
+            label: "enforcer redirect".into(),
+            via: "direct".into(),
+            cgroup: &redirect_cgroup,
+            server: Some(redirect.pid()),
+        },
+    ];
+    for peer in [&squid, &tinyproxy].into_iter().flatten() {
+        connect_targets.push(ConnectTarget {
+            label: peer.label.clone(),
+            via: format!("proxy:{}", peer.listen),
+            cgroup: &plain,
+            server: Some(peer.pid()),
+        });
+    }
+    let mut router_targets = vec![
+        RouterTarget {
+            label: "direct".into(),
+            url: format!("https://{upstream_addr}/v1/messages"),
+            via: "direct",
+            connect: upstream_addr,
+            cgroup: &plain,
+            server: None,
+        },
+        RouterTarget {
+            label: "enforcer".into(),
+            url: format!("http://{}/v1/messages", proxy_only.router),
+            via: "plain",
+            connect: proxy_only.router,
+            cgroup: &proxy_cgroup,
+            server: Some(proxy_only.pid()),
+        },
+    ];
+    if let Some(nginx) = &nginx {
+        router_targets.push(RouterTarget {
+            label: nginx.label.clone(),
+            url: format!("http://{}/v1/messages", nginx.listen),
+            via: "plain",
+            connect: nginx.listen,
+            cgroup: &plain,
+            server: Some(nginx.pid()),
+        });
+    }
+    let labels: Vec<&str> = connect_targets
+        .iter()
+        .map(|target| target.label.as_str())
+        .collect();
+    report.columns(Section::Connect, &labels);
+    let labels: Vec<&str> = router_targets
+        .iter()
+        .map(|target| target.label.as_str())
+        .collect();
+    report.columns(Section::Router, &labels);
+    report.columns(
+        Section::Kernel,
+        &["without the programs", "with the programs"],
+    );
+    for target in &connect_targets {
+        if let Some(pid) = target.server {
+            report.record(
+                Section::Connect,
+                "rss_idle",
+                &target.label,
+                0,
+                process::rss_mib(pid)?,
+            );
+        }
+    }
+    for target in &router_targets {
+        if let Some(pid) = target.server {
+            report.record(
+                Section::Router,
+                "router_rss_idle",
+                &target.label,
+                0,
+                process::rss_mib(pid)?,
+            );
+        }
+    }
+
+    for rep in 0..plan.reps {
+        eprintln!("enforcer-bench: repetition {} of {}", rep + 1, plan.reps);
+        connect_rows(
+            &bench,
+            &plan,
+            &mut report,
+            &rotated(&connect_targets, rep),
+            rep,
+        )?;
+        router_rows(
+            &bench,
+            &plan,
+            &mut report,
+            &rotated(&router_targets, rep),
+            rep,
+        )?;
+        kernel_rows(&bench, &plan, &mut report, &plain, &proxy_cgroup, rep)?;
+    }
+
+    // RSS once the load has ended: a 32-client run on each daemon, then
+    // the settle time, then the reading.
+    for target in &connect_targets[1..3] {
+        load(
+            &bench,
+            target.cgroup,
+            &target.via,
+            upstream_addr,
+            &tunnels(&plan, 32),
+            target.server,
+        )
+        .with_context(|| format!("{}: the load before the idle reading", target.label))?;
+    }
+    std::thread::sleep(plan.settle);
+    for (label, daemon) in [
+        ("enforcer proxy-only", &proxy_only),
+        ("enforcer redirect", &redirect),
+    ] {
+        report.record(
+            Section::Connect,
+            "rss_after",
+            label,
+            0,
+            process::rss_mib(daemon.pid())?,
+        );
+    }
+    report.settled_after(plan.settle);
+
+    print!("{}", report.table());
+    if let Some(out) = &args.out
+        && !args.smoke
+    {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("BENCHMARKS.md"), report.markdown())?;
+        std::fs::write(out.join("benchmarks.svg"), report.svg())?;
+        eprintln!(
+            "enforcer-bench: wrote {}",
+            out.join("BENCHMARKS.md").display()
+        );
+    }
+    drop(upstream);
+    Ok(())
+}
+
+/// Peers not run here yet, and why (they name a row in BENCHMARKS.md).
+const MISSING_PEERS: &[(&str, &str)] = &[
+    (
+        "claude-code-router",
+        "not run by this bench yet (npm @musistudio/claude-code-router 2.x needs its own config and a pinned install)",
+    ),
+    (
+        "LiteLLM",
+        "not run by this bench yet (PyPI litellm[proxy] in a venv, LITELLM_LOCAL_MODEL_COST_MAP=True)",
+    ),
+];
+
+/// A started peer, or its row's reason for missing.
+fn peer(report: &mut Report, name: &str, started: anyhow::Result<Peer>) -> Option<Peer> {
+    match started {
+        Ok(peer) => {
+            report.peer(&peer.label);
+            Some(peer)
+        }
+        Err(error) => {
+            eprintln!("enforcer-bench: {name} is not measured: {error:#}");
+            report.missing(name, &format!("{error:#}"));
+            None
+        }
+    }
+}
+
+/// The targets in the order of repetition `rep`: each rep starts one later.
+fn rotated<T>(targets: &[T], rep: usize) -> Vec<&T> {
+    let mut order: Vec<&T> = targets.iter().collect();
+    if !order.is_empty() {
+        order.rotate_left(rep % targets.len());
+    }
+    order
+}
+
+fn tunnels(plan: &Plan, clients: usize) -> Vec<String> {
+    vec![
+        "tunnels".into(),
+        "--clients".into(),
+        clients.to_string(),
+        "--seconds".into(),
+        plan.tunnel_seconds.to_string(),
+        "--limit".into(),
+        plan.tunnel_limit.to_string(),
+    ]
+}
+
+fn bulk(streams: usize, bytes: u64) -> Vec<String> {
+    vec![
+        "bulk".into(),
+        "--streams".into(),
+        streams.to_string(),
+        "--bytes".into(),
+        bytes.to_string(),
+    ]
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+fn connect_rows(
+    bench: &Bench,
+    plan: &Plan,
+    report: &mut Report,
+    targets: &[&ConnectTarget],
+    rep: usize,
+) -> anyhow::Result<()> {
+    let upstream: SocketAddr = format!("{UPSTREAM_IP}:443").parse()?;
+    let section = Section::Connect;
+    for target in targets {
+        let label = target.label.as_str();
+        let one = load(
+            bench,
+            target.cgroup,
+            &target.via,
+            upstream,
+            &tunnels(plan, 1),
+            target.server,
+        )
+        .with_context(|| format!("{label}: tunnels, 1 client"))?;
+        let done = one.measured.done as f64;
+        report.record(
+            section,
+            "tunnels_1",
+            label,
+            rep,
+            done / one.measured.seconds,
+        );
+        report.record(
+            section,
+            "client_cores_1",
+            label,
+            rep,
+            one.client_cpu / one.measured.seconds,
+        );
+        report.record(
+            section,
+            "tunnel_p50_1",
+            label,
+            rep,
+            one.measured.p50_us / 1000.0,
+        );
+        report.record(
+            section,
+            "tunnel_p99_1",
+            label,
+            rep,
+            one.measured.p99_us / 1000.0,
+        );
+        if target.server.is_some() {
+            report.record(
+                section,
+                "proxy_cpu_tunnel",
+                label,
+                rep,
+                one.server_cpu / done * 1e6,
+            );
+        }
+        report.record(
+            section,
+            "box_cpu_tunnel",
+            label,
+            rep,
+            (one.client_cpu + one.upstream_cpu + one.server_cpu) / done * 1e6,
+        );
+    }
+    for target in targets {
+        let label = target.label.as_str();
+        let many = load(
+            bench,
+            target.cgroup,
+            &target.via,
+            upstream,
+            &tunnels(plan, 32),
+            target.server,
+        )
+        .with_context(|| format!("{label}: tunnels, 32 clients"))?;
+        report.record(
+            section,
+            "tunnels_32",
+            label,
+            rep,
+            many.measured.done as f64 / many.measured.seconds,
+        );
+        report.record(
+            section,
+            "tunnel_p99_32",
+            label,
+            rep,
+            many.measured.p99_us / 1000.0,
+        );
+        report.record(
+            section,
+            "client_cores_32",
+            label,
+            rep,
+            many.client_cpu / many.measured.seconds,
+        );
+        if target.server.is_some() {
+            report.record(section, "rss_load", label, rep, many.peak_rss);
+        }
+    }
+    for (streams, each, measure) in [
+        (1, plan.bulk_one, "bulk_1"),
+        (8, plan.bulk_each_of_eight, "bulk_8"),
+    ] {
+        for target in targets {
+            let label = target.label.as_str();
+            let got = load(
+                bench,
+                target.cgroup,
+                &target.via,
+                upstream,
+                &bulk(streams, each),
+                target.server,
+            )
+            .with_context(|| format!("{label}: bulk, {streams} streams"))?;
+            let bytes = got.measured.bytes as f64;
+            report.record(
+                section,
+                measure,
+                label,
+                rep,
+                bytes / got.measured.seconds / f64::from(1 << 20),
+            );
+            if streams == 1 {
+                if target.server.is_some() {
+                    report.record(
+                        section,
+                        "proxy_cpu_gib",
+                        label,
+                        rep,
+                        got.server_cpu / bytes * GIB,
+                    );
+                }
+                report.record(
+                    section,
+                    "box_cpu_gib",
+                    label,
+                    rep,
+                    (got.client_cpu + got.upstream_cpu + got.server_cpu) / bytes * GIB,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn router_rows(
+    bench: &Bench,
+    plan: &Plan,
+    report: &mut Report,
+    targets: &[&RouterTarget],
+    rep: usize,
+) -> anyhow::Result<()> {
+    let section = Section::Router;
+    for target in targets {
+        let label = target.label.as_str();
+        let one = wrk(bench, target, 1, 1, plan.wrk_seconds)
+            .with_context(|| format!("{label}: router, 1 client"))?;
+        report.record(
+            section,
+            "router_p50",
+            label,
+            rep,
+            one.measured.p50_us / 1000.0,
+        );
+        report.record(
+            section,
+            "router_p99",
+            label,
+            rep,
+            one.measured.p99_us / 1000.0,
+        );
+    }
+    for target in targets {
+        let label = target.label.as_str();
+        let many = wrk(bench, target, 2, 32, plan.wrk_seconds)
+            .with_context(|| format!("{label}: router, 32 clients"))?;
+        let done = many.measured.done as f64;
+        report.record(
+            section,
+            "router_rps",
+            label,
+            rep,
+            done / many.measured.seconds,
+        );
+        if target.server.is_some() {
+            report.record(
+                section,
+                "router_cpu",
+                label,
+                rep,
+                many.server_cpu / done * 1e6,
+            );
+            report.record(section, "router_rss_load", label, rep, many.peak_rss);
+        }
+    }
+    for target in targets {
+        let label = target.label.as_str();
+        let shape = vec![
+            "events".to_owned(),
+            "--requests".into(),
+            plan.event_requests.to_string(),
+        ];
+        let events = load(
+            bench,
+            target.cgroup,
+            target.via,
+            target.connect,
+            &shape,
+            target.server,
+        )
+        .with_context(|| format!("{label}: streamed events"))?;
+        report.record(
+            section,
+            "sse_p50",
+            label,
+            rep,
+            events.measured.p50_us / 1000.0,
+        );
+        report.record(
+            section,
+            "sse_max",
+            label,
+            rep,
+            events.measured.max_us / 1000.0,
+        );
+    }
+    Ok(())
+}
+
+fn kernel_rows(
+    bench: &Bench,
+    plan: &Plan,
+    report: &mut Report,
+    plain: &TestCgroup,
+    enforced: &TestCgroup,
+    rep: usize,
+) -> anyhow::Result<()> {
+    let mut order = [
+        ("without the programs", plain),
+        ("with the programs", enforced),
+    ];
+    if rep % 2 == 1 {
+        order.reverse();
+    }
+    for (label, cgroup) in order {
+        let output = cgroup
+            .command(&bench.exe)
+            .args(["connects", "--count", &plan.connects.to_string()])
+            .stderr(Stdio::inherit())
+            .output()
+            .context("starting the connect loop")?;
+        if !output.status.success() {
+            bail!("the connect loop {label} failed with {}", output.status);
+        }
+        let line: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        for key in ["new_socket_ns", "connect_ns"] {
+            let ns = line[key]
+                .as_f64()
+                .with_context(|| format!("{key} in {line}"))?;
+            report.record(Section::Kernel, key, label, rep, ns / 1000.0);
+        }
+    }
+    Ok(())
+}
+
+/// Runs one load process in `cgroup`, sampling the proxy's RSS meanwhile.
+fn load(
+    bench: &Bench,
+    cgroup: &TestCgroup,
+    via: &str,
+    connect: SocketAddr,
+    shape: &[String],
+    server: Option<u32>,
+) -> anyhow::Result<Observed> {
+    let mut command = cgroup.command(&bench.exe);
+    command
+        .args([
+            "load",
+            "--via",
+            via,
+            "--connect",
+            &connect.to_string(),
+            "--name",
+            UPSTREAM_NAME,
+            "--ca",
+        ])
+        .arg(&bench.ca)
+        .args(shape);
+    let (output, observed) = measured_run(bench, command, server)?;
+    let measured: Measured = serde_json::from_slice(&output)
+        .with_context(|| format!("the load's report {:?}", String::from_utf8_lossy(&output)))?;
+    finish(measured, observed)
+}
+
+/// wrk against a router target, with `threads` and `connections`.
+fn wrk(
+    bench: &Bench,
+    target: &RouterTarget,
+    threads: u32,
+    connections: u32,
+    seconds: u32,
+) -> anyhow::Result<Observed> {
+    let mut command = target.cgroup.command("wrk");
+    command
+        .args(["-t", &threads.to_string(), "-c", &connections.to_string()])
+        .args(["-d", &format!("{seconds}s"), "--latency", "-s"])
+        .arg(&bench.wrk_script)
+        .arg(&target.url);
+    let (output, observed) = measured_run(bench, command, target.server)?;
+    let text = String::from_utf8_lossy(&output);
+    finish(
+        parse_wrk(&text).with_context(|| format!("wrk printed {text:?}"))?,
+        observed,
+    )
+}
+
+/// Fails on a run with errors or nothing done; else the observation.
+fn finish(measured: Measured, mut observed: Observed) -> anyhow::Result<Observed> {
+    if measured.errors > 0 || measured.done == 0 {
+        bail!(
+            "{} done, {} failed; first error: {}",
+            measured.done,
+            measured.errors,
+            measured.first_error.as_deref().unwrap_or("none")
+        );
+    }
+    observed.measured = measured;
+    Ok(observed)
+}
+
+/// Runs `command` to its end (stdout captured), reading CPU around it and
+/// the server's RSS every 50 ms while it runs.
+fn measured_run(
+    bench: &Bench,
+    mut command: Command,
+    server: Option<u32>,
+) -> anyhow::Result<(Vec<u8>, Observed)> {
+    let children_before = process::waited_children_cpu_seconds();
+    let server_before = server.map(process::cpu_seconds).transpose()?.unwrap_or(0.0);
+    let upstream_before = process::cpu_seconds(bench.upstream_pid)?;
+    let running = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let running = Arc::clone(&running);
+        std::thread::spawn(move || {
+            let mut peak: f64 = 0.0;
+            while running.load(Ordering::Relaxed) {
+                if let Some(pid) = server {
+                    peak = peak.max(process::rss_mib(pid).unwrap_or(0.0));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    };
+    let output = command
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("starting a load process")?;
+    running.store(false, Ordering::Relaxed);
+    let peak_rss = sampler.join().unwrap_or(0.0);
+    if !output.status.success() {
+        bail!("the load process failed with {}", output.status);
+    }
+    let observed = Observed {
+        measured: Measured::default(),
+        client_cpu: process::waited_children_cpu_seconds() - children_before,
+        server_cpu: server.map(process::cpu_seconds).transpose()?.unwrap_or(0.0) - server_before,
+        upstream_cpu: process::cpu_seconds(bench.upstream_pid)? - upstream_before,
+        peak_rss,
+    };
+    Ok((output.stdout, observed))
+}
+
+/// What wrk's `--latency` report says.
+fn parse_wrk(text: &str) -> anyhow::Result<Measured> {
+    let mut measured = Measured::default();
+    let duration = |value: &str| -> anyhow::Result<f64> {
+        let value = value.trim();
+        let (number, scale) = if let Some(us) = value.strip_suffix("us") {
+            (us, 1.0)
+        } else if let Some(ms) = value.strip_suffix("ms") {
+            (ms, 1e3)
+        } else if let Some(s) = value.strip_suffix('s') {
+            (s, 1e6)
+        } else if let Some(m) = value.strip_suffix('m') {
+            (m, 60e6)
+        } else {
+            bail!("a duration {value:?}")
+        };
+        Ok(number.parse::<f64>()? * scale)
+    };
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("50%") {
+            measured.p50_us = duration(rest)?;
+        } else if let Some(rest) = line.strip_prefix("99%") {
+            measured.p99_us = duration(rest)?;
+        } else if let Some((requests, rest)) = line.split_once(" requests in ") {
+            measured.done = requests.trim().parse()?;
+            let seconds = rest.split(',').next().context("wrk's run time")?;
+            measured.seconds = duration(seconds)? / 1e6;
+        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            measured.errors += rest.trim().parse::<u64>()?;
+            measured.first_error.get_or_insert_with(|| line.to_owned());
+        } else if let Some(rest) = line.strip_prefix("Socket errors:") {
+            for part in rest.split(',') {
+                let count: u64 = part.split_whitespace().last().unwrap_or("0").parse()?;
+                measured.errors += count;
+            }
+            measured.first_error.get_or_insert_with(|| line.to_owned());
+        }
+    }
+    if measured.seconds == 0.0 {
+        bail!("no run time in wrk's report");
+    }
+    Ok(measured)
+}
+
+/// wrk's request: a small non-streamed Messages API call.
+const WRK_SCRIPT: &str = r#"wrk.method = "POST"
+wrk.body = '{"model":"claude-bench","max_tokens":16,"messages":[{"role":"user","content":"ping"}]}'
+wrk.headers["content-type"] = "application/json"
+wrk.headers["anthropic-version"] = "2023-06-01"
+wrk.headers["authorization"] = "Bearer bench-not-a-key"
+"#;
+
+/// Set by the bench when it re-runs itself in a new mount namespace: the
+/// namespace it left, which the new one must differ from.
+const LEFT_NAMESPACE: &str = "ENFORCER_BENCH_LEFT_MOUNT_NAMESPACE";
+
+/// Whether this process runs in a mount namespace of the bench's own;
+/// if not, re-runs it in one (`unshare --mount --propagation private`)
+/// and returns its exit status. The bench bind-mounts a hosts file over
+/// /etc/hosts, which must never reach the machine's namespace.
+fn own_mount_namespace() -> anyhow::Result<Option<std::process::ExitStatus>> {
+    let own = std::fs::read_link("/proc/self/ns/mnt").context("reading /proc/self/ns/mnt")?;
+    match std::env::var_os(LEFT_NAMESPACE) {
+        Some(left) if Path::new(&left) == own => {
+            bail!(
+                "unshare --mount left the bench in the namespace it was meant to leave ({})",
+                own.display()
+            )
+        }
+        Some(_) => Ok(None),
+        None => {
+            let status = Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "--"])
+                .arg(std::env::current_exe()?)
+                .args(std::env::args_os().skip(1))
+                .env(LEFT_NAMESPACE, &own)
+                .status()
+                .context("running unshare (util-linux)")?;
+            Ok(Some(status))
+        }
+    }
+}
+
+/// Binds a hosts file naming the upstream, a resolv.conf naming a
+/// resolver nobody runs, and an nsswitch.conf with files only over the
+/// machine's, in this mount namespace; checks the name resolves to the
+/// stand-in. Returns the hosts file (Squid reads it by path).
+fn name_the_upstream(dir: &Path) -> anyhow::Result<PathBuf> {
+    let files = [
+        (
+            "hosts",
+            format!("127.0.0.1 localhost\n{UPSTREAM_IP} {UPSTREAM_NAME} bench.test\n"),
+        ),
+        (
+            "resolv.conf",
+            format!("nameserver {DEAD_RESOLVER}\noptions timeout:1 attempts:1\n"),
+        ),
+        ("nsswitch.conf", "hosts: files\n".to_owned()),
+    ];
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        let status = Command::new("mount")
+            .arg("--bind")
+            .arg(&path)
+            .arg(Path::new("/etc").join(name))
+            .status()
+            .context("running mount")?;
+        if !status.success() {
+            bail!(
+                "mount --bind {} /etc/{name} failed with {status}",
+                path.display()
+            );
+        }
+    }
+    let resolved: Vec<SocketAddr> = (UPSTREAM_NAME, 443).to_socket_addrs()?.collect();
+    let want: SocketAddr = format!("{UPSTREAM_IP}:443").parse()?;
+    if resolved != [want] {
+        bail!("{UPSTREAM_NAME} resolves to {resolved:?} in the bench's namespace, not {want}");
+    }
+    Ok(dir.join("hosts"))
+}
