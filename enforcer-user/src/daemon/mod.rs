@@ -37,6 +37,7 @@ pub mod error;
 pub mod handlers;
 pub mod learned;
 pub mod mapsync;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod paths;

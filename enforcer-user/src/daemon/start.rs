@@ -39,6 +39,7 @@ use super::{
     error::{DaemonError, KernelStep, Listener},
     learned::{DirectNameAnswers, LearnedNames},
     mapsync::MapSync,
+    memory,
     metrics::{self, Metrics},
     notify, paths, router,
     selftest::SelftestRunner,
@@ -250,6 +251,10 @@ pub async fn run(
 
     // 7. Map sync and the control socket; ready.
     running.spawn(tasks::sync_maps(daemon.clone(), stop()));
+    // Start-up's allocations (the kernel object's parse above all) are
+    // freed by now: hand them back, and what later bursts free.
+    memory::trim();
+    running.spawn(memory::trim_periodically(stop()));
     if let Some(path) = &options.control_socket {
         let listener = control::bind(path).map_err(|source| DaemonError::ControlSocket {
             path: path.clone(),

@@ -1,0 +1,49 @@
+//! Handing freed heap back to the kernel. glibc's allocator keeps what a
+//! burst freed (start-up's parse of the kernel object, a load's buffers)
+//! mapped in its arenas; an idle daemon would otherwise hold its peak.
+
+use std::{future::Future, time::Duration};
+
+/// How often freed heap is handed back.
+pub const TRIM_EVERY: Duration = Duration::from_secs(10);
+
+/// Returns the allocator's free pages to the kernel; how many bytes of
+/// resident heap that released is not reported (glibc does not say).
+pub fn trim() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: malloc_trim takes a plain integer (bytes to keep at the
+        // top of the heap) and only rearranges the allocator's own free
+        // lists under its locks.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
+
+/// Trims every [`TRIM_EVERY`] until `shutdown`.
+pub async fn trim_periodically(shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut ticks = tokio::time::interval(TRIM_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = ticks.tick() => trim(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimming_keeps_live_allocations_intact() {
+        let live: Vec<Vec<u8>> = (0..64).map(|index| vec![index as u8; 64 * 1024]).collect();
+        let freed: Vec<Vec<u8>> = (0..256).map(|_| vec![7u8; 64 * 1024]).collect();
+        drop(freed);
+        trim();
+        for (index, block) in live.iter().enumerate() {
+            assert!(block.iter().all(|byte| *byte == index as u8));
+        }
+    }
+}
