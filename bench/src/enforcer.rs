@@ -26,13 +26,25 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `enforcer` on `cgroup` in `mode` with `extra` arguments;
-    /// `state` is its own directory.
+    /// `state` is its own directory (its log is `attach.log` there).
     pub fn start(
         enforcer: &Path,
         cgroup: &TestCgroup,
         mode: &str,
         state: &Path,
         extra: &[String],
+    ) -> anyhow::Result<Self> {
+        Self::start_logging(enforcer, cgroup, mode, state, extra, "info")
+    }
+
+    /// [`Daemon::start`] with `RUST_LOG` set to `filter`.
+    pub fn start_logging(
+        enforcer: &Path,
+        cgroup: &TestCgroup,
+        mode: &str,
+        state: &Path,
+        extra: &[String],
+        filter: &str,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(state)?;
         let socket = state.join("control.sock");
@@ -52,6 +64,7 @@ impl Daemon {
             .arg(state)
             .args(extra)
             .env("NO_COLOR", "1")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

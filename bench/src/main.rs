@@ -11,6 +11,7 @@ mod peers;
 mod process;
 mod report;
 mod run;
+mod swap;
 mod upstream;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};

@@ -57,6 +57,31 @@ pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
+/// Resident MiB of `pid` by what is mapped (the file's path, `[heap]`,
+/// `anon_inode:bpf-map`, "anonymous"), largest first.
+pub fn rss_by_mapping(pid: u32) -> anyhow::Result<Vec<(String, f64)>> {
+    let path = format!("/proc/{pid}/smaps");
+    let smaps = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let mut by_name: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            name = words.nth(4).map_or("anonymous", |name| name).to_owned();
+            if name.is_empty() {
+                name = "anonymous".to_owned();
+            }
+        } else if first == "Rss:" {
+            let kib: f64 = words.next().unwrap_or("0").parse().unwrap_or(0.0);
+            *by_name.entry(name.clone()).or_default() += kib / 1024.0;
+        }
+    }
+    let mut sorted: Vec<(String, f64)> = by_name.into_iter().collect();
+    sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(sorted)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

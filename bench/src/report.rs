@@ -9,6 +9,7 @@ pub enum Section {
     Connect,
     Router,
     Kernel,
+    Policy,
 }
 
 impl Section {
@@ -17,6 +18,7 @@ impl Section {
             Self::Connect => "CONNECT egress proxy",
             Self::Router => "Lane router (Anthropic Messages API)",
             Self::Kernel => "Kernel programs",
+            Self::Policy => "Policy",
         }
     }
 }
@@ -260,6 +262,34 @@ const MEASURES: &[Measure] = &[
         "≤ 1 µs extra",
         Compare::Plain,
     ),
+    measure(
+        "policy_start",
+        "enforcer attach to every direct entry in the kernel map (100,000; smoke: 1,000)",
+        "s",
+        "",
+        Compare::Plain,
+    ),
+    measure(
+        "swaps",
+        "pack swaps (reload of a new signed version) during a 32-client tunnel load",
+        "swaps",
+        "",
+        Compare::Plain,
+    ),
+    measure(
+        "swap_tunnels",
+        "  tunnels completed meanwhile",
+        "tunnels",
+        "",
+        Compare::Plain,
+    ),
+    measure(
+        "swap_failed",
+        "  tunnels failed meanwhile",
+        "tunnels",
+        "0",
+        Compare::Plain,
+    ),
 ];
 
 fn find(key: &str) -> Option<&'static Measure> {
@@ -277,6 +307,8 @@ pub struct Report {
     peers: Vec<String>,
     missing: Vec<(String, String)>,
     settle: Duration,
+    /// What the RSS read after the load is made of, per daemon.
+    breakdowns: Vec<(String, Vec<(String, f64)>)>,
 }
 
 impl Report {
@@ -295,6 +327,25 @@ impl Report {
     /// A peer that is not measured, and why.
     pub fn missing(&mut self, name: &str, why: &str) {
         self.missing.push((name.to_owned(), why.to_owned()));
+    }
+
+    /// What `target`'s RSS after the load is made of (MiB by mapping).
+    pub fn breakdown(&mut self, target: &str, mappings: &[(String, f64)]) {
+        self.breakdowns.push((target.to_owned(), mappings.to_vec()));
+    }
+
+    /// The breakdowns, the five largest mappings each.
+    fn breakdown_text(&self) -> String {
+        let mut text = String::new();
+        for (target, mappings) in &self.breakdowns {
+            let parts: Vec<String> = mappings
+                .iter()
+                .take(5)
+                .map(|(name, mib)| format!("{} {}", escape(name), number(*mib)))
+                .collect();
+            let _ = writeln!(text, "- {target}, MiB by mapping: {}", parts.join(", "));
+        }
+        text
     }
 
     /// How long after the load the idle RSS was read.
@@ -467,6 +518,8 @@ impl Report {
     /// The table for the terminal.
     pub fn table(&self) -> String {
         let mut text = self.tables(false);
+        text.push_str("\nRSS after the load:\n");
+        text.push_str(&self.breakdown_text());
         if self.smoke {
             text.push_str(
                 "\n(smoke run: every target once, a few requests each; the figures mean nothing)\n",
@@ -500,6 +553,10 @@ impl Report {
         }
         text.push_str("\n## Results\n\n![ratios to direct](benchmarks.svg)\n\n");
         text.push_str(&self.tables(true));
+        if !self.breakdowns.is_empty() {
+            text.push_str("What the RSS after the load is made of (`/proc/PID/smaps`, the five largest mappings; the binary's pages are its code and read-only data as mapped from the page cache):\n\n");
+            text.push_str(&self.breakdown_text());
+        }
         text
     }
 

@@ -59,6 +59,7 @@ struct Plan {
     wrk_seconds: u32,
     event_requests: u64,
     connects: u32,
+    direct_entries: u32,
     settle: Duration,
 }
 
@@ -74,6 +75,7 @@ impl Plan {
                 wrk_seconds: 1,
                 event_requests: 2,
                 connects: 200,
+                direct_entries: 1_000,
                 settle: Duration::from_secs(1),
             }
         } else {
@@ -86,6 +88,7 @@ impl Plan {
                 wrk_seconds: 5,
                 event_requests: 25,
                 connects: 200_000,
+                direct_entries: 100_000,
                 settle: Duration::from_secs(30),
             }
         }
@@ -316,6 +319,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             rep,
         )?;
         kernel_rows(&bench, &plan, &mut report, &plain, &proxy_cgroup, rep)?;
+        policy_rows(&bench, &plan, &mut report, args, dir, &daemon_args, rep)?;
     }
 
     // RSS once the load has ended: a 32-client run on each daemon, then
@@ -343,6 +347,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             0,
             process::rss_mib(daemon.pid())?,
         );
+        report.breakdown(label, &process::rss_by_mapping(daemon.pid())?);
     }
     report.settled_after(plan.settle);
 
@@ -686,6 +691,75 @@ fn kernel_rows(
                 .with_context(|| format!("{key} in {line}"))?;
             report.record(Section::Kernel, key, label, rep, ns / 1000.0);
         }
+    }
+    Ok(())
+}
+
+/// A daemon with a pack of many direct entries on a cgroup of this
+/// repetition's own (a fresh cgroup: its maps start empty): start to all
+/// entries in the map, then pack swaps under a 32-client tunnel load.
+fn policy_rows(
+    bench: &Bench,
+    plan: &Plan,
+    report: &mut Report,
+    args: &RunArgs,
+    dir: &Path,
+    daemon_args: &[String],
+    rep: usize,
+) -> anyhow::Result<()> {
+    let cgroup = TestCgroup::new("bench-policy");
+    let load = |proxy: SocketAddr| {
+        let mut command = cgroup.command(&bench.exe);
+        command
+            .args(["load", "--via", &format!("proxy:{proxy}")])
+            .args([
+                "--connect",
+                &format!("{UPSTREAM_IP}:443"),
+                "--name",
+                UPSTREAM_NAME,
+                "--ca",
+            ])
+            .arg(&bench.ca)
+            .args(tunnels(plan, 32));
+        command
+    };
+    let measured = crate::swap::run(
+        &args.enforcer,
+        &cgroup,
+        &dir.join(format!("policy-{rep}")),
+        daemon_args,
+        plan.direct_entries,
+        load,
+    )?;
+    let section = Section::Policy;
+    report.record(
+        section,
+        "policy_start",
+        "enforcer",
+        rep,
+        measured.start_to_entries.as_secs_f64(),
+    );
+    report.record(section, "swaps", "enforcer", rep, f64::from(measured.swaps));
+    report.record(
+        section,
+        "swap_tunnels",
+        "enforcer",
+        rep,
+        measured.load.done as f64,
+    );
+    report.record(
+        section,
+        "swap_failed",
+        "enforcer",
+        rep,
+        measured.load.errors as f64,
+    );
+    if measured.load.errors > 0 {
+        eprintln!(
+            "enforcer-bench: {} tunnels failed during pack swaps; first: {}",
+            measured.load.errors,
+            measured.load.first_error.as_deref().unwrap_or("?")
+        );
     }
     Ok(())
 }
