@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 /// A table of the report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Section {
     Connect,
     Router,

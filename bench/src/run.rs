@@ -39,6 +39,17 @@ pub struct RunArgs {
     /// Repetitions; targets are interleaved within each.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Only these tables (development: one change measured before and
+    /// after; nothing is written then).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Section>,
+}
+
+impl RunArgs {
+    /// Whether `section`'s measurements run.
+    fn runs(&self, section: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&section)
+    }
 }
 
 /// The upstream's public name, as the default pack allows it, and the
@@ -304,22 +315,24 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 
     for rep in 0..plan.reps {
         eprintln!("enforcer-bench: repetition {} of {}", rep + 1, plan.reps);
-        connect_rows(
-            &bench,
-            &plan,
-            &mut report,
-            &rotated(&connect_targets, rep),
-            rep,
-        )?;
-        router_rows(
-            &bench,
-            &plan,
-            &mut report,
-            &rotated(&router_targets, rep),
-            rep,
-        )?;
-        kernel_rows(&bench, &plan, &mut report, &plain, &proxy_cgroup, rep)?;
-        policy_rows(&bench, &plan, &mut report, args, dir, &daemon_args, rep)?;
+        if args.runs(Section::Connect) {
+            let targets = rotated(&connect_targets, rep);
+            connect_rows(&bench, &plan, &mut report, &targets, rep)?;
+        }
+        if args.runs(Section::Router) {
+            let targets = rotated(&router_targets, rep);
+            router_rows(&bench, &plan, &mut report, &targets, rep)?;
+        }
+        if args.runs(Section::Kernel) {
+            kernel_rows(&bench, &plan, &mut report, &plain, &proxy_cgroup, rep)?;
+        }
+        if args.runs(Section::Policy) {
+            policy_rows(&bench, &plan, &mut report, args, dir, &daemon_args, rep)?;
+        }
+    }
+    if !args.runs(Section::Connect) {
+        print!("{}", report.table());
+        return Ok(());
     }
 
     // RSS once the load has ended: a 32-client run on each daemon, then
@@ -354,6 +367,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     print!("{}", report.table());
     if let Some(out) = &args.out
         && !args.smoke
+        && args.only.is_empty()
     {
         std::fs::create_dir_all(out)?;
         std::fs::write(out.join("BENCHMARKS.md"), report.markdown())?;

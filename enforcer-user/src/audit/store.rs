@@ -204,7 +204,8 @@ impl AuditStore {
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = NORMAL;
-                 PRAGMA busy_timeout = 5000;",
+                 PRAGMA busy_timeout = 5000;
+                 PRAGMA cache_size = -512;",
             )
             .map_err(|source| StoreError::Open {
                 path: path.to_owned(),

@@ -47,6 +47,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<ExitCode> {
         Some(args.control_socket.clone()),
     )?;
     options.selftest_table = true;
+    daemon::memory::one_arena();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

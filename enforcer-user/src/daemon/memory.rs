@@ -4,6 +4,20 @@
 
 use std::{future::Future, time::Duration};
 
+/// One allocator arena for every thread (glibc makes up to eight per
+/// core): freed memory is then in one heap that [`trim`] can shrink,
+/// not spread over per-thread heaps whose tops it cannot. Called before
+/// the runtime's threads start; the daemon's threads are few and its
+/// hot paths allocate little, so one arena's lock costs little.
+pub fn one_arena() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt takes two plain integers and changes only the
+        // allocator's own parameters; it is called before other threads exist.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    }
+}
+
 /// How often freed heap is handed back.
 pub const TRIM_EVERY: Duration = Duration::from_secs(10);
 
