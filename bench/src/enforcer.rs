@@ -4,20 +4,23 @@
 //! never answers, on a cgroup of the bench's own.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use enforcer::daemon::{
+    control::{ClientError, ControlClient},
+    protocol::Request,
+};
 use enforcer_tests::TestCgroup;
 
 /// A running `enforcer attach`; SIGTERM and wait on drop.
 pub struct Daemon {
     child: Child,
-    socket: PathBuf,
+    control: ControlClient,
     pub proxy: SocketAddr,
     pub router: SocketAddr,
     /// How long from spawn until its control socket answered.
@@ -72,16 +75,16 @@ impl Daemon {
             .with_context(|| format!("starting {}", enforcer.display()))?;
         let mut daemon = Self {
             child,
-            socket,
+            control: ControlClient::new(socket),
             proxy: SocketAddr::from(([0, 0, 0, 0], 0)),
             router: SocketAddr::from(([0, 0, 0, 0], 0)),
             started_in: Duration::ZERO,
         };
         let deadline = begun + Duration::from_secs(120);
         loop {
-            if let Some(status) = daemon.control(r#"{"command":"status"}"#) {
+            if let Ok(status) = daemon.call(&Request::Status {}) {
                 let listener = |name: &str| -> anyhow::Result<SocketAddr> {
-                    status["result"]["listeners"][name]
+                    status["listeners"][name]
                         .as_str()
                         .with_context(|| format!("status has no {name} listener: {status}"))?
                         .parse()
@@ -110,14 +113,10 @@ impl Daemon {
         self.child.id()
     }
 
-    /// One control request's reply, or `None` while it does not answer.
-    pub fn control(&self, request: &str) -> Option<serde_json::Value> {
-        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket).ok()?;
-        stream.write_all(request.as_bytes()).ok()?;
-        stream.write_all(b"\n").ok()?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).ok()?;
-        serde_json::from_str(&line).ok()
+    /// One control request's result (an error while it does not answer,
+    /// or when it refuses).
+    pub fn call(&self, request: &Request) -> Result<serde_json::Value, ClientError> {
+        self.control.call(request)
     }
 }
 

@@ -2,7 +2,7 @@
 //! targets interleaved within each repetition; the report.
 
 use std::{
-    net::{SocketAddr, ToSocketAddrs as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -55,7 +55,7 @@ impl RunArgs {
 /// The upstream's public name, as the default pack allows it, and the
 /// loopback address that stands in for it.
 pub const UPSTREAM_NAME: &str = "api.anthropic.com";
-const UPSTREAM_IP: &str = "127.0.60.10";
+const UPSTREAM: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 60, 10)), 443);
 /// The resolver the bench's namespace names: nothing listens there, so a
 /// lookup that misses the hosts file fails here instead of leaving.
 const DEAD_RESOLVER: &str = "127.0.60.53";
@@ -124,6 +124,13 @@ struct ConnectTarget<'a> {
     server: Option<u32>,
 }
 
+impl ConnectTarget<'_> {
+    /// One load process of `shape` against this target.
+    fn load(&self, bench: &Bench, shape: &[String]) -> anyhow::Result<Observed> {
+        load(bench, self.cgroup, &self.via, UPSTREAM, shape, self.server)
+    }
+}
+
 /// One target of the router rows.
 struct RouterTarget<'a> {
     label: String,
@@ -164,10 +171,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let hosts = name_the_upstream(dir)?;
     let ca = enforcer_tests::test_ca(dir, &[UPSTREAM_NAME, "bench.test"]);
     let exe = std::env::current_exe()?;
-    let upstream_addr: SocketAddr = format!("{UPSTREAM_IP}:443").parse()?;
     let mut upstream = Command::new(&exe);
     upstream
-        .args(["upstream", "--listen", &upstream_addr.to_string(), "--cert"])
+        .args(["upstream", "--listen", &UPSTREAM.to_string(), "--cert"])
         .arg(dir.join("leaf.pem"))
         .arg("--key")
         .arg(dir.join("leaf.key"));
@@ -187,7 +193,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let resolver = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let daemon_args = vec![
         "--resolve".to_owned(),
-        format!("{UPSTREAM_NAME}:443:{UPSTREAM_IP}"),
+        format!("{UPSTREAM_NAME}:443:{}", UPSTREAM.ip()),
         "--extra-ca".to_owned(),
         ca.display().to_string(),
         "--dns-upstream".to_owned(),
@@ -213,7 +219,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let nginx = peer(
         &mut report,
         "nginx",
-        peers::nginx(dir, upstream_addr, UPSTREAM_NAME, &ca),
+        peers::nginx(dir, UPSTREAM, UPSTREAM_NAME, &ca),
     );
     for (name, why) in MISSING_PEERS {
         report.missing(name, why);
@@ -251,9 +257,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut router_targets = vec![
         RouterTarget {
             label: "direct".into(),
-            url: format!("https://{upstream_addr}/v1/messages"),
+            url: format!("https://{UPSTREAM}/v1/messages"),
             via: "direct",
-            connect: upstream_addr,
+            connect: UPSTREAM,
             cgroup: &plain,
             server: None,
         },
@@ -338,15 +344,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     // RSS once the load has ended: a 32-client run on each daemon, then
     // the settle time, then the reading.
     for target in &connect_targets[1..3] {
-        load(
-            &bench,
-            target.cgroup,
-            &target.via,
-            upstream_addr,
-            &tunnels(&plan, 32),
-            target.server,
-        )
-        .with_context(|| format!("{}: the load before the idle reading", target.label))?;
+        target
+            .load(&bench, &tunnels(&plan, 32))
+            .with_context(|| format!("{}: the load before the idle reading", target.label))?;
     }
     std::thread::sleep(plan.settle);
     for (label, daemon) in [
@@ -448,141 +448,75 @@ fn connect_rows(
     targets: &[&ConnectTarget],
     rep: usize,
 ) -> anyhow::Result<()> {
-    let upstream: SocketAddr = format!("{UPSTREAM_IP}:443").parse()?;
-    let section = Section::Connect;
+    let record = |report: &mut Report, key, target: &ConnectTarget, value| {
+        report.record(Section::Connect, key, &target.label, rep, value);
+    };
     for target in targets {
-        let label = target.label.as_str();
-        let one = load(
-            bench,
-            target.cgroup,
-            &target.via,
-            upstream,
-            &tunnels(plan, 1),
-            target.server,
-        )
-        .with_context(|| format!("{label}: tunnels, 1 client"))?;
-        let done = one.measured.done as f64;
-        report.record(
-            section,
-            "tunnels_1",
-            label,
-            rep,
-            done / one.measured.seconds,
-        );
-        report.record(
-            section,
-            "client_cores_1",
-            label,
-            rep,
-            one.client_cpu / one.measured.seconds,
-        );
-        report.record(
-            section,
-            "tunnel_p50_1",
-            label,
-            rep,
-            one.measured.p50_us / 1000.0,
-        );
-        report.record(
-            section,
-            "tunnel_p99_1",
-            label,
-            rep,
-            one.measured.p99_us / 1000.0,
-        );
+        let one = target
+            .load(bench, &tunnels(plan, 1))
+            .with_context(|| format!("{}: tunnels, 1 client", target.label))?;
+        let (done, seconds) = (one.measured.done as f64, one.measured.seconds);
+        record(report, "tunnels_1", target, done / seconds);
+        record(report, "client_cores_1", target, one.client_cpu / seconds);
+        record(report, "tunnel_p50_1", target, one.measured.p50_us / 1000.0);
+        record(report, "tunnel_p99_1", target, one.measured.p99_us / 1000.0);
         if target.server.is_some() {
-            report.record(
-                section,
+            record(
+                report,
                 "proxy_cpu_tunnel",
-                label,
-                rep,
+                target,
                 one.server_cpu / done * 1e6,
             );
         }
-        report.record(
-            section,
-            "box_cpu_tunnel",
-            label,
-            rep,
-            (one.client_cpu + one.upstream_cpu + one.server_cpu) / done * 1e6,
-        );
+        record(report, "box_cpu_tunnel", target, one.box_cpu() / done * 1e6);
     }
     for target in targets {
-        let label = target.label.as_str();
-        let many = load(
-            bench,
-            target.cgroup,
-            &target.via,
-            upstream,
-            &tunnels(plan, 32),
-            target.server,
-        )
-        .with_context(|| format!("{label}: tunnels, 32 clients"))?;
-        report.record(
-            section,
+        let many = target
+            .load(bench, &tunnels(plan, 32))
+            .with_context(|| format!("{}: tunnels, 32 clients", target.label))?;
+        let seconds = many.measured.seconds;
+        record(
+            report,
             "tunnels_32",
-            label,
-            rep,
-            many.measured.done as f64 / many.measured.seconds,
+            target,
+            many.measured.done as f64 / seconds,
         );
-        report.record(
-            section,
+        record(
+            report,
             "tunnel_p99_32",
-            label,
-            rep,
+            target,
             many.measured.p99_us / 1000.0,
         );
-        report.record(
-            section,
-            "client_cores_32",
-            label,
-            rep,
-            many.client_cpu / many.measured.seconds,
-        );
+        record(report, "client_cores_32", target, many.client_cpu / seconds);
         if target.server.is_some() {
-            report.record(section, "rss_load", label, rep, many.peak_rss);
+            record(report, "rss_load", target, many.peak_rss);
         }
     }
-    for (streams, each, measure) in [
+    for (streams, each, key) in [
         (1, plan.bulk_one, "bulk_1"),
         (8, plan.bulk_each_of_eight, "bulk_8"),
     ] {
         for target in targets {
-            let label = target.label.as_str();
-            let got = load(
-                bench,
-                target.cgroup,
-                &target.via,
-                upstream,
-                &bulk(streams, each),
-                target.server,
-            )
-            .with_context(|| format!("{label}: bulk, {streams} streams"))?;
+            let got = target
+                .load(bench, &bulk(streams, each))
+                .with_context(|| format!("{}: bulk, {streams} streams", target.label))?;
             let bytes = got.measured.bytes as f64;
-            report.record(
-                section,
-                measure,
-                label,
-                rep,
+            record(
+                report,
+                key,
+                target,
                 bytes / got.measured.seconds / f64::from(1 << 20),
             );
             if streams == 1 {
                 if target.server.is_some() {
-                    report.record(
-                        section,
+                    record(
+                        report,
                         "proxy_cpu_gib",
-                        label,
-                        rep,
+                        target,
                         got.server_cpu / bytes * GIB,
                     );
                 }
-                report.record(
-                    section,
-                    "box_cpu_gib",
-                    label,
-                    rep,
-                    (got.client_cpu + got.upstream_cpu + got.server_cpu) / bytes * GIB,
-                );
+                record(report, "box_cpu_gib", target, got.box_cpu() / bytes * GIB);
             }
         }
     }
@@ -728,7 +662,7 @@ fn policy_rows(
             .args(["load", "--via", &format!("proxy:{proxy}")])
             .args([
                 "--connect",
-                &format!("{UPSTREAM_IP}:443"),
+                &UPSTREAM.to_string(),
                 "--name",
                 UPSTREAM_NAME,
                 "--ca",
@@ -776,6 +710,13 @@ fn policy_rows(
         );
     }
     Ok(())
+}
+
+impl Observed {
+    /// The CPU the whole box spent: client, upstream and proxy.
+    fn box_cpu(&self) -> f64 {
+        self.client_cpu + self.upstream_cpu + self.server_cpu
+    }
 }
 
 /// Runs one load process in `cgroup`, sampling the proxy's RSS meanwhile.
@@ -978,7 +919,10 @@ fn name_the_upstream(dir: &Path) -> anyhow::Result<PathBuf> {
     let files = [
         (
             "hosts",
-            format!("127.0.0.1 localhost\n{UPSTREAM_IP} {UPSTREAM_NAME} bench.test\n"),
+            format!(
+                "127.0.0.1 localhost\n{} {UPSTREAM_NAME} bench.test\n",
+                UPSTREAM.ip()
+            ),
         ),
         (
             "resolv.conf",
@@ -1003,9 +947,8 @@ fn name_the_upstream(dir: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     let resolved: Vec<SocketAddr> = (UPSTREAM_NAME, 443).to_socket_addrs()?.collect();
-    let want: SocketAddr = format!("{UPSTREAM_IP}:443").parse()?;
-    if resolved != [want] {
-        bail!("{UPSTREAM_NAME} resolves to {resolved:?} in the bench's namespace, not {want}");
+    if resolved != [UPSTREAM] {
+        bail!("{UPSTREAM_NAME} resolves to {resolved:?} in the bench's namespace, not {UPSTREAM}");
     }
     Ok(dir.join("hosts"))
 }

@@ -14,6 +14,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use enforcer_tests::TestCgroup;
 
+use enforcer::daemon::protocol::Request;
+
 use crate::{enforcer::Daemon, load::Measured};
 
 /// What one policy run measured.
@@ -33,16 +35,26 @@ struct Pack {
     enforcer: PathBuf,
     path: PathBuf,
     key: PathBuf,
-    entries: u32,
+    /// The `direct` array's members, the same in every version.
+    direct: String,
 }
 
 impl Pack {
     fn new(enforcer: &Path, dir: &Path, entries: u32) -> anyhow::Result<Self> {
+        let direct: Vec<String> = (0..entries)
+            .map(|index| {
+                let [_, high, middle, low] = index.to_be_bytes();
+                format!(
+                    r#"{{"hostport":"198.{}.{middle}.{low}:443"}}"#,
+                    18 + u32::from(high & 1)
+                )
+            })
+            .collect();
         let pack = Self {
             enforcer: enforcer.to_owned(),
             path: dir.join("pack.json"),
             key: dir.join("key"),
-            entries,
+            direct: direct.join(","),
         };
         pack.enforcer(&["policy", "keygen", "--out", &pack.key.display().to_string()])?;
         pack.write(1)?;
@@ -62,15 +74,6 @@ impl Pack {
 
     /// Writes and signs version `version`.
     fn write(&self, version: u32) -> anyhow::Result<()> {
-        let direct: Vec<String> = (0..self.entries)
-            .map(|index| {
-                let [_, high, middle, low] = index.to_be_bytes();
-                format!(
-                    r#"{{"hostport":"198.{}.{middle}.{low}:443"}}"#,
-                    18 + u32::from(high & 1)
-                )
-            })
-            .collect();
         std::fs::write(
             &self.path,
             format!(
@@ -78,7 +81,7 @@ impl Pack {
 "fronting":{{"allowlist":[{{"hostport":"{name}:443"}}]}},
 "egress":{{"mode":"proxy-only","direct":[{direct}]}}}}"#,
                 name = crate::run::UPSTREAM_NAME,
-                direct = direct.join(",")
+                direct = self.direct
             ),
         )?;
         self.enforcer(&[
@@ -152,12 +155,9 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(200));
         version += 1;
         pack.write(version)?;
-        let reply = daemon
-            .control(r#"{"command":"reload"}"#)
-            .context("the daemon did not answer a reload")?;
-        if reply["ok"] != serde_json::Value::Bool(true) {
-            bail!("reload {version} refused: {reply}");
-        }
+        daemon
+            .call(&Request::Reload {})
+            .with_context(|| format!("reload {version}"))?;
         swaps += 1;
     }
     let output = child.wait_with_output()?;
