@@ -302,7 +302,7 @@ pub async fn events(target: Arc<Target>, requests: u64) -> Measured {
     let mut delays = Vec::new();
     let mut measured = Measured::default();
     for _ in 0..requests {
-        match stream_once(&target, &mut delays).await {
+        match stream_once(&target, None, &mut delays).await {
             Ok(()) => measured.done += 1,
             Err(error) => {
                 measured.errors += 1;
@@ -320,14 +320,65 @@ pub async fn events(target: Arc<Target>, requests: u64) -> Measured {
 /// The body of a streamed Messages API request.
 const STREAM_BODY: &str = r#"{"model":"claude-bench","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"ping"}]}"#;
 
-async fn stream_once(target: &Target, delays: &mut Vec<Duration>) -> anyhow::Result<()> {
+/// `streams` streamed requests at once, each event `gap` apart, so that
+/// all of them are open together for about `STREAM_EVENTS * gap` (the
+/// router's memory with that many concurrent streams). Connections open at
+/// most [`OPENING`] at a time, as a burst of a thousand SYNs would only
+/// measure the listen backlog.
+pub async fn held(target: Arc<Target>, streams: usize, gap: Duration) -> Measured {
+    let started = Instant::now();
+    let opening = Arc::new(tokio::sync::Semaphore::new(OPENING));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..streams {
+        let target = Arc::clone(&target);
+        let opening = Arc::clone(&opening);
+        tasks.spawn(async move {
+            let mut delays = Vec::new();
+            stream_once(&target, Some((gap, opening)), &mut delays).await
+        });
+    }
+    let mut measured = Measured::default();
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome.map_err(anyhow::Error::from).and_then(|done| done) {
+            Ok(()) => measured.done += 1,
+            Err(error) => {
+                measured.errors += 1;
+                measured
+                    .first_error
+                    .get_or_insert_with(|| format!("{error:#}"));
+            }
+        }
+    }
+    measured.seconds = started.elapsed().as_secs_f64();
+    measured
+}
+
+/// Streams of [`held`] that may be opening (connect and send) at once.
+const OPENING: usize = 64;
+
+/// One streamed request; `held` asks for events `gap` apart and opens
+/// under its semaphore.
+async fn stream_once(
+    target: &Target,
+    held: Option<(Duration, Arc<tokio::sync::Semaphore>)>,
+    delays: &mut Vec<Duration>,
+) -> anyhow::Result<()> {
+    let gap_header = held
+        .as_ref()
+        .map(|(gap, _)| format!("x-bench-gap-ms: {}\r\n", gap.as_millis()))
+        .unwrap_or_default();
+    let opening = match &held {
+        Some((_, semaphore)) => Some(semaphore.acquire().await?),
+        None => None,
+    };
     let mut stream = target.open().await?;
     let request = format!(
-        "POST /v1/messages HTTP/1.1\r\nHost: {}\r\nConnection: close\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\nauthorization: Bearer bench-not-a-key\r\ncontent-length: {}\r\n\r\n{STREAM_BODY}",
+        "POST /v1/messages HTTP/1.1\r\nHost: {}\r\nConnection: close\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\nauthorization: Bearer bench-not-a-key\r\n{gap_header}content-length: {}\r\n\r\n{STREAM_BODY}",
         target.name,
         STREAM_BODY.len()
     );
     stream.write_all(request.as_bytes()).await?;
+    drop(opening);
     let mut pending = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     let mut seen = 0;

@@ -88,6 +88,14 @@ enum Shape {
         #[arg(long)]
         requests: u64,
     },
+    /// Streamed Messages API requests all open at once.
+    Held {
+        #[arg(long)]
+        streams: usize,
+        /// The upstream's wait before each event, in milliseconds.
+        #[arg(long)]
+        gap_ms: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -133,6 +141,9 @@ fn load_once(
             } => load::tunnels(target, clients, Duration::from_secs_f64(seconds), limit).await,
             Shape::Bulk { streams, bytes } => load::bulk(target, streams, bytes).await,
             Shape::Events { requests } => load::events(target, requests).await,
+            Shape::Held { streams, gap_ms } => {
+                load::held(target, streams, Duration::from_millis(gap_ms)).await
+            }
         }
     });
     println!("{}", serde_json::to_string(&measured)?);

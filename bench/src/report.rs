@@ -245,6 +245,13 @@ const MEASURES: &[Measure] = &[
         "router_rss_load",
         "RSS under load (32 clients, peak)",
         "MiB",
+        "",
+        Compare::Plain,
+    ),
+    measure(
+        "router_rss_streams",
+        "RSS with 1,000 streams open at once (peak; smoke: 20)",
+        "MiB",
         "≤ 64 MB",
         Compare::Plain,
     ),

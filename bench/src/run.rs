@@ -69,6 +69,8 @@ struct Plan {
     bulk_each_of_eight: u64,
     wrk_seconds: u32,
     event_requests: u64,
+    held_streams: usize,
+    held_gap_ms: u64,
     connects: u32,
     direct_entries: u32,
     settle: Duration,
@@ -85,6 +87,8 @@ impl Plan {
                 bulk_each_of_eight: 1 << 18,
                 wrk_seconds: 1,
                 event_requests: 2,
+                held_streams: 20,
+                held_gap_ms: 10,
                 connects: 200,
                 direct_entries: 1_000,
                 settle: Duration::from_secs(1),
@@ -98,6 +102,8 @@ impl Plan {
                 bulk_each_of_eight: 1 << 27,
                 wrk_seconds: 5,
                 event_requests: 25,
+                held_streams: 1_000,
+                held_gap_ms: 250,
                 connects: 200_000,
                 direct_entries: 100_000,
                 settle: Duration::from_secs(30),
@@ -603,6 +609,26 @@ fn router_rows(
             rep,
             events.measured.max_us / 1000.0,
         );
+    }
+    for target in targets.iter().filter(|target| target.server.is_some()) {
+        let label = target.label.as_str();
+        let shape = vec![
+            "held".to_owned(),
+            "--streams".into(),
+            plan.held_streams.to_string(),
+            "--gap-ms".into(),
+            plan.held_gap_ms.to_string(),
+        ];
+        let held = load(
+            bench,
+            target.cgroup,
+            target.via,
+            target.connect,
+            &shape,
+            target.server,
+        )
+        .with_context(|| format!("{label}: {} streams at once", plan.held_streams))?;
+        report.record(section, "router_rss_streams", label, rep, held.peak_rss);
     }
     Ok(())
 }

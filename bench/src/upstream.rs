@@ -74,6 +74,7 @@ where
         let request = Request::parse(head)?;
         let (method, path) = (request.method.to_owned(), request.path.to_owned());
         let (content_length, close) = (request.content_length, request.close);
+        let gap = request.gap.unwrap_or(STREAM_GAP);
         let body_end = head_end + content_length;
         while buffer.len() < body_end {
             let mut chunk = [0u8; 4096];
@@ -102,7 +103,7 @@ where
                     left -= take as u64;
                 }
             }
-            ("POST", "/v1/messages") if streamed => stream_events(stream).await?,
+            ("POST", "/v1/messages") if streamed => stream_events(stream, gap).await?,
             ("POST", "/v1/messages") => {
                 respond(stream, "application/json", MESSAGE.as_bytes()).await?;
             }
@@ -147,6 +148,9 @@ struct Request<'a> {
     path: &'a str,
     content_length: usize,
     close: bool,
+    /// `x-bench-gap-ms`: the wait before each streamed event, when the
+    /// client asks for longer-lived streams than [`STREAM_GAP`] gives.
+    gap: Option<std::time::Duration>,
 }
 
 impl<'a> Request<'a> {
@@ -161,6 +165,7 @@ impl<'a> Request<'a> {
             path,
             content_length: 0,
             close: false,
+            gap: None,
         };
         for line in lines {
             let Some((name, value)) = line.split_once(':') else {
@@ -171,6 +176,9 @@ impl<'a> Request<'a> {
                 request.content_length = value.parse().context("content-length")?;
             } else if name.eq_ignore_ascii_case("connection") {
                 request.close = value.eq_ignore_ascii_case("close");
+            } else if name.eq_ignore_ascii_case("x-bench-gap-ms") {
+                let millis = value.parse().context("x-bench-gap-ms")?;
+                request.gap = Some(std::time::Duration::from_millis(millis));
             }
         }
         Ok(request)
@@ -199,7 +207,7 @@ pub const STREAM_GAP: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A streamed reply: chunked SSE, each event stamped with the moment
 /// (microseconds since the Unix epoch) the upstream wrote it.
-async fn stream_events<S>(stream: &mut S) -> anyhow::Result<()>
+async fn stream_events<S>(stream: &mut S, gap: std::time::Duration) -> anyhow::Result<()>
 where
     S: tokio::io::AsyncWrite + Unpin,
 {
@@ -207,7 +215,7 @@ where
         .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
         .await?;
     for index in 0..STREAM_EVENTS {
-        tokio::time::sleep(STREAM_GAP).await;
+        tokio::time::sleep(gap).await;
         let sent = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_micros();

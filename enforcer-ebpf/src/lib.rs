@@ -98,10 +98,11 @@ pub const MAX_ALLOW_ENTRIES: u32 = 131_072;
 /// Slots in the `RECENT` array of last denies.
 pub const RECENT_DENIES: u32 = 32;
 /// Size of the `EVENTS` ring buffer in bytes (a power of two, page aligned):
-/// about 13,000 denies of 80 bytes between two reads of the daemon; what
-/// does not fit is counted (`events_lost`), never blocks a deny. Its pages
-/// are mapped twice into the daemon, so they count twice in its RSS.
-pub const EVENTS_BYTES: u32 = 1 << 20;
+/// about 3,200 denies of 80 bytes between two reads of the daemon, which
+/// reads as soon as the ring is readable; what does not fit is counted
+/// (`events_lost`), never blocks a deny. Its pages are mapped twice into
+/// the daemon at attach, so twice this size is in its RSS from the start.
+pub const EVENTS_BYTES: u32 = 1 << 18;
 /// Capacity of the `PEERS` map (an LRU: the oldest entries go first when
 /// it is full; entries are deleted when their socket closes anyway).
 pub const MAX_PEERS: u32 = 65_536;
