@@ -363,19 +363,22 @@ async fn stream_once(
     held: Option<(Duration, Arc<tokio::sync::Semaphore>)>,
     delays: &mut Vec<Duration>,
 ) -> anyhow::Result<()> {
-    let gap_header = held
-        .as_ref()
-        .map(|(gap, _)| format!("x-bench-gap-ms: {}\r\n", gap.as_millis()))
-        .unwrap_or_default();
+    let body = match &held {
+        Some((gap, _)) => STREAM_BODY.replace(
+            "\"max_tokens\":16",
+            &format!("\"max_tokens\":{}", gap.as_millis()),
+        ),
+        None => STREAM_BODY.to_owned(),
+    };
     let opening = match &held {
         Some((_, semaphore)) => Some(semaphore.acquire().await?),
         None => None,
     };
     let mut stream = target.open().await?;
     let request = format!(
-        "POST /v1/messages HTTP/1.1\r\nHost: {}\r\nConnection: close\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\nauthorization: Bearer bench-not-a-key\r\n{gap_header}content-length: {}\r\n\r\n{STREAM_BODY}",
+        "POST /v1/messages HTTP/1.1\r\nHost: {}\r\nConnection: close\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\nauthorization: Bearer bench-not-a-key\r\ncontent-length: {}\r\n\r\n{body}",
         target.name,
-        STREAM_BODY.len()
+        body.len()
     );
     stream.write_all(request.as_bytes()).await?;
     drop(opening);

@@ -92,7 +92,8 @@ enum Shape {
     Held {
         #[arg(long)]
         streams: usize,
-        /// The upstream's wait before each event, in milliseconds.
+        /// The upstream's wait before each event, in milliseconds (more
+        /// than `upstream::GAP_FROM_MAX_TOKENS`: it is sent as max_tokens).
         #[arg(long)]
         gap_ms: u64,
     },
@@ -128,6 +129,14 @@ fn load_once(
     ca: &std::path::Path,
     shape: Shape,
 ) -> anyhow::Result<()> {
+    if let Shape::Held { gap_ms, .. } = shape
+        && gap_ms <= upstream::GAP_FROM_MAX_TOKENS
+    {
+        anyhow::bail!(
+            "--gap-ms must be above {}: the upstream reads smaller max_tokens as a short stream",
+            upstream::GAP_FROM_MAX_TOKENS
+        );
+    }
     let target = Arc::new(load::Target::new(via, connect, name, ca)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -6,7 +6,7 @@
 
 use std::{
     net::{SocketAddr, TcpListener},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -61,7 +61,12 @@ fn version(
         .with_context(|| format!("{program} {flag} printed no version: {text:?}"))
 }
 
-/// Starts `command` and waits until `listen` accepts, at most 20 s.
+/// How long a peer may take to listen. LiteLLM's first start on a fresh
+/// machine compiles its Python modules (17 s was seen).
+const START_WITHIN: Duration = Duration::from_secs(90);
+
+/// Starts `command` and waits until `listen` accepts, at most
+/// [`START_WITHIN`].
 fn start(
     label: String,
     listen: SocketAddr,
@@ -80,7 +85,7 @@ fn start(
         listen,
         child,
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + START_WITHIN;
     loop {
         if std::net::TcpStream::connect(listen).is_ok() {
             return Ok(peer);
@@ -93,7 +98,11 @@ fn start(
             );
         }
         if Instant::now() > deadline {
-            bail!("{} did not listen on {listen} within 20 s", peer.label);
+            bail!(
+                "{} did not listen on {listen} within {} s",
+                peer.label,
+                START_WITHIN.as_secs()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -231,5 +240,156 @@ pub fn nginx(dir: &Path, upstream: SocketAddr, name: &str, ca: &Path) -> anyhow:
         listen,
         command,
         &dir.join("stderr.log"),
+    )
+}
+
+/// The one directory under `peer_dir` whose name starts with `prefix`
+/// (`cargo xtask setup --bench` installs each peer into `NAME-VERSION`).
+fn installed(peer_dir: &Path, prefix: &str) -> anyhow::Result<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(peer_dir)
+        .with_context(|| {
+            format!(
+                "{} (cargo xtask setup --bench installs the router peers there)",
+                peer_dir.display()
+            )
+        })?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
+        .map(|entry| entry.path())
+        .collect();
+    found.sort();
+    found.pop().with_context(|| {
+        format!(
+            "no {prefix}* in {} (cargo xtask setup --bench installs it)",
+            peer_dir.display()
+        )
+    })
+}
+
+/// A command with nothing of the bench's environment but what is given:
+/// no proxy variables, no CA bundle of the machine's, a home of its own.
+fn clean_command(program: &Path, home: &Path, path: &str) -> anyhow::Result<Command> {
+    let tmp = home.join("tmp");
+    std::fs::create_dir_all(&tmp)?;
+    let mut command = Command::new(program);
+    command
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", home)
+        .env("TMPDIR", &tmp)
+        .current_dir(home);
+    Ok(command)
+}
+
+/// claude-code-router 2.x (npm), in the foreground (`cli.js start` runs
+/// the server in its own process), one provider: the upstream's Messages
+/// API with the `Anthropic` transformer (passes requests through), every
+/// request routed to it. It asks clients for its `APIKEY`: the bench's
+/// requests carry `authorization: Bearer {client_key}`.
+pub fn claude_code_router(
+    dir: &Path,
+    peer_dir: &Path,
+    upstream: &str,
+    model: &str,
+    client_key: &str,
+    ca: &Path,
+) -> anyhow::Result<Peer> {
+    let installed = installed(peer_dir, "claude-code-router-")?;
+    let package = installed.join("node_modules/@musistudio/claude-code-router");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(package.join("package.json"))
+            .with_context(|| format!("{}: no package.json", package.display()))?,
+    )?;
+    let version = manifest["version"].as_str().unwrap_or("unknown").to_owned();
+    let listen = free_port()?;
+    let home = dir.join("claude-code-router");
+    let config_dir = home.join(".claude-code-router");
+    std::fs::create_dir_all(&config_dir)?;
+    let config = serde_json::json!({
+        "HOST": listen.ip().to_string(),
+        "PORT": listen.port(),
+        "APIKEY": client_key,
+        "LOG": false,
+        "API_TIMEOUT_MS": 600_000,
+        "Providers": [{
+            "name": "bench",
+            "api_base_url": format!("https://{upstream}/v1/messages"),
+            "api_key": "bench-upstream-key",
+            "models": [model],
+            "transformer": { "use": ["Anthropic"] },
+        }],
+        "Router": { "default": format!("bench,{model}") },
+    });
+    std::fs::write(
+        config_dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    let mut command = clean_command(Path::new("/usr/bin/node"), &home, "/usr/bin:/bin")?;
+    command
+        .env("NODE_EXTRA_CA_CERTS", ca)
+        .arg(package.join("dist/cli.js"))
+        .arg("start");
+    start(
+        format!("claude-code-router {version}"),
+        listen,
+        command,
+        &home.join("stderr.log"),
+    )
+}
+
+/// LiteLLM's proxy (PyPI, in its venv), one worker in the foreground, one
+/// model: `model` as `anthropic/{model}` at the upstream. No master key
+/// (it accepts any client key); no cost-map download
+/// (`LITELLM_LOCAL_MODEL_COST_MAP`), no telemetry; the bench CA is its
+/// only trust (`SSL_CERT_FILE`).
+pub fn litellm(
+    dir: &Path,
+    peer_dir: &Path,
+    upstream: &str,
+    model: &str,
+    ca: &Path,
+) -> anyhow::Result<Peer> {
+    let venv = installed(peer_dir, "litellm-")?;
+    let python = venv.join("bin/python");
+    let output = Command::new(&python)
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('litellm'))",
+        ])
+        .output()
+        .with_context(|| format!("{} cannot run", python.display()))?;
+    let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if !output.status.success() || version.is_empty() {
+        bail!(
+            "{} has no litellm: {}",
+            venv.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let listen = free_port()?;
+    let home = dir.join("litellm");
+    std::fs::create_dir_all(&home)?;
+    let config = home.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "model_list:\n  - model_name: {model}\n    litellm_params:\n      model: anthropic/{model}\n      api_base: https://{upstream}\n      api_key: bench-upstream-key\nlitellm_settings:\n  telemetry: false\n  drop_params: true\n"
+        ),
+    )?;
+    let path = format!("{}:/usr/bin:/bin", venv.join("bin").display());
+    let mut command = clean_command(&venv.join("bin/litellm"), &home, &path)?;
+    command
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("SSL_CERT_FILE", ca)
+        .arg("--config")
+        .arg(&config)
+        .args(["--host", &listen.ip().to_string()])
+        .args(["--port", &listen.port().to_string()])
+        .args(["--num_workers", "1", "--telemetry", "False"]);
+    start(
+        format!("LiteLLM {version}"),
+        listen,
+        command,
+        &home.join("stderr.log"),
     )
 }

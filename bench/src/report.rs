@@ -313,6 +313,8 @@ pub struct Report {
     sections: BTreeMap<&'static str, Section>,
     peers: Vec<String>,
     missing: Vec<(String, String)>,
+    /// Rows a peer could not complete: peer, row, why.
+    incomplete: Vec<(String, String, String)>,
     settle: Duration,
     /// What the RSS read after the load is made of, per daemon.
     breakdowns: Vec<(String, Vec<(String, f64)>)>,
@@ -334,6 +336,12 @@ impl Report {
     /// A peer that is not measured, and why.
     pub fn missing(&mut self, name: &str, why: &str) {
         self.missing.push((name.to_owned(), why.to_owned()));
+    }
+
+    /// A row `peer` could not complete in one repetition, and why.
+    pub fn incomplete(&mut self, peer: &str, row: &str, why: &str) {
+        self.incomplete
+            .push((peer.to_owned(), row.to_owned(), why.to_owned()));
     }
 
     /// What `target`'s RSS after the load is made of (MiB by mapping).
@@ -527,6 +535,9 @@ impl Report {
         let mut text = self.tables(false);
         text.push_str("\nRSS after the load:\n");
         text.push_str(&self.breakdown_text());
+        for (peer, row, why) in &self.incomplete {
+            let _ = writeln!(text, "{peer}: {row} not completed: {why}");
+        }
         if self.smoke {
             text.push_str(
                 "\n(smoke run: every target once, a few requests each; the figures mean nothing)\n",
@@ -557,6 +568,12 @@ impl Report {
         }
         for (name, why) in &self.missing {
             let _ = writeln!(text, "- {name}: missing — {why}.");
+        }
+        for (peer, row, why) in &self.incomplete {
+            let _ = writeln!(
+                text,
+                "- {peer}: {row} not completed in one repetition — {why}."
+            );
         }
         text.push_str("\n## Results\n\n![ratios to direct](benchmarks.svg)\n\n");
         text.push_str(&self.tables(true));

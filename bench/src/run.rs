@@ -39,6 +39,10 @@ pub struct RunArgs {
     /// Repetitions; targets are interleaved within each.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Where `cargo xtask setup --bench` installed claude-code-router and
+    /// LiteLLM.
+    #[arg(long, default_value = "/opt/enforcer-bench")]
+    pub peer_dir: PathBuf,
     /// Only these tables (development: one change measured before and
     /// after; nothing is written then).
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -88,7 +92,7 @@ impl Plan {
                 wrk_seconds: 1,
                 event_requests: 2,
                 held_streams: 20,
-                held_gap_ms: 10,
+                held_gap_ms: 150,
                 connects: 200,
                 direct_entries: 1_000,
                 settle: Duration::from_secs(1),
@@ -147,6 +151,23 @@ struct RouterTarget<'a> {
     connect: SocketAddr,
     cgroup: &'a TestCgroup,
     server: Option<u32>,
+    /// A peer's row that fails is reported as not completed (with why)
+    /// instead of failing the bench; the enforcer's and direct's fail it.
+    peer: bool,
+}
+
+impl RouterTarget<'_> {
+    /// One load process of `shape` (streamed requests) against this target.
+    fn load(&self, bench: &Bench, shape: &[String]) -> anyhow::Result<Observed> {
+        load(
+            bench,
+            self.cgroup,
+            self.via,
+            self.connect,
+            shape,
+            self.server,
+        )
+    }
 }
 
 /// What one load process (or wrk run) measured, and the CPU it cost.
@@ -227,9 +248,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         "nginx",
         peers::nginx(dir, UPSTREAM, UPSTREAM_NAME, &ca),
     );
-    for (name, why) in MISSING_PEERS {
-        report.missing(name, why);
-    }
+    let claude_code_router = peer(
+        &mut report,
+        "claude-code-router",
+        peers::claude_code_router(dir, &args.peer_dir, UPSTREAM_NAME, MODEL, CLIENT_KEY, &ca),
+    );
+    let litellm = peer(
+        &mut report,
+        "LiteLLM",
+        peers::litellm(dir, &args.peer_dir, UPSTREAM_NAME, MODEL, &ca),
+    );
     std::thread::sleep(plan.settle.min(Duration::from_secs(5)));
 
     let mut connect_targets = vec![
@@ -268,6 +296,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             connect: UPSTREAM,
             cgroup: &plain,
             server: None,
+            peer: false,
         },
         RouterTarget {
             label: "enforcer".into(),
@@ -276,16 +305,21 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             connect: proxy_only.router,
             cgroup: &proxy_cgroup,
             server: Some(proxy_only.pid()),
+            peer: false,
         },
     ];
-    if let Some(nginx) = &nginx {
+    for peer in [&nginx, &claude_code_router, &litellm]
+        .into_iter()
+        .flatten()
+    {
         router_targets.push(RouterTarget {
-            label: nginx.label.clone(),
-            url: format!("http://{}/v1/messages", nginx.listen),
+            label: peer.label.clone(),
+            url: format!("http://{}/v1/messages", peer.listen),
             via: "plain",
-            connect: nginx.listen,
+            connect: peer.listen,
             cgroup: &plain,
-            server: Some(nginx.pid()),
+            server: Some(peer.pid()),
+            peer: true,
         });
     }
     let labels: Vec<&str> = connect_targets
@@ -387,17 +421,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Peers not run here yet, and why (they name a row in BENCHMARKS.md).
-const MISSING_PEERS: &[(&str, &str)] = &[
-    (
-        "claude-code-router",
-        "not run by this bench yet (npm @musistudio/claude-code-router 2.x needs its own config and a pinned install)",
-    ),
-    (
-        "LiteLLM",
-        "not run by this bench yet (PyPI litellm[proxy] in a venv, LITELLM_LOCAL_MODEL_COST_MAP=True)",
-    ),
-];
+/// The model every router request names (each peer routes it upstream).
+const MODEL: &str = "claude-bench";
+/// The key every router request carries (claude-code-router asks for its
+/// `APIKEY`; the enforcer's default lane passes a client's key through).
+const CLIENT_KEY: &str = "bench-not-a-key";
 
 /// A started peer, or its row's reason for missing.
 fn peer(report: &mut Report, name: &str, started: anyhow::Result<Peer>) -> Option<Peer> {
@@ -539,8 +567,12 @@ fn router_rows(
     let section = Section::Router;
     for target in targets {
         let label = target.label.as_str();
-        let one = wrk(bench, target, 1, 1, plan.wrk_seconds)
-            .with_context(|| format!("{label}: router, 1 client"))?;
+        let Some(one) = attempt(report, target, "1 client", || {
+            wrk(bench, target, 1, 1, plan.wrk_seconds)
+        })?
+        else {
+            continue;
+        };
         report.record(
             section,
             "router_p50",
@@ -558,8 +590,12 @@ fn router_rows(
     }
     for target in targets {
         let label = target.label.as_str();
-        let many = wrk(bench, target, 2, 32, plan.wrk_seconds)
-            .with_context(|| format!("{label}: router, 32 clients"))?;
+        let Some(many) = attempt(report, target, "32 clients", || {
+            wrk(bench, target, 2, 32, plan.wrk_seconds)
+        })?
+        else {
+            continue;
+        };
         let done = many.measured.done as f64;
         report.record(
             section,
@@ -586,15 +622,12 @@ fn router_rows(
             "--requests".into(),
             plan.event_requests.to_string(),
         ];
-        let events = load(
-            bench,
-            target.cgroup,
-            target.via,
-            target.connect,
-            &shape,
-            target.server,
-        )
-        .with_context(|| format!("{label}: streamed events"))?;
+        let Some(events) = attempt(report, target, "streamed events", || {
+            target.load(bench, &shape)
+        })?
+        else {
+            continue;
+        };
         report.record(
             section,
             "sse_p50",
@@ -619,18 +652,39 @@ fn router_rows(
             "--gap-ms".into(),
             plan.held_gap_ms.to_string(),
         ];
-        let held = load(
-            bench,
-            target.cgroup,
-            target.via,
-            target.connect,
-            &shape,
-            target.server,
-        )
-        .with_context(|| format!("{label}: {} streams at once", plan.held_streams))?;
+        let what = format!("{} streams at once", plan.held_streams);
+        let Some(held) = attempt(report, target, &what, || target.load(bench, &shape))? else {
+            continue;
+        };
         report.record(section, "router_rss_streams", label, rep, held.peak_rss);
     }
     Ok(())
+}
+
+/// Runs one router measurement of `target`: its failure fails the bench,
+/// unless the target is a peer, whose failed row is reported instead.
+fn attempt(
+    report: &mut Report,
+    target: &RouterTarget,
+    what: &str,
+    measure: impl FnOnce() -> anyhow::Result<Observed>,
+) -> anyhow::Result<Option<Observed>> {
+    match measure() {
+        Ok(observed) => Ok(Some(observed)),
+        Err(error) if target.peer => {
+            eprintln!(
+                "enforcer-bench: {}: router, {what}: not completed: {error:#}",
+                target.label
+            );
+            report.incomplete(
+                &target.label,
+                &format!("router, {what}"),
+                &format!("{error:#}"),
+            );
+            Ok(None)
+        }
+        Err(error) => Err(error.context(format!("{}: router, {what}", target.label))),
+    }
 }
 
 fn kernel_rows(

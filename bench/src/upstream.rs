@@ -74,7 +74,6 @@ where
         let request = Request::parse(head)?;
         let (method, path) = (request.method.to_owned(), request.path.to_owned());
         let (content_length, close) = (request.content_length, request.close);
-        let gap = request.gap.unwrap_or(STREAM_GAP);
         let body_end = head_end + content_length;
         while buffer.len() < body_end {
             let mut chunk = [0u8; 4096];
@@ -84,9 +83,7 @@ where
             }
             buffer.extend_from_slice(&chunk[..read]);
         }
-        let streamed = buffer[head_end..body_end]
-            .windows(13)
-            .any(|window| window == b"\"stream\":true");
+        let asked = Asked::of(&buffer[head_end..body_end]);
         buffer.drain(..body_end);
         match (method.as_str(), path.as_str()) {
             ("GET", "/small") => respond(stream, "text/plain", b"ok").await?,
@@ -103,7 +100,7 @@ where
                     left -= take as u64;
                 }
             }
-            ("POST", "/v1/messages") if streamed => stream_events(stream, gap).await?,
+            ("POST", "/v1/messages") if asked.stream => stream_events(stream, asked.gap()).await?,
             ("POST", "/v1/messages") => {
                 respond(stream, "application/json", MESSAGE.as_bytes()).await?;
             }
@@ -142,15 +139,44 @@ where
     }
 }
 
+/// What the upstream reads of a Messages API body. Parsed as JSON, since
+/// peers re-serialise bodies (LiteLLM writes `"stream": true`).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Asked {
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    max_tokens: u64,
+}
+
+/// `max_tokens` above this asks for events that many milliseconds apart:
+/// long-lived streams (the router's held-streams row). The body's
+/// `max_tokens` reaches the upstream through every peer, where a header of
+/// the bench's own might not.
+pub const GAP_FROM_MAX_TOKENS: u64 = 100;
+
+impl Asked {
+    /// The body's fields, or nothing asked for when it is not such JSON.
+    fn of(body: &[u8]) -> Self {
+        serde_json::from_slice(body).unwrap_or_default()
+    }
+
+    /// The wait before each streamed event.
+    fn gap(&self) -> std::time::Duration {
+        if self.max_tokens > GAP_FROM_MAX_TOKENS {
+            std::time::Duration::from_millis(self.max_tokens)
+        } else {
+            STREAM_GAP
+        }
+    }
+}
+
 /// What the upstream reads of a request head.
 struct Request<'a> {
     method: &'a str,
     path: &'a str,
     content_length: usize,
     close: bool,
-    /// `x-bench-gap-ms`: the wait before each streamed event, when the
-    /// client asks for longer-lived streams than [`STREAM_GAP`] gives.
-    gap: Option<std::time::Duration>,
 }
 
 impl<'a> Request<'a> {
@@ -165,7 +191,6 @@ impl<'a> Request<'a> {
             path,
             content_length: 0,
             close: false,
-            gap: None,
         };
         for line in lines {
             let Some((name, value)) = line.split_once(':') else {
@@ -176,9 +201,6 @@ impl<'a> Request<'a> {
                 request.content_length = value.parse().context("content-length")?;
             } else if name.eq_ignore_ascii_case("connection") {
                 request.close = value.eq_ignore_ascii_case("close");
-            } else if name.eq_ignore_ascii_case("x-bench-gap-ms") {
-                let millis = value.parse().context("x-bench-gap-ms")?;
-                request.gap = Some(std::time::Duration::from_millis(millis));
             }
         }
         Ok(request)

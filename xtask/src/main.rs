@@ -5,6 +5,7 @@
 //! nothing); every other command but `lint` runs it first.
 
 mod demo;
+mod router_peers;
 mod setup;
 mod vm;
 mod vm_systemd;
@@ -29,7 +30,7 @@ struct Cli {
 enum Task {
     /// Install what building and testing need: nightly rust-src, bpf-linker,
     /// the musl target, Debian packages. Idempotent.
-    Setup,
+    Setup(SetupArgs),
     /// Set up, then build every binary.
     Build,
     /// Set up, check formatting and clippy (workspace and eBPF target),
@@ -56,6 +57,16 @@ enum Task {
     Bench(BenchArgs),
 }
 
+/// `cargo xtask setup`.
+#[derive(Debug, clap::Args)]
+struct SetupArgs {
+    /// Also the lane router's peers that are not Debian packages:
+    /// claude-code-router (npm) and LiteLLM (PyPI, in a venv), pinned,
+    /// under /opt/enforcer-bench. `test` and `bench` install them too.
+    #[arg(long)]
+    bench: bool,
+}
+
 /// `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
@@ -68,9 +79,13 @@ struct BenchArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Task::Setup => setup::run(),
+        Task::Setup(args) if args.bench => setup::run().and_then(|()| router_peers::install()),
+        Task::Setup(_) => setup::run(),
         Task::Build => setup::run().and_then(|()| build()),
-        Task::Test => setup::run().and_then(|()| test()),
+        // The bench's smoke pass in `test` runs every peer.
+        Task::Test => setup::run()
+            .and_then(|()| router_peers::install())
+            .and_then(|()| test()),
         Task::Lint => lint(),
         Task::TestVm(args) if args.systemd => setup::run()
             .and_then(|()| vm_systemd::run(&args))
@@ -84,7 +99,9 @@ fn main() -> ExitCode {
         Task::TestCompat => setup::run()
             .and_then(|()| build())
             .and_then(|()| test_compat()),
-        Task::Bench(args) => setup::run().and_then(|()| bench(args.smoke)),
+        Task::Bench(args) => setup::run()
+            .and_then(|()| router_peers::install())
+            .and_then(|()| bench(args.smoke)),
         Task::Demo => setup::run()
             .and_then(|()| build())
             .and_then(|()| demo::run()),
@@ -357,7 +374,8 @@ fn bench(smoke: bool) -> anyhow::Result<()> {
         command = Command::new(target.join("enforcer-bench"));
         command
             .args(["run", "--smoke", "--enforcer"])
-            .arg(target.join("enforcer"));
+            .arg(target.join("enforcer"))
+            .args(["--peer-dir", router_peers::PEERS_DIR]);
     } else {
         run_command(cargo().args(["build", "--release", "--bins"]))?;
         let target = root.join("target/release");
@@ -365,6 +383,7 @@ fn bench(smoke: bool) -> anyhow::Result<()> {
         command
             .args(["run", "--enforcer"])
             .arg(target.join("enforcer"))
+            .args(["--peer-dir", router_peers::PEERS_DIR])
             .arg("--out")
             .arg(root.join("docs"));
     }
