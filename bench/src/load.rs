@@ -305,10 +305,11 @@ pub async fn events(target: Arc<Target>, requests: u64) -> Measured {
         match stream_once(&target, None, &mut delays).await {
             Ok(()) => measured.done += 1,
             Err(error) => {
+                // One failure fails the row: a peer that hung once would
+                // otherwise cost STREAM_WITHIN per remaining request.
                 measured.errors += 1;
-                measured
-                    .first_error
-                    .get_or_insert_with(|| format!("{error:#}"));
+                measured.first_error = Some(format!("{error:#}"));
+                break;
             }
         }
     }
@@ -356,9 +357,28 @@ pub async fn held(target: Arc<Target>, streams: usize, gap: Duration) -> Measure
 /// Streams of [`held`] that may be opening (connect and send) at once.
 const OPENING: usize = 64;
 
+/// How long a streamed request may take beyond its events' own gaps (a
+/// peer that stops answering fails the row instead of hanging the bench).
+const STREAM_WITHIN: Duration = Duration::from_secs(30);
+
 /// One streamed request; `held` asks for events `gap` apart and opens
-/// under its semaphore.
+/// under its semaphore. Bounded by [`STREAM_WITHIN`] plus the events' gaps.
 async fn stream_once(
+    target: &Target,
+    held: Option<(Duration, Arc<tokio::sync::Semaphore>)>,
+    delays: &mut Vec<Duration>,
+) -> anyhow::Result<()> {
+    let gap = held
+        .as_ref()
+        .map_or(crate::upstream::STREAM_GAP, |(gap, _)| *gap);
+    let events = u32::try_from(crate::upstream::STREAM_EVENTS)?;
+    let within = STREAM_WITHIN + gap * events;
+    tokio::time::timeout(within, stream_unbounded(target, held, delays))
+        .await
+        .map_err(|_| anyhow::anyhow!("the stream did not end within {} s", within.as_secs()))?
+}
+
+async fn stream_unbounded(
     target: &Target,
     held: Option<(Duration, Arc<tokio::sync::Semaphore>)>,
     delays: &mut Vec<Duration>,

@@ -652,7 +652,11 @@ const METHOD: &str = "## Method\n\n\
 - The upstream is the bench's own HTTPS server (rustls, HTTP/1.1, `TCP_NODELAY`). The CONNECT load generator is the \
   bench's own Rust client (tokio, rustls, session resumption off: a full handshake per tunnel); `direct` is its ceiling. \
   The router load is wrk (a small non-streamed POST, keep-alive); the SSE delay is the bench's client reading events the \
-  upstream stamps with the time it wrote them, 5 ms apart.\n\
+  upstream stamps with the time it wrote them, 5 ms apart. `RSS with 1,000 streams` is the peak while 1,000 streamed \
+  requests are open at once (20 events 250 ms apart each).\n\
+- The router peers: nginx as a reverse proxy (buffering off, keep-alive and verified TLS to the upstream); \
+  claude-code-router (`cli.js start`, one provider with the `Anthropic` transformer) and LiteLLM's proxy (one worker, one \
+  model), both installed by `cargo xtask setup --bench` and started with a cleared environment and the bench CA.\n\
 - The enforcer's load generators run inside the enforced cgroup (the kernel programs' per-connection and per-packet cost is \
   in every enforcer row); direct and the peers' load run in a sibling cgroup with no programs. `enforcer redirect` is the \
   client connecting straight to the upstream's address, redirected by the kernel to the transparent listener.\n\

@@ -51,7 +51,8 @@ enum Task {
     /// rewrites docs/COMPATIBILITY.md. `test` runs it too.
     TestCompat,
     /// Set up, build (release), and run the benchmarks (bench/: enforcer
-    /// against direct, Squid, tinyproxy and nginx on loopback; as root).
+    /// against direct, Squid, tinyproxy, nginx, claude-code-router and LiteLLM on
+    /// loopback; as root).
     /// Rewrites docs/BENCHMARKS.md and docs/benchmarks.svg; with
     /// `--smoke`, every target once with a few requests, nothing written.
     Bench(BenchArgs),
