@@ -359,7 +359,7 @@ const OPENING: usize = 64;
 
 /// How long a streamed request may take beyond its events' own gaps (a
 /// peer that stops answering fails the row instead of hanging the bench).
-const STREAM_WITHIN: Duration = Duration::from_secs(30);
+const STREAM_WITHIN: Duration = Duration::from_secs(10);
 
 /// One streamed request; `held` asks for events `gap` apart and opens
 /// under its semaphore. Bounded by [`STREAM_WITHIN`] plus the events' gaps.

@@ -344,6 +344,13 @@ impl Report {
             .push((peer.to_owned(), row.to_owned(), why.to_owned()));
     }
 
+    /// Whether `peer` already failed `row` in an earlier repetition.
+    pub fn is_incomplete(&self, peer: &str, row: &str) -> bool {
+        self.incomplete
+            .iter()
+            .any(|(failed, failed_row, _)| failed == peer && failed_row == row)
+    }
+
     /// What `target`'s RSS after the load is made of (MiB by mapping).
     pub fn breakdown(&mut self, target: &str, mappings: &[(String, f64)]) {
         self.breakdowns.push((target.to_owned(), mappings.to_vec()));
