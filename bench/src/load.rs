@@ -318,8 +318,21 @@ pub async fn events(target: Arc<Target>, requests: u64) -> Measured {
     measured
 }
 
-/// The body of a streamed Messages API request.
-const STREAM_BODY: &str = r#"{"model":"claude-bench","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"ping"}]}"#;
+/// The model every router request names (each peer routes it upstream).
+pub const MODEL: &str = "claude-bench";
+/// The key every router request carries as `authorization: Bearer`
+/// (claude-code-router asks for its `APIKEY`; the enforcer's default lane
+/// passes a client's key through).
+pub const CLIENT_KEY: &str = "bench-not-a-key";
+/// `max_tokens` of a request that does not ask for a gap.
+pub const MAX_TOKENS: u64 = 16;
+
+/// A Messages API request body for [`MODEL`].
+pub fn message_body(stream: bool, max_tokens: u64) -> String {
+    format!(
+        r#"{{"model":"{MODEL}","max_tokens":{max_tokens},"stream":{stream},"messages":[{{"role":"user","content":"ping"}}]}}"#
+    )
+}
 
 /// `streams` streamed requests at once, each event `gap` apart, so that
 /// all of them are open together for about `STREAM_EVENTS * gap` (the
@@ -383,20 +396,17 @@ async fn stream_unbounded(
     held: Option<(Duration, Arc<tokio::sync::Semaphore>)>,
     delays: &mut Vec<Duration>,
 ) -> anyhow::Result<()> {
-    let body = match &held {
-        Some((gap, _)) => STREAM_BODY.replace(
-            "\"max_tokens\":16",
-            &format!("\"max_tokens\":{}", gap.as_millis()),
-        ),
-        None => STREAM_BODY.to_owned(),
-    };
+    let max_tokens = held
+        .as_ref()
+        .map_or(MAX_TOKENS, |(gap, _)| gap.as_millis() as u64);
+    let body = message_body(true, max_tokens);
     let opening = match &held {
         Some((_, semaphore)) => Some(semaphore.acquire().await?),
         None => None,
     };
     let mut stream = target.open().await?;
     let request = format!(
-        "POST /v1/messages HTTP/1.1\r\nHost: {}\r\nConnection: close\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\nauthorization: Bearer bench-not-a-key\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST /v1/messages HTTP/1.1\r\nHost: {}\r\nConnection: close\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: {}\r\n\r\n{body}",
         target.name,
         body.len()
     );

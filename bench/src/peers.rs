@@ -44,11 +44,11 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 /// The version line `program` prints, or why it cannot be run.
 fn version(
     program: &str,
-    flag: &str,
+    args: &[&str],
     pick: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<String> {
     let output = Command::new(program)
-        .arg(flag)
+        .args(args)
         .output()
         .with_context(|| format!("{program} is not installed (cargo xtask setup installs it)"))?;
     let text = format!(
@@ -58,7 +58,7 @@ fn version(
     );
     text.lines()
         .find_map(&pick)
-        .with_context(|| format!("{program} {flag} printed no version: {text:?}"))
+        .with_context(|| format!("{program} {args:?} printed no version: {text:?}"))
 }
 
 /// How long a peer may take to listen. LiteLLM's first start on a fresh
@@ -110,7 +110,7 @@ fn start(
 
 /// Squid as a CONNECT proxy: no cache, no access log, one process (`-N`).
 pub fn squid(dir: &Path, hosts: &Path) -> anyhow::Result<Peer> {
-    let version = version("squid", "-v", |line| {
+    let version = version("squid", &["-v"], |line| {
         line.strip_prefix("Squid Cache: Version ")
             .map(str::to_owned)
     })?;
@@ -154,7 +154,7 @@ pub fn squid(dir: &Path, hosts: &Path) -> anyhow::Result<Peer> {
 
 /// tinyproxy as a CONNECT proxy to port 443, in the foreground (`-d`).
 pub fn tinyproxy(dir: &Path) -> anyhow::Result<Peer> {
-    let version = version("tinyproxy", "-v", |line| {
+    let version = version("tinyproxy", &["-v"], |line| {
         line.strip_prefix("tinyproxy ").map(str::to_owned)
     })?;
     let listen = free_port()?;
@@ -185,7 +185,7 @@ pub fn tinyproxy(dir: &Path) -> anyhow::Result<Peer> {
 /// keep-alive to the upstream over TLS (verified against the bench CA),
 /// buffering off (so streamed events pass as they come).
 pub fn nginx(dir: &Path, upstream: SocketAddr, name: &str, ca: &Path) -> anyhow::Result<Peer> {
-    let version = version("nginx", "-v", |line| {
+    let version = version("nginx", &["-v"], |line| {
         line.split("nginx/")
             .nth(1)
             .map(|rest| rest.trim().to_owned())
@@ -350,22 +350,14 @@ pub fn litellm(
     ca: &Path,
 ) -> anyhow::Result<Peer> {
     let venv = installed(peer_dir, "litellm-")?;
-    let python = venv.join("bin/python");
-    let output = Command::new(&python)
-        .args([
+    let version = version(
+        &venv.join("bin/python").display().to_string(),
+        &[
             "-c",
             "import importlib.metadata as m; print(m.version('litellm'))",
-        ])
-        .output()
-        .with_context(|| format!("{} cannot run", python.display()))?;
-    let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    if !output.status.success() || version.is_empty() {
-        bail!(
-            "{} has no litellm: {}",
-            venv.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+        ],
+        |line| Some(line.trim().to_owned()).filter(|line| !line.is_empty()),
+    )?;
     let listen = free_port()?;
     let home = dir.join("litellm");
     std::fs::create_dir_all(&home)?;

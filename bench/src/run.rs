@@ -17,7 +17,7 @@ use enforcer_tests::{TestCgroup, spawn_ready};
 
 use crate::{
     enforcer::Daemon,
-    load::Measured,
+    load::{self, Measured},
     peers::{self, Peer},
     process,
     report::{Report, Section},
@@ -206,7 +206,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .arg(dir.join("leaf.key"));
     let upstream = spawn_ready(upstream, "the bench upstream");
     let wrk_script = dir.join("messages.lua");
-    std::fs::write(&wrk_script, WRK_SCRIPT)?;
+    std::fs::write(&wrk_script, wrk_request())?;
     let bench = Bench {
         exe,
         ca: ca.clone(),
@@ -251,12 +251,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let claude_code_router = peer(
         &mut report,
         "claude-code-router",
-        peers::claude_code_router(dir, &args.peer_dir, UPSTREAM_NAME, MODEL, CLIENT_KEY, &ca),
+        peers::claude_code_router(
+            dir,
+            &args.peer_dir,
+            UPSTREAM_NAME,
+            load::MODEL,
+            load::CLIENT_KEY,
+            &ca,
+        ),
     );
     let litellm = peer(
         &mut report,
         "LiteLLM",
-        peers::litellm(dir, &args.peer_dir, UPSTREAM_NAME, MODEL, &ca),
+        peers::litellm(dir, &args.peer_dir, UPSTREAM_NAME, load::MODEL, &ca),
     );
     std::thread::sleep(plan.settle.min(Duration::from_secs(5)));
 
@@ -420,12 +427,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     drop(upstream);
     Ok(())
 }
-
-/// The model every router request names (each peer routes it upstream).
-const MODEL: &str = "claude-bench";
-/// The key every router request carries (claude-code-router asks for its
-/// `APIKEY`; the enforcer's default lane passes a client's key through).
-const CLIENT_KEY: &str = "bench-not-a-key";
 
 /// A started peer, or its row's reason for missing.
 fn peer(report: &mut Report, name: &str, started: anyhow::Result<Peer>) -> Option<Peer> {
@@ -958,12 +959,16 @@ fn parse_wrk(text: &str) -> anyhow::Result<Measured> {
 }
 
 /// wrk's request: a small non-streamed Messages API call.
-const WRK_SCRIPT: &str = r#"wrk.method = "POST"
-wrk.body = '{"model":"claude-bench","max_tokens":16,"messages":[{"role":"user","content":"ping"}]}'
-wrk.headers["content-type"] = "application/json"
-wrk.headers["anthropic-version"] = "2023-06-01"
-wrk.headers["authorization"] = "Bearer bench-not-a-key"
-"#;
+fn wrk_request() -> String {
+    format!(
+        "wrk.method = \"POST\"\nwrk.body = '{body}'\n\
+         wrk.headers[\"content-type\"] = \"application/json\"\n\
+         wrk.headers[\"anthropic-version\"] = \"2023-06-01\"\n\
+         wrk.headers[\"authorization\"] = \"Bearer {key}\"\n",
+        body = load::message_body(false, load::MAX_TOKENS),
+        key = load::CLIENT_KEY,
+    )
+}
 
 /// Set by the bench when it re-runs itself in a new mount namespace: the
 /// namespace it left, which the new one must differ from.

@@ -3,7 +3,10 @@
 //! (never a global install): claude-code-router from npm and LiteLLM's
 //! proxy from PyPI in a venv. The bench starts them itself, by path.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::bail;
 
@@ -68,10 +71,15 @@ fn ccr() -> anyhow::Result<()> {
             .arg(&dir)
             .arg(format!("{CCR_PACKAGE}@{CCR_VERSION}")),
     )?;
-    match installed_ccr() {
-        Some(version) if version == CCR_VERSION => Ok(()),
+    verify(CCR_PACKAGE, &dir, installed_ccr(), CCR_VERSION)
+}
+
+/// Fails unless the install into `dir` left `wanted` there.
+fn verify(what: &str, dir: &Path, found: Option<String>, wanted: &str) -> anyhow::Result<()> {
+    match found {
+        Some(version) if version == wanted => Ok(()),
         other => bail!(
-            "npm installed {CCR_PACKAGE} into {} but its package.json says {other:?}, not {CCR_VERSION}",
+            "installing {what} into {} left version {other:?}, not {wanted}",
             dir.display()
         ),
     }
@@ -103,11 +111,5 @@ fn litellm() -> anyhow::Result<()> {
             .args(["install", "--quiet", "--disable-pip-version-check"])
             .arg(format!("litellm[proxy]=={LITELLM_VERSION}")),
     )?;
-    match installed_litellm() {
-        Some(version) if version == LITELLM_VERSION => Ok(()),
-        other => bail!(
-            "pip installed litellm into {} but it reports {other:?}, not {LITELLM_VERSION}",
-            dir.display()
-        ),
-    }
+    verify("litellm", &dir, installed_litellm(), LITELLM_VERSION)
 }
