@@ -666,14 +666,28 @@ pub fn host_address(v6: bool) -> Option<std::net::IpAddr> {
 /// An `AF_PACKET` socket on `lo` that sees every packet sent to this host's
 /// own addresses: the receiving stack drops source-routed packets, so this
 /// is how a test proves whether one left its sender.
+///
+/// Only one watch lives at a time in a test binary: the watch sees every
+/// packet on `lo`, so a parallel test's outside-the-cgroup control (which
+/// sends the very packet the other test must not see) would be counted
+/// against it.
 pub struct PacketWatch {
     fd: std::os::fd::OwnedFd,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
+/// Held by the one live [`PacketWatch`].
+static PACKET_WATCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl PacketWatch {
-    /// Starts watching `lo`.
+    /// Starts watching `lo`, after any other watch in this binary has ended.
     pub fn loopback() -> Self {
         use std::os::fd::FromRawFd as _;
+        // A test that failed while holding the lock leaves nothing behind
+        // that the next watch depends on.
+        let one_at_a_time = PACKET_WATCH
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let protocol = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2); owned below.
         let fd = unsafe {
@@ -707,7 +721,10 @@ impl PacketWatch {
             )
         };
         assert_eq!(rc, 0, "binding to lo: {}", std::io::Error::last_os_error());
-        Self { fd }
+        Self {
+            fd,
+            _one_at_a_time: one_at_a_time,
+        }
     }
 
     /// Drops what was seen so far.
