@@ -79,6 +79,15 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if std::env::var_os("CI").is_some() && std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        // A CI run builds once in a fresh clone: incremental state is never
+        // reused there and costs about 2.4 GiB of disk, which a CI machine
+        // ran out of. Every cargo this process starts inherits the setting.
+        // SAFETY: nothing has started a thread yet (clap parsing is
+        // single-threaded), so no other thread can read the environment
+        // while it changes.
+        unsafe { std::env::set_var("CARGO_INCREMENTAL", "0") };
+    }
     let result = match cli.command {
         Task::Setup(args) if args.bench => setup::run().and_then(|()| router_peers::install()),
         Task::Setup(_) => setup::run(),
