@@ -509,11 +509,12 @@ fn run_bwrap(tree: &Tree, proc_mode: ProcMode, seccomp: bool, script: &str) -> O
         .current_dir(&cwd)
         .stdin(Stdio::null());
     let inherit = raw.clone();
-    // SAFETY: fcntl only.
+    // SAFETY: fcntl only; the descriptors are those of `fds`, which this test keeps
+    // open until the child has exec'd (borrow_raw).
     unsafe {
         child.pre_exec(move || {
-            for fd in &inherit {
-                clear_cloexec(*fd)?;
+            for &fd in &inherit {
+                clear_cloexec(std::os::fd::BorrowedFd::borrow_raw(fd))?;
             }
             Ok(())
         });

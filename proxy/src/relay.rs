@@ -15,10 +15,14 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd as _, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl};
+use nix::sys::socket::{Shutdown, shutdown};
+use nix::unistd::pipe2;
 use serde::Serialize;
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
@@ -80,7 +84,7 @@ pub struct RelayOutcome {
 }
 
 /// A stream socket the relay can splice from and to (TCP or unix).
-pub trait SpliceStream: AsRawFd + Send + Sync {
+pub trait SpliceStream: AsFd + Send + Sync {
     /// Waits until the socket may be ready for `interest`.
     fn wait_ready(&self, interest: Interest) -> impl Future<Output = io::Result<()>> + Send;
     /// Runs a non-blocking operation, clearing readiness on `WouldBlock`.
@@ -198,24 +202,20 @@ async fn pump<S: SpliceStream, D: SpliceStream>(
     loop {
         let filled = loop {
             src.wait_ready(Interest::READABLE).await?;
-            match src.try_io_with(Interest::READABLE, || {
-                splice(src.as_raw_fd(), pipe.write.as_raw_fd(), chunk)
-            }) {
+            match src.try_io_with(Interest::READABLE, || splice(src, &pipe.write, chunk)) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
         };
         if filled == 0 {
-            shutdown_write(dst.as_raw_fd())?;
+            shutdown_write(dst)?;
             return Ok(());
         }
         let mut left = filled;
         while left > 0 {
             dst.wait_ready(Interest::WRITABLE).await?;
-            match dst.try_io_with(Interest::WRITABLE, || {
-                splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)
-            }) {
+            match dst.try_io_with(Interest::WRITABLE, || splice(&pipe.read, dst, left)) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
                 Ok(n) => {
                     left -= n;
@@ -241,30 +241,17 @@ struct Pipe {
 
 impl Pipe {
     fn new(size: usize) -> io::Result<Self> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: pipe2 writes two descriptors into fds on success.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors are fresh and owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: fcntl on a pipe we own; F_SETPIPE_SZ returns the granted size.
-        let granted = unsafe {
-            libc::fcntl(
-                write.as_raw_fd(),
-                libc::F_SETPIPE_SZ,
-                libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX),
-            )
-        };
-        let capacity = if granted > 0 {
-            usize::try_from(granted).unwrap_or(64 * 1024)
-        } else {
-            // SAFETY: as above; F_GETPIPE_SZ reads the current size.
-            let current = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
-            usize::try_from(current)
+        let (read, write) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        let asked = i32::try_from(size).unwrap_or(i32::MAX);
+        // F_SETPIPE_SZ returns the granted size; past the per-user limit it
+        // fails, and the pipe keeps the size it has.
+        let capacity = match fcntl(&write, FcntlArg::F_SETPIPE_SZ(asked)) {
+            Ok(granted) if granted > 0 => usize::try_from(granted).unwrap_or(64 * 1024),
+            _ => fcntl(&write, FcntlArg::F_GETPIPE_SZ)
                 .ok()
-                .filter(|&c| c > 0)
-                .unwrap_or(64 * 1024)
+                .and_then(|current| usize::try_from(current).ok())
+                .filter(|&current| current > 0)
+                .unwrap_or(64 * 1024),
         };
         Ok(Self {
             read,
@@ -274,35 +261,17 @@ impl Pipe {
     }
 }
 
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: plain syscall on descriptors that stay open for the call.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(usize::try_from(n).unwrap_or(0))
-    }
+fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    Ok(nix::fcntl::splice(from, None, to, None, len, flags)?)
 }
 
-fn shutdown_write(fd: RawFd) -> io::Result<()> {
-    // SAFETY: plain syscall on an open socket descriptor.
-    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } != 0 {
-        let err = io::Error::last_os_error();
+fn shutdown_write(socket: impl AsFd) -> io::Result<()> {
+    match shutdown(socket.as_fd().as_raw_fd(), Shutdown::Write) {
         // The peer may already be gone; that is the end we wanted.
-        if err.raw_os_error() != Some(libc::ENOTCONN) {
-            return Err(err);
-        }
+        Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
+        Err(errno) => Err(errno.into()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ use enforcer::{
     kernel::CgroupMount,
     policy_source::loader::CACHE_PACK,
 };
+use nix::sys::socket::SockProtocol;
 use policy::{
     Host, HostPort, IpLiteral, Origin, Policy, Snapshot,
     edit::{self, NewEntry},
@@ -503,7 +504,7 @@ pub fn remedy(record: &AuditRecord) -> Remedy {
             "a plain-HTTP request: it needs allowPlainHTTP on an entry, which suggest never adds"
                 .to_owned(),
         ),
-        Remedy::Direct if detail_is("protocol", json!(libc::IPPROTO_UDP)) => {
+        Remedy::Direct if detail_is("protocol", json!(SockProtocol::Udp as i32)) => {
             Remedy::None("UDP: direct entries open TCP only".to_owned())
         }
         // Only a question for a server's addresses names one to connect to.

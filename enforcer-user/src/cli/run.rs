@@ -17,7 +17,10 @@
 use std::{
     ffi::{CString, OsString},
     net::SocketAddr,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::{
+        fd::{AsRawFd as _, BorrowedFd},
+        unix::process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::{Command, ExitCode},
     sync::{Arc, Mutex},
@@ -35,6 +38,7 @@ use enforcer::{
     kernel::{self, CgroupMount, CgroupPath, maps::parse_socket_addr},
     sandbox::{self, seccomp::CompiledFilter},
 };
+use nix::unistd::{Gid, Uid, User, getgrouplist, getuid, setgid, setgroups, setuid, write};
 
 use super::{
     daemon_flags::DaemonFlags,
@@ -112,7 +116,7 @@ struct Confinement {
 struct Identity {
     uid: u32,
     gid: u32,
-    groups: Vec<libc::gid_t>,
+    groups: Vec<Gid>,
     name: String,
     home: String,
 }
@@ -644,18 +648,20 @@ async fn spawn_and_wait(
     // filter fds for bwrap, and prctl/seccomp to install the filter.
     unsafe {
         child.pre_exec(move || {
-            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
+            if write(&procs, b"0")? != 1 {
+                return Err(std::io::ErrorKind::WriteZero.into());
             }
-            if uid != 0
-                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0)
-            {
-                return Err(std::io::Error::last_os_error());
+            if uid != 0 {
+                setgroups(&groups)?;
+                setgid(Gid::from_raw(gid))?;
+                setuid(Uid::from_raw(uid))?;
             }
-            for fd in &inherit {
-                sandbox::seccomp::clear_cloexec(*fd)?;
+            for &fd in &inherit {
+                // SAFETY (borrow_raw, in the unsafe block above): these are
+                // seccomp_fds' descriptors, which the parent keeps open until
+                // after spawn; the child's copies stay open until exec.
+                let fd = BorrowedFd::borrow_raw(fd);
+                sandbox::seccomp::clear_cloexec(fd)?;
             }
             // Last: the filter also blocks what the steps above needed.
             if let Some(filter) = &direct_filter {
@@ -734,9 +740,7 @@ fn identity(user: Option<&str>) -> anyhow::Result<Identity> {
         }
         return Ok(identity);
     }
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    lookup_user(Lookup::Uid(uid)).context("looking up the current user")
+    lookup_user(Lookup::Uid(getuid().as_raw())).context("looking up the current user")
 }
 
 enum Lookup<'a> {
@@ -745,75 +749,28 @@ enum Lookup<'a> {
 }
 
 fn lookup_user(lookup: Lookup<'_>) -> anyhow::Result<Identity> {
-    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: all-zero is a valid passwd to be filled in.
-    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    let rc = match lookup {
+    let entry = match lookup {
         Lookup::Name(name) => {
-            let c_name = CString::new(name).context("user name contains NUL")?;
-            // SAFETY: valid pointers and buffer length.
-            unsafe {
-                libc::getpwnam_r(
-                    c_name.as_ptr(),
-                    &mut entry,
-                    buffer.as_mut_ptr(),
-                    buffer.len(),
-                    &mut result,
-                )
-            }
+            CString::new(name).context("user name contains NUL")?;
+            User::from_name(name)
         }
-        // SAFETY: valid pointers and buffer length.
-        Lookup::Uid(uid) => unsafe {
-            libc::getpwuid_r(
-                uid,
-                &mut entry,
-                buffer.as_mut_ptr(),
-                buffer.len(),
-                &mut result,
-            )
-        },
+        Lookup::Uid(uid) => User::from_uid(Uid::from_raw(uid)),
     };
-    if rc != 0 || result.is_null() {
+    let Ok(Some(entry)) = entry else {
         bail!("not found in the user database");
-    }
-    // SAFETY: getpw*_r filled entry with NUL-terminated strings inside buffer.
-    let (name, home) = unsafe {
-        (
-            std::ffi::CStr::from_ptr(entry.pw_name)
-                .to_string_lossy()
-                .into_owned(),
-            std::ffi::CStr::from_ptr(entry.pw_dir)
-                .to_string_lossy()
-                .into_owned(),
-        )
     };
-    let c_name = CString::new(name.clone()).context("user name contains NUL")?;
-    let mut groups = vec![0 as libc::gid_t; 256];
-    let mut count = groups.len() as libc::c_int;
-    // SAFETY: valid pointers; count is the buffer's length.
-    let rc = unsafe {
-        libc::getgrouplist(
-            c_name.as_ptr(),
-            entry.pw_gid,
-            groups.as_mut_ptr(),
-            &mut count,
-        )
-    };
-    groups.truncate(if rc < 0 {
-        0
-    } else {
-        usize::try_from(count).unwrap_or(0)
-    });
+    let c_name = CString::new(entry.name.clone()).context("user name contains NUL")?;
+    // No supplementary groups readable: the primary group alone.
+    let mut groups = getgrouplist(&c_name, entry.gid).unwrap_or_default();
     if groups.is_empty() {
-        groups.push(entry.pw_gid);
+        groups.push(entry.gid);
     }
     Ok(Identity {
-        uid: entry.pw_uid,
-        gid: entry.pw_gid,
+        uid: entry.uid.as_raw(),
+        gid: entry.gid.as_raw(),
         groups,
-        name,
-        home,
+        home: entry.dir.to_string_lossy().into_owned(),
+        name: entry.name,
     })
 }
 

@@ -11,11 +11,18 @@ use std::{future::Future, time::Duration};
 /// hot paths allocate little, so one arena's lock costs little.
 pub fn one_arena() {
     #[cfg(target_env = "gnu")]
-    {
-        // SAFETY: mallopt takes two plain integers and changes only the
-        // allocator's own parameters; it is called before other threads exist.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-    }
+    // glibc accepts any positive count; were it refused, the daemon would
+    // run with glibc's default arenas.
+    let _ = set_allocator_option(libc::M_ARENA_MAX, 1);
+}
+
+/// glibc's `mallopt(3)` (nix has no allocator calls): `false` when glibc
+/// refuses the value.
+#[cfg(target_env = "gnu")]
+fn set_allocator_option(parameter: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: mallopt takes two plain integers and changes only the
+    // allocator's own parameters, under its own lock.
+    unsafe { libc::mallopt(parameter, value) == 1 }
 }
 
 /// How often freed heap is handed back.
@@ -49,6 +56,15 @@ pub async fn trim_periodically(shutdown: impl Future<Output = ()>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(target_env = "gnu")]
+    fn an_allocator_value_out_of_range_is_refused() {
+        // glibc caps the fastbin size at 80 * sizeof(size_t) / 4 bytes.
+        assert!(!set_allocator_option(libc::M_MXFAST, i32::MAX));
+        // M_ARENA_MAX takes any positive count.
+        assert!(set_allocator_option(libc::M_ARENA_MAX, 8));
+    }
 
     #[test]
     fn trimming_keeps_live_allocations_intact() {

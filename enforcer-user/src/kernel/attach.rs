@@ -11,7 +11,7 @@ use std::{
     collections::BTreeSet,
     ffi::CString,
     fs,
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::Path,
 };
 
@@ -24,6 +24,7 @@ use aya::{
 };
 use enforcer_ebpf::map_names;
 
+use super::bpf_syscall::{Command, bpf, bpf_descriptor};
 use super::{
     CgroupPath, KernelError, bpffs,
     dns::DnsRedirect,
@@ -484,7 +485,6 @@ pub(super) fn bpf_link_create(
     target_fd: i32,
     attach_type: u32,
 ) -> std::io::Result<OwnedFd> {
-    const BPF_LINK_CREATE: libc::c_long = 28;
     // union bpf_attr, link_create member: { __u32 prog_fd; __u32 target_fd;
     // __u32 attach_type; __u32 flags; ... }; the rest zero.
     let mut attr = [0u8; 64];
@@ -493,27 +493,12 @@ pub(super) fn bpf_link_create(
     attr[..4].copy_from_slice(&prog_fd.to_ne_bytes());
     attr[4..8].copy_from_slice(&target_fd.to_ne_bytes());
     attr[8..12].copy_from_slice(&attach_type.to_ne_bytes());
-    // SAFETY: attr is a valid, zero-padded bpf_attr of the given size.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            attr.as_mut_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let fd =
-        i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
-    // SAFETY: the kernel just returned this new descriptor to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    // SAFETY: the link_create attribute holds no pointers.
+    unsafe { bpf_descriptor(Command::LinkCreate, &mut attr) }
 }
 
 /// `BPF_OBJ_PIN`: pins a BPF object (here a link) at `path` on bpffs.
 pub(super) fn bpf_obj_pin(object: &OwnedFd, path: &Path) -> std::io::Result<()> {
-    const BPF_OBJ_PIN: libc::c_long = 6;
     let c_path = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // union bpf_attr, obj member: { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; ... }
@@ -521,19 +506,9 @@ pub(super) fn bpf_obj_pin(object: &OwnedFd, path: &Path) -> std::io::Result<()> 
     attr[..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
     let fd = u32::try_from(object.as_raw_fd()).unwrap_or(u32::MAX);
     attr[8..12].copy_from_slice(&fd.to_ne_bytes());
-    // SAFETY: attr is a valid, zero-padded bpf_attr; c_path outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            attr.as_mut_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: the one pointer, pathname, is c_path, which outlives the call;
+    // the kernel only reads it.
+    unsafe { bpf(Command::ObjPin, &mut attr) }.map(drop)
 }
 
 /// Puts `new` (pinned at the swap path) in place of the hook's old link.
@@ -572,51 +547,25 @@ fn unpin_and_drop(path: &Path) -> Result<(), KernelError> {
 
 /// `BPF_OBJ_GET`: opens a pinned object.
 pub(super) fn bpf_obj_get(path: &Path) -> std::io::Result<OwnedFd> {
-    const BPF_OBJ_GET: libc::c_long = 7;
     let c_path = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // union bpf_attr, obj member: { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; ... }
     let mut attr = [0u8; 64];
     attr[..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: attr is a valid, zero-padded bpf_attr; c_path outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let fd =
-        i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
-    // SAFETY: the kernel just returned this new descriptor to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    // SAFETY: the one pointer, pathname, is c_path, which outlives the call;
+    // the kernel only reads it.
+    unsafe { bpf_descriptor(Command::ObjGet, &mut attr) }
 }
 
 /// `BPF_LINK_DETACH`: detaches a link's program now, whoever else still
 /// holds the link (kernel >= 5.9).
 fn bpf_link_detach(link: &OwnedFd) -> std::io::Result<()> {
-    const BPF_LINK_DETACH: libc::c_long = 34;
     // union bpf_attr, link_detach member: { __u32 link_fd; }; the rest zero.
     let mut attr = [0u8; 64];
     let fd = u32::try_from(link.as_raw_fd()).unwrap_or(u32::MAX);
     attr[..4].copy_from_slice(&fd.to_ne_bytes());
-    // SAFETY: attr is a valid, zero-padded bpf_attr of the given size.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            attr.as_mut_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: the link_detach attribute holds no pointers.
+    unsafe { bpf(Command::LinkDetach, &mut attr) }.map(drop)
 }
 
 /// Finishes a swap a killed attacher left half-done: a swap (`_new`) link next to

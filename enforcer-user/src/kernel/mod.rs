@@ -6,6 +6,7 @@
 //! with no daemon running ([`status`]).
 
 pub mod attach;
+mod bpf_syscall;
 pub mod bpffs;
 pub mod cgroup;
 pub mod dns;

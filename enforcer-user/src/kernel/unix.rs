@@ -18,7 +18,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     path::Path,
 };
 
@@ -37,6 +37,7 @@ use enforcer_ebpf::{
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget};
 use policy::{UnixMatch, UnixSocketPattern};
 
+use super::bpf_syscall::{Command, bpf_descriptor};
 use super::{KernelError, paths::PinDirs};
 
 /// The unix-socket object built from enforcer-ebpf by build.rs.
@@ -336,7 +337,6 @@ fn prog_load_with_log(
     program: &UnixProgram,
     log_level: u32,
 ) -> Result<OwnedFd, (std::io::Error, String)> {
-    const BPF_PROG_LOAD: libc::c_long = 5;
     const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
     const LOG_SIZE: usize = 1 << 20;
     let license = c"GPL";
@@ -364,18 +364,11 @@ fn prog_load_with_log(
     let name_len = name.len().min(15);
     attr[48..48 + name_len].copy_from_slice(&name[..name_len]);
     attr[68..72].copy_from_slice(&program.attach_type.to_ne_bytes());
-    // SAFETY: attr is a valid, zero-padded bpf_attr; insns, license and
-    // log outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            attr.as_mut_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        let error = std::io::Error::last_os_error();
+    // SAFETY: the pointers are insns and license (read) and log (written,
+    // at most LOG_SIZE bytes, its length, when log_level is set); all three
+    // outlive the call.
+    let result = unsafe { bpf_descriptor(Command::ProgLoad, &mut attr) };
+    result.map_err(|error| {
         let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
         let text = String::from_utf8_lossy(&log[..end]);
         let tail: Vec<&str> = text.lines().rev().take(12).collect();
@@ -385,16 +378,8 @@ fn prog_load_with_log(
             let lines: Vec<&str> = tail.into_iter().rev().collect();
             format!("; verifier log tail: {}", lines.join(" | "))
         };
-        return Err((error, log));
-    }
-    let fd = i32::try_from(fd).map_err(|_| {
-        (
-            std::io::Error::from(std::io::ErrorKind::InvalidData),
-            String::new(),
-        )
-    })?;
-    // SAFETY: the kernel just returned this new descriptor to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        (error, log)
+    })
 }
 
 // === rules ===

@@ -2,10 +2,12 @@
 //! renderer stays a pure function: [`RealFs`] answers them from this host,
 //! tests answer them from an in-memory tree.
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::io;
-use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AT_FDCWD, AtFlags};
+use nix::unistd::{AccessFlags, faccessat};
 
 /// What a path is, for masking: directories get a `--tmpfs`, everything else
 /// (regular files, sockets, devices, FIFOs) a `/dev/null` bind.
@@ -91,18 +93,7 @@ impl FsView for RealFs {
 
 /// Whether this process may enter `dir` (search permission, effective ids).
 fn searchable(dir: &Path) -> bool {
-    let Ok(c_path) = CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: c_path is a valid NUL-terminated string for the call's duration.
-    unsafe {
-        libc::faccessat(
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
-            libc::X_OK,
-            libc::AT_EACCESS,
-        ) == 0
-    }
+    faccessat(AT_FDCWD, dir, AccessFlags::X_OK, AtFlags::AT_EACCESS).is_ok()
 }
 
 #[cfg(test)]

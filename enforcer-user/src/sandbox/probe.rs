@@ -15,6 +15,32 @@
 //! keys that die with the child, sockets that are created and closed.
 
 use std::io;
+use std::os::fd::{FromRawFd as _, IntoRawFd as _, OwnedFd};
+
+// Syscall numbers and constants nix does not define. The checks pass them
+// to raw syscall(2) on purpose: exact register values (high bits, bogus
+// arguments) are what a filter must be tested against.
+use libc::{
+    AT_FDCWD, PTRACE_ATTACH, SYS_add_key, SYS_bpf, SYS_clone, SYS_clone3, SYS_delete_module,
+    SYS_finit_module, SYS_getpid, SYS_init_module, SYS_io_uring_enter, SYS_io_uring_register,
+    SYS_io_uring_setup, SYS_ioctl, SYS_kexec_file_load, SYS_kexec_load, SYS_keyctl, SYS_mount,
+    SYS_name_to_handle_at, SYS_open_by_handle_at, SYS_perf_event_open, SYS_pivot_root,
+    SYS_process_vm_readv, SYS_process_vm_writev, SYS_ptrace, SYS_request_key, SYS_setns,
+    SYS_socket, SYS_socketpair, SYS_umount2, SYS_unshare, TIOCGPTPEER, TIOCGWINSZ, TIOCLINUX,
+    TIOCSCTTY, TIOCSTI, c_long, iovec,
+};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open};
+use nix::pty::{Winsize, posix_openpt, unlockpt};
+use nix::sched::CloneFlags;
+use nix::sys::prctl::set_pdeathsig;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{
+    ForkResult, Pid, alarm, fork, getpid, getppid, pause, pipe2, read, setsid, write,
+};
 
 use super::seccomp::{CompiledFilter, SeccompConfig, SeccompProfile, ioctl_request};
 
@@ -26,8 +52,8 @@ const KEY_SPEC_PROCESS_KEYRING: i64 = -2;
 const KEYCTL_GET_KEYRING_ID: i64 = 0;
 /// `BPF_MAP_CREATE`.
 const BPF_MAP_CREATE: i64 = 0;
-/// `PR_SET_PDEATHSIG`.
-const PR_SET_PDEATHSIG: i32 = 1;
+/// `SIGCHLD` as the exit-signal byte of `clone`'s flags.
+const SIGCHLD: u64 = Signal::SIGCHLD as u64;
 /// `NETLINK_ROUTE`.
 const NETLINK_ROUTE: i64 = 0;
 /// A flag bit no kernel defines, for `kexec_*` (refused with EINVAL before
@@ -136,53 +162,17 @@ impl std::fmt::Display for Expect {
 
 /// Symbolic name of an errno (`EPERM`), or `errno-N`.
 pub fn errno_name(errno: i32) -> String {
-    let name = match errno {
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::EINTR => "EINTR",
-        libc::EIO => "EIO",
-        libc::EBADF => "EBADF",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::EFAULT => "EFAULT",
-        libc::EBUSY => "EBUSY",
-        libc::EEXIST => "EEXIST",
-        libc::ENOTDIR => "ENOTDIR",
-        libc::EINVAL => "EINVAL",
-        libc::ENOTTY => "ENOTTY",
-        libc::ENOSPC => "ENOSPC",
-        libc::ENOSYS => "ENOSYS",
-        libc::ENOKEY => "ENOKEY",
-        libc::ENOEXEC => "ENOEXEC",
-        libc::EOVERFLOW => "EOVERFLOW",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
-        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
-        libc::ESOCKTNOSUPPORT => "ESOCKTNOSUPPORT",
-        libc::EMFILE => "EMFILE",
-        libc::ESRCH => "ESRCH",
-        libc::E2BIG => "E2BIG",
-        libc::ENODEV => "ENODEV",
-        libc::ENXIO => "ENXIO",
-        libc::EKEYREJECTED => "EKEYREJECTED",
-        _ => return format!("errno-{errno}"),
-    };
-    name.to_owned()
+    match Errno::from_raw(errno) {
+        Errno::UnknownErrno => format!("errno-{errno}"),
+        known => format!("{known:?}"),
+    }
 }
 
 fn signal_name(signal: i32) -> String {
-    let name = match signal {
-        libc::SIGSYS => "SIGSYS",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGILL => "SIGILL",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGABRT => "SIGABRT",
-        _ => return format!("signal-{signal}"),
-    };
-    name.to_owned()
+    match Signal::try_from(signal) {
+        Ok(known) => known.as_str().to_owned(),
+        Err(_) => format!("signal-{signal}"),
+    }
 }
 
 /// Resources a set-up step hands to its attempt (descriptors, pids).
@@ -217,9 +207,9 @@ impl Check {
         }
         match self.rule {
             Rule::Syscall(name) if config.is_excepted(name) => Expect::Unchanged,
-            Rule::Syscall("clone3") => Expect::Errno(libc::ENOSYS),
-            Rule::Syscall(_) | Rule::SocketFamily | Rule::X32 => Expect::Errno(libc::EPERM),
-            Rule::ForeignAbi => Expect::Killed(libc::SIGSYS),
+            Rule::Syscall("clone3") => Expect::Errno(Errno::ENOSYS as i32),
+            Rule::Syscall(_) | Rule::SocketFamily | Rule::X32 => Expect::Errno(Errno::EPERM as i32),
+            Rule::ForeignAbi => Expect::Killed(Signal::SIGSYS as i32),
             Rule::Control => Expect::Unchanged,
         }
     }
@@ -228,29 +218,36 @@ impl Check {
 // === child-side helpers (async-signal-safe) ===
 
 fn errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    Errno::last_raw()
 }
 
-fn sys(ret: libc::c_long) -> Attempt {
+fn sys(ret: c_long) -> Attempt {
     if ret < 0 { Err(errno()) } else { Ok(ret) }
 }
 
 fn close_if_fd(result: Attempt) -> Attempt {
     if let Ok(fd) = result {
-        // SAFETY: closing a descriptor this child just created.
-        unsafe { libc::close(fd as i32) };
+        // SAFETY: the descriptor the attempt just created; nothing else
+        // owns it, and it is closed here once.
+        drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
     }
     result
+}
+
+/// Ends this process at once, without running any Rust code (exit
+/// handlers, destructors): nix has no `_exit(2)`. Async-signal-safe.
+fn exit_now() -> ! {
+    // SAFETY: _exit takes an integer, cannot fail and does not return.
+    unsafe { libc::_exit(0) }
 }
 
 /// In a fork-like child (a raw `clone`/`clone3` returned 0): leave at once.
 fn exit_if_child(result: Attempt) -> Attempt {
     match result {
-        // SAFETY: _exit ends the grandchild without running any Rust code.
-        Ok(0) => unsafe { libc::_exit(0) },
+        Ok(0) => exit_now(),
         Ok(pid) => {
-            // SAFETY: reaping our own child; a null status pointer is allowed.
-            unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+            // Reaping our own child; its status is not needed.
+            let _ = waitpid(Pid::from_raw(pid as i32), None);
             Ok(pid)
         }
         Err(e) => Err(e),
@@ -261,106 +258,85 @@ fn no_setup() -> Result<Ctx, i32> {
     Ok(Ctx::default())
 }
 
+nix::ioctl_write_int_bad!(
+    /// `TIOCGPTPEER`: opens the slave of a pty master (nix names no call for it).
+    open_pty_peer,
+    TIOCGPTPEER
+);
+nix::ioctl_write_int_bad!(
+    /// `TIOCSCTTY`: makes a terminal the caller's controlling one.
+    set_controlling_terminal,
+    TIOCSCTTY
+);
+
 /// A pty pair whose slave is this child's controlling terminal (new
 /// session), so `TIOCSTI` on it is allowed by the kernel's own rules where
-/// legacy TIOCSTI is enabled. Ctx.a = slave fd.
+/// legacy TIOCSTI is enabled. Ctx.a = slave fd. Both ends stay open until
+/// the child exits.
 fn pty_setup() -> Result<Ctx, i32> {
-    // SAFETY: each call takes integers or a valid C string / out-pointer.
-    unsafe {
-        libc::setsid();
-        let master = libc::open(
-            c"/dev/ptmx".as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        );
-        if master < 0 {
-            return Err(errno());
-        }
-        let unlock: libc::c_int = 0;
-        if libc::ioctl(master, libc::TIOCSPTLCK, &raw const unlock) < 0 {
-            return Err(errno());
-        }
-        let slave = libc::ioctl(
-            master,
-            libc::TIOCGPTPEER,
-            (libc::O_RDWR | libc::O_CLOEXEC) as libc::c_ulong,
-        );
-        if slave < 0 {
-            return Err(errno());
-        }
-        if libc::ioctl(slave, libc::TIOCSCTTY, 0 as libc::c_ulong) < 0 {
-            return Err(errno());
-        }
-        Ok(Ctx {
-            a: i64::from(slave),
-            reap: 0,
-        })
-    }
+    let errno = |e: Errno| e as i32;
+    // Fails only when this child already leads a group; the ioctls below
+    // then fail instead.
+    let _ = setsid();
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(errno)?;
+    unlockpt(&master).map_err(errno)?;
+    let master = master.into_raw_fd();
+    let peer_flags = (OFlag::O_RDWR | OFlag::O_CLOEXEC).bits();
+    // SAFETY: TIOCGPTPEER takes its flags as an integer argument and
+    // returns a new descriptor; master is an open pty master.
+    let slave = unsafe { open_pty_peer(master, peer_flags) }.map_err(errno)?;
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal).
+    unsafe { set_controlling_terminal(slave, 0) }.map_err(errno)?;
+    Ok(Ctx {
+        a: i64::from(slave),
+        reap: 0,
+    })
 }
 
 /// A child that waits to be killed. Ctx.a = pid. The target says it is
 /// ready (death signal armed) over a pipe before the attempt, so a
 /// PTRACE_ATTACH cannot stop it half-way through its own set-up.
 fn ptrace_target_setup() -> Result<Ctx, i32> {
-    let mut ready = [0i32; 2];
-    // SAFETY: ready is a valid out-array of two ints.
-    if unsafe { libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(errno());
-    }
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
+    let (ready_read, ready_write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| e as i32)?;
+    let parent = getpid();
     // SAFETY: fork in a single-threaded child; the new process only makes
-    // raw syscalls.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(errno());
-    }
-    if pid == 0 {
-        // SAFETY: integer-only calls and a one-byte write from the stack.
-        unsafe {
-            libc::prctl(PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            if libc::getppid() != parent {
-                libc::_exit(0);
+    // raw syscalls and never returns from this function.
+    match unsafe { fork() }.map_err(|e| e as i32)? {
+        ForkResult::Child => {
+            let _ = set_pdeathsig(Signal::SIGKILL);
+            if getppid() != parent {
+                exit_now();
             }
-            let byte = 1u8;
-            libc::write(ready[1], (&raw const byte).cast(), 1);
+            let _ = write(&ready_write, &[1]);
             loop {
-                libc::pause();
+                pause();
             }
         }
+        ForkResult::Parent { child } => {
+            drop(ready_write);
+            let mut byte = [0u8; 1];
+            if read(&ready_read, &mut byte) != Ok(1) {
+                return Err(Errno::ECHILD as i32);
+            }
+            Ok(Ctx {
+                a: i64::from(child.as_raw()),
+                reap: child.as_raw(),
+            })
+        }
     }
-    let mut byte = 0u8;
-    // SAFETY: closing our copy of the write end, then a one-byte read.
-    let n = unsafe {
-        libc::close(ready[1]);
-        let n = libc::read(ready[0], (&raw mut byte).cast(), 1);
-        libc::close(ready[0]);
-        n
-    };
-    if n != 1 {
-        return Err(libc::ECHILD);
-    }
-    Ok(Ctx {
-        a: i64::from(pid),
-        reap: pid,
-    })
 }
 
 fn open_netns_setup() -> Result<Ctx, i32> {
-    // SAFETY: valid C string.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/self/ns/net".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        Err(errno())
-    } else {
-        Ok(Ctx {
-            a: i64::from(fd),
-            reap: 0,
-        })
-    }
+    let fd = open(
+        c"/proc/self/ns/net",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| e as i32)?;
+    Ok(Ctx {
+        a: i64::from(fd.into_raw_fd()),
+        reap: 0,
+    })
 }
 
 macro_rules! syscall {
@@ -369,30 +345,30 @@ macro_rules! syscall {
         // pointers to live stack buffers of the size the kernel reads.
         // Every argument is widened to a full register (c_long): a bare
         // integer literal would travel through the variadic call as 32 bits.
-        sys(unsafe { libc::syscall($nr $(, ($arg) as libc::c_long)*) })
+        sys(unsafe { libc::syscall($nr $(, ($arg) as c_long)*) })
     };
 }
 
 fn unshare(flags: i64) -> Attempt {
-    syscall!(libc::SYS_unshare, flags)
+    syscall!(SYS_unshare, flags)
 }
 
 fn clone_with(flags: u64) -> Attempt {
-    exit_if_child(syscall!(libc::SYS_clone, flags, 0, 0, 0, 0))
+    exit_if_child(syscall!(SYS_clone, flags, 0, 0, 0, 0))
 }
 
 fn socket(family: u64, kind: i64, protocol: i64) -> Attempt {
     close_if_fd(syscall!(
-        libc::SYS_socket,
+        SYS_socket,
         family,
-        kind | i64::from(libc::SOCK_CLOEXEC),
+        kind | i64::from(SockFlag::SOCK_CLOEXEC.bits()),
         protocol
     ))
 }
 
 fn ioctl_byte(ctx: Ctx, request: u64) -> Attempt {
     let byte: u8 = b'\n';
-    syscall!(libc::SYS_ioctl, ctx.a, request, &raw const byte)
+    syscall!(SYS_ioctl, ctx.a, request, &raw const byte)
 }
 
 fn perf_event_open(_: Ctx) -> Attempt {
@@ -403,29 +379,21 @@ fn perf_event_open(_: Ctx) -> Attempt {
     attr[4..8].copy_from_slice(&64u32.to_ne_bytes()); // size
     attr[8..16].copy_from_slice(&1u64.to_ne_bytes()); // config = PERF_COUNT_SW_TASK_CLOCK
     attr[40..48].copy_from_slice(&0x61u64.to_ne_bytes()); // disabled | exclude_kernel | exclude_hv
-    close_if_fd(syscall!(
-        libc::SYS_perf_event_open,
-        attr.as_ptr(),
-        0,
-        -1,
-        -1,
-        0
-    ))
+    close_if_fd(syscall!(SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, 0))
 }
 
-fn process_vm(nr: libc::c_long) -> Attempt {
+fn process_vm(nr: c_long) -> Attempt {
     let mut local = [0u8; 8];
     let mut remote = [7u8; 8];
-    let local_iov = libc::iovec {
+    let local_iov = iovec {
         iov_base: local.as_mut_ptr().cast(),
         iov_len: local.len(),
     };
-    let remote_iov = libc::iovec {
+    let remote_iov = iovec {
         iov_base: remote.as_mut_ptr().cast(),
         iov_len: remote.len(),
     };
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    let pid = getpid().as_raw();
     syscall!(
         nr,
         pid,
@@ -482,21 +450,21 @@ pub fn checks() -> Vec<Check> {
             Syscall("unshare"),
             "unshare(CLONE_NEWUSER)",
             no_setup,
-            |_| unshare(i64::from(libc::CLONE_NEWUSER)),
+            |_| unshare(i64::from(CloneFlags::CLONE_NEWUSER.bits())),
         ),
         check(
             "unshare_newnet",
             Syscall("unshare"),
             "unshare(CLONE_NEWNET), as `unshare -n`",
             no_setup,
-            |_| unshare(i64::from(libc::CLONE_NEWNET)),
+            |_| unshare(i64::from(CloneFlags::CLONE_NEWNET.bits())),
         ),
         check(
             "unshare_newns",
             Syscall("unshare"),
             "unshare(CLONE_NEWNS)",
             no_setup,
-            |_| unshare(i64::from(libc::CLONE_NEWNS)),
+            |_| unshare(i64::from(CloneFlags::CLONE_NEWNS.bits())),
         ),
         check(
             "unshare_newtime",
@@ -510,28 +478,28 @@ pub fn checks() -> Vec<Check> {
             Control,
             "unshare(CLONE_FILES): no namespace flag, allowed",
             no_setup,
-            |_| unshare(i64::from(libc::CLONE_FILES)),
+            |_| unshare(i64::from(CloneFlags::CLONE_FILES.bits())),
         ),
         check(
             "clone_newuser",
             Syscall("clone"),
             "clone(CLONE_NEWUSER | SIGCHLD)",
             no_setup,
-            |_| clone_with(libc::CLONE_NEWUSER as u64 | libc::SIGCHLD as u64),
+            |_| clone_with(CloneFlags::CLONE_NEWUSER.bits() as u64 | SIGCHLD),
         ),
         check(
             "clone_newnet_high_bits",
             Syscall("clone"),
             "clone(CLONE_NEWNET | SIGCHLD) with high bits set (the kernel ignores them)",
             no_setup,
-            |_| clone_with(HIGH_BITS | libc::CLONE_NEWNET as u64 | libc::SIGCHLD as u64),
+            |_| clone_with(HIGH_BITS | CloneFlags::CLONE_NEWNET.bits() as u64 | SIGCHLD),
         ),
         check(
             "clone_plain",
             Control,
             "clone(SIGCHLD), a plain fork: allowed",
             no_setup,
-            |_| clone_with(libc::SIGCHLD as u64),
+            |_| clone_with(SIGCHLD),
         ),
         check(
             "clone3",
@@ -542,9 +510,9 @@ pub fn checks() -> Vec<Check> {
                 // struct clone_args, CLONE_ARGS_SIZE_VER0 (8 x u64): only
                 // exit_signal (index 4) is set.
                 let mut args = [0u64; 8];
-                args[4] = libc::SIGCHLD as u64;
+                args[4] = SIGCHLD;
                 exit_if_child(syscall!(
-                    libc::SYS_clone3,
+                    SYS_clone3,
                     args.as_ptr(),
                     std::mem::size_of_val(&args)
                 ))
@@ -557,7 +525,7 @@ pub fn checks() -> Vec<Check> {
             no_setup,
             |_| {
                 syscall!(
-                    libc::SYS_mount,
+                    SYS_mount,
                     c"none".as_ptr(),
                     ABSENT.as_ptr(),
                     c"tmpfs".as_ptr(),
@@ -571,21 +539,21 @@ pub fn checks() -> Vec<Check> {
             Syscall("umount2"),
             "umount2 of a path that does not exist",
             no_setup,
-            |_| syscall!(libc::SYS_umount2, ABSENT.as_ptr(), 0),
+            |_| syscall!(SYS_umount2, ABSENT.as_ptr(), 0),
         ),
         check(
             "pivot_root",
             Syscall("pivot_root"),
             "pivot_root to a path that does not exist",
             no_setup,
-            |_| syscall!(libc::SYS_pivot_root, ABSENT.as_ptr(), ABSENT.as_ptr()),
+            |_| syscall!(SYS_pivot_root, ABSENT.as_ptr(), ABSENT.as_ptr()),
         ),
         check(
             "setns",
             Syscall("setns"),
             "setns into this process's own network namespace",
             open_netns_setup,
-            |ctx| syscall!(libc::SYS_setns, ctx.a, libc::CLONE_NEWNET),
+            |ctx| syscall!(SYS_setns, ctx.a, CloneFlags::CLONE_NEWNET.bits()),
         ),
         check(
             "bpf",
@@ -594,12 +562,7 @@ pub fn checks() -> Vec<Check> {
             no_setup,
             |_| {
                 let attr = [0u8; 128];
-                close_if_fd(syscall!(
-                    libc::SYS_bpf,
-                    BPF_MAP_CREATE,
-                    attr.as_ptr(),
-                    attr.len()
-                ))
+                close_if_fd(syscall!(SYS_bpf, BPF_MAP_CREATE, attr.as_ptr(), attr.len()))
             },
         ),
         check(
@@ -614,21 +577,21 @@ pub fn checks() -> Vec<Check> {
             Syscall("ptrace"),
             "ptrace(PTRACE_ATTACH) to its own child",
             ptrace_target_setup,
-            |ctx| syscall!(libc::SYS_ptrace, libc::PTRACE_ATTACH, ctx.a, 0, 0),
+            |ctx| syscall!(SYS_ptrace, PTRACE_ATTACH, ctx.a, 0, 0),
         ),
         check(
             "process_vm_readv",
             Syscall("process_vm_readv"),
             "process_vm_readv of its own memory",
             no_setup,
-            |_| process_vm(libc::SYS_process_vm_readv),
+            |_| process_vm(SYS_process_vm_readv),
         ),
         check(
             "process_vm_writev",
             Syscall("process_vm_writev"),
             "process_vm_writev of its own memory",
             no_setup,
-            |_| process_vm(libc::SYS_process_vm_writev),
+            |_| process_vm(SYS_process_vm_writev),
         ),
         check(
             "keyctl",
@@ -637,7 +600,7 @@ pub fn checks() -> Vec<Check> {
             no_setup,
             |_| {
                 syscall!(
-                    libc::SYS_keyctl,
+                    SYS_keyctl,
                     KEYCTL_GET_KEYRING_ID,
                     KEY_SPEC_PROCESS_KEYRING,
                     1
@@ -652,7 +615,7 @@ pub fn checks() -> Vec<Check> {
             |_| {
                 let payload = b"x";
                 syscall!(
-                    libc::SYS_add_key,
+                    SYS_add_key,
                     c"user".as_ptr(),
                     c"enforcer-probe".as_ptr(),
                     payload.as_ptr(),
@@ -668,7 +631,7 @@ pub fn checks() -> Vec<Check> {
             no_setup,
             |_| {
                 syscall!(
-                    libc::SYS_request_key,
+                    SYS_request_key,
                     c"user".as_ptr(),
                     c"enforcer-probe-absent".as_ptr(),
                     0,
@@ -684,10 +647,10 @@ pub fn checks() -> Vec<Check> {
             |_| {
                 let handle = [0u32; 4];
                 syscall!(
-                    libc::SYS_open_by_handle_at,
+                    SYS_open_by_handle_at,
                     -1,
                     handle.as_ptr(),
-                    libc::O_RDONLY
+                    OFlag::O_RDONLY.bits()
                 )
             },
         ),
@@ -700,8 +663,8 @@ pub fn checks() -> Vec<Check> {
                 let handle = [0u32; 4];
                 let mut mount_id: i32 = 0;
                 syscall!(
-                    libc::SYS_name_to_handle_at,
-                    libc::AT_FDCWD,
+                    SYS_name_to_handle_at,
+                    AT_FDCWD,
                     c"/".as_ptr(),
                     handle.as_ptr(),
                     &raw mut mount_id,
@@ -714,14 +677,14 @@ pub fn checks() -> Vec<Check> {
             Syscall("init_module"),
             "init_module of an empty image",
             no_setup,
-            |_| syscall!(libc::SYS_init_module, 0, 0, c"".as_ptr()),
+            |_| syscall!(SYS_init_module, 0, 0, c"".as_ptr()),
         ),
         check(
             "finit_module",
             Syscall("finit_module"),
             "finit_module with a bad descriptor",
             no_setup,
-            |_| syscall!(libc::SYS_finit_module, -1, c"".as_ptr(), 0),
+            |_| syscall!(SYS_finit_module, -1, c"".as_ptr(), 0),
         ),
         check(
             "delete_module",
@@ -730,9 +693,9 @@ pub fn checks() -> Vec<Check> {
             no_setup,
             |_| {
                 syscall!(
-                    libc::SYS_delete_module,
+                    SYS_delete_module,
                     c"enforcer_probe_absent".as_ptr(),
-                    libc::O_NONBLOCK
+                    OFlag::O_NONBLOCK.bits()
                 )
             },
         ),
@@ -741,7 +704,7 @@ pub fn checks() -> Vec<Check> {
             Syscall("kexec_load"),
             "kexec_load with an invalid flag (loads nothing)",
             no_setup,
-            |_| syscall!(libc::SYS_kexec_load, 0, 1000, 0, KEXEC_BOGUS_FLAG),
+            |_| syscall!(SYS_kexec_load, 0, 1000, 0, KEXEC_BOGUS_FLAG),
         ),
         check(
             "kexec_file_load",
@@ -750,7 +713,7 @@ pub fn checks() -> Vec<Check> {
             no_setup,
             |_| {
                 syscall!(
-                    libc::SYS_kexec_file_load,
+                    SYS_kexec_file_load,
                     -1,
                     -1,
                     0,
@@ -766,7 +729,7 @@ pub fn checks() -> Vec<Check> {
             no_setup,
             |_| {
                 let params = [0u8; 120];
-                close_if_fd(syscall!(libc::SYS_io_uring_setup, 1, params.as_ptr()))
+                close_if_fd(syscall!(SYS_io_uring_setup, 1, params.as_ptr()))
             },
         ),
         check(
@@ -774,35 +737,35 @@ pub fn checks() -> Vec<Check> {
             Syscall("io_uring_enter"),
             "io_uring_enter on a bad descriptor",
             no_setup,
-            |_| syscall!(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0, 0),
+            |_| syscall!(SYS_io_uring_enter, -1, 0, 0, 0, 0, 0),
         ),
         check(
             "io_uring_register",
             Syscall("io_uring_register"),
             "io_uring_register on a bad descriptor",
             no_setup,
-            |_| syscall!(libc::SYS_io_uring_register, -1, 0, 0, 0),
+            |_| syscall!(SYS_io_uring_register, -1, 0, 0, 0),
         ),
         check(
             "ioctl_tiocsti",
             Syscall("ioctl"),
             "ioctl(TIOCSTI) on its own controlling pty",
             pty_setup,
-            |ctx| ioctl_byte(ctx, ioctl_request(libc::TIOCSTI)),
+            |ctx| ioctl_byte(ctx, ioctl_request(TIOCSTI)),
         ),
         check(
             "ioctl_tiocsti_high_bits",
             Syscall("ioctl"),
             "ioctl(TIOCSTI | high bits): the kernel truncates the request to 32 bits",
             pty_setup,
-            |ctx| ioctl_byte(ctx, HIGH_BITS | ioctl_request(libc::TIOCSTI)),
+            |ctx| ioctl_byte(ctx, HIGH_BITS | ioctl_request(TIOCSTI)),
         ),
         check(
             "ioctl_tioclinux",
             Syscall("ioctl"),
             "ioctl(TIOCLINUX) on a pty",
             pty_setup,
-            |ctx| ioctl_byte(ctx, ioctl_request(libc::TIOCLINUX)),
+            |ctx| ioctl_byte(ctx, ioctl_request(TIOCLINUX)),
         ),
         check(
             "ioctl_tiocgwinsz",
@@ -810,13 +773,13 @@ pub fn checks() -> Vec<Check> {
             "ioctl(TIOCGWINSZ) on a pty: allowed",
             pty_setup,
             |ctx| {
-                let mut size = libc::winsize {
+                let mut size = Winsize {
                     ws_row: 0,
                     ws_col: 0,
                     ws_xpixel: 0,
                     ws_ypixel: 0,
                 };
-                syscall!(libc::SYS_ioctl, ctx.a, libc::TIOCGWINSZ, &raw mut size)
+                syscall!(SYS_ioctl, ctx.a, TIOCGWINSZ, &raw mut size)
             },
         ),
         check(
@@ -824,7 +787,7 @@ pub fn checks() -> Vec<Check> {
             SocketFamily,
             "socket(AF_VSOCK), created and closed, never connected",
             no_setup,
-            |_| socket(libc::AF_VSOCK as u64, i64::from(libc::SOCK_STREAM), 0),
+            |_| socket(AddressFamily::Vsock as u64, SockType::Stream as i64, 0),
         ),
         check(
             "socket_vsock_high_bits",
@@ -833,8 +796,8 @@ pub fn checks() -> Vec<Check> {
             no_setup,
             |_| {
                 socket(
-                    HIGH_BITS | libc::AF_VSOCK as u64,
-                    i64::from(libc::SOCK_STREAM),
+                    HIGH_BITS | AddressFamily::Vsock as u64,
+                    SockType::Stream as i64,
                     0,
                 )
             },
@@ -846,9 +809,9 @@ pub fn checks() -> Vec<Check> {
             no_setup,
             |_| {
                 socket(
-                    libc::AF_PACKET as u64,
-                    i64::from(libc::SOCK_RAW),
-                    i64::from((libc::ETH_P_ALL as u16).to_be()),
+                    AddressFamily::Packet as u64,
+                    SockType::Raw as i64,
+                    SockProtocol::EthAll as i64,
                 )
             },
         ),
@@ -860,9 +823,9 @@ pub fn checks() -> Vec<Check> {
             |_| {
                 let mut fds = [0i32; 2];
                 syscall!(
-                    libc::SYS_socketpair,
-                    libc::AF_VSOCK,
-                    libc::SOCK_STREAM,
+                    SYS_socketpair,
+                    AddressFamily::Vsock as i32,
+                    SockType::Stream as i32,
                     0,
                     fds.as_mut_ptr()
                 )
@@ -873,21 +836,21 @@ pub fn checks() -> Vec<Check> {
             Control,
             "socket(AF_INET, SOCK_STREAM): allowed",
             no_setup,
-            |_| socket(libc::AF_INET as u64, i64::from(libc::SOCK_STREAM), 0),
+            |_| socket(AddressFamily::Inet as u64, SockType::Stream as i64, 0),
         ),
         check(
             "socket_inet6",
             Control,
             "socket(AF_INET6, SOCK_DGRAM): allowed",
             no_setup,
-            |_| socket(libc::AF_INET6 as u64, i64::from(libc::SOCK_DGRAM), 0),
+            |_| socket(AddressFamily::Inet6 as u64, SockType::Datagram as i64, 0),
         ),
         check(
             "socket_unix",
             Control,
             "socket(AF_UNIX, SOCK_STREAM): allowed",
             no_setup,
-            |_| socket(libc::AF_UNIX as u64, i64::from(libc::SOCK_STREAM), 0),
+            |_| socket(AddressFamily::Unix as u64, SockType::Stream as i64, 0),
         ),
         check(
             "socket_netlink",
@@ -896,8 +859,8 @@ pub fn checks() -> Vec<Check> {
             no_setup,
             |_| {
                 socket(
-                    libc::AF_NETLINK as u64,
-                    i64::from(libc::SOCK_RAW),
+                    AddressFamily::Netlink as u64,
+                    SockType::Raw as i64,
                     NETLINK_ROUTE,
                 )
             },
@@ -910,9 +873,9 @@ pub fn checks() -> Vec<Check> {
             |_| {
                 let mut fds = [0i32; 2];
                 syscall!(
-                    libc::SYS_socketpair,
-                    libc::AF_UNIX,
-                    libc::SOCK_STREAM,
+                    SYS_socketpair,
+                    AddressFamily::Unix as i32,
+                    SockType::Stream as i32,
                     0,
                     fds.as_mut_ptr()
                 )
@@ -926,7 +889,7 @@ pub fn checks() -> Vec<Check> {
             Rule::X32,
             "getpid by its x32 number (__X32_SYSCALL_BIT | 39)",
             no_setup,
-            |_| syscall!(0x4000_0000_i64 | libc::SYS_getpid),
+            |_| syscall!(0x4000_0000_i64 | SYS_getpid),
         ),
         check(
             "x32_mount",
@@ -935,7 +898,7 @@ pub fn checks() -> Vec<Check> {
             no_setup,
             |_| {
                 syscall!(
-                    0x4000_0000_i64 | libc::SYS_mount,
+                    0x4000_0000_i64 | SYS_mount,
                     c"none".as_ptr(),
                     ABSENT.as_ptr(),
                     c"tmpfs".as_ptr(),
@@ -961,94 +924,64 @@ pub fn run(check: &Check, filter: Option<&CompiledFilter>) -> io::Result<Outcome
     const TAG_ERRNO: u8 = 2;
     const TAG_SETUP: u8 = 3;
     const TAG_FILTER: u8 = 4;
-    let mut fds = [0i32; 2];
-    // SAFETY: fds is a valid out-array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let [read_end, write_end] = fds;
+    let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC)?;
     // SAFETY: the child below only makes raw syscalls and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        let error = io::Error::last_os_error();
-        // SAFETY: closing our own pipe ends.
-        unsafe {
-            libc::close(read_end);
-            libc::close(write_end);
-        }
-        return Err(error);
-    }
-    if pid == 0 {
-        /// Writes the result to the pipe and leaves without running any Rust code.
-        fn send(fd: i32, tag: u8, value: i64) -> ! {
-            let mut buf = [0u8; 9];
-            buf[0] = tag;
-            buf[1..].copy_from_slice(&value.to_ne_bytes());
-            // SAFETY: writing a stack buffer to our pipe, then leaving.
-            unsafe {
-                libc::write(fd, buf.as_ptr().cast(), buf.len());
-                libc::_exit(0)
+    let child = match unsafe { fork() }? {
+        ForkResult::Parent { child } => child,
+        ForkResult::Child => {
+            /// Writes the result to the pipe and leaves without running any Rust code.
+            fn send(pipe: &OwnedFd, tag: u8, value: i64) -> ! {
+                let mut buf = [0u8; 9];
+                buf[0] = tag;
+                buf[1..].copy_from_slice(&value.to_ne_bytes());
+                let _ = write(pipe, &buf);
+                exit_now()
+            }
+            drop(read_end);
+            alarm::set(CHILD_TIMEOUT_SECS);
+            let ctx = match (check.setup)() {
+                Ok(ctx) => ctx,
+                Err(e) => send(&write_end, TAG_SETUP, i64::from(e)),
+            };
+            if let Some(filter) = filter
+                && let Err(e) = filter.apply_in_child()
+            {
+                send(
+                    &write_end,
+                    TAG_FILTER,
+                    i64::from(e.raw_os_error().unwrap_or(0)),
+                );
+            }
+            let result = (check.attempt)(ctx);
+            if ctx.reap > 0 {
+                // Killing and reaping the helper this child started.
+                let helper = Pid::from_raw(ctx.reap);
+                let _ = kill(helper, Signal::SIGKILL);
+                let _ = waitpid(helper, None);
+            }
+            match result {
+                Ok(value) => send(&write_end, TAG_OK, value),
+                Err(e) => send(&write_end, TAG_ERRNO, i64::from(e)),
             }
         }
-        // SAFETY: integer-only calls.
-        unsafe {
-            libc::close(read_end);
-            libc::alarm(CHILD_TIMEOUT_SECS);
-        }
-        let ctx = match (check.setup)() {
-            Ok(ctx) => ctx,
-            Err(e) => send(write_end, TAG_SETUP, i64::from(e)),
-        };
-        if let Some(filter) = filter
-            && let Err(e) = filter.apply_in_child()
-        {
-            send(
-                write_end,
-                TAG_FILTER,
-                i64::from(e.raw_os_error().unwrap_or(0)),
-            );
-        }
-        let result = (check.attempt)(ctx);
-        if ctx.reap > 0 {
-            // SAFETY: killing and reaping the helper this child started.
-            unsafe {
-                libc::kill(ctx.reap, libc::SIGKILL);
-                libc::waitpid(ctx.reap, std::ptr::null_mut(), 0);
-            }
-        }
-        match result {
-            Ok(value) => send(write_end, TAG_OK, value),
-            Err(e) => send(write_end, TAG_ERRNO, i64::from(e)),
-        }
-    }
-    // SAFETY: closing our copy of the write end.
-    unsafe { libc::close(write_end) };
+    };
+    drop(write_end);
     let mut buf = [0u8; 9];
     let mut got = 0;
     while got < buf.len() {
-        // SAFETY: reading into the unfilled tail of a stack buffer.
-        let n = unsafe { libc::read(read_end, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
-        if n < 0 && errno() == libc::EINTR {
-            continue;
-        }
-        if n <= 0 {
-            break;
-        }
-        got += n as usize;
-    }
-    // SAFETY: closing our read end.
-    unsafe { libc::close(read_end) };
-    let mut status = 0;
-    loop {
-        // SAFETY: waiting for the child we forked.
-        let rc = unsafe { libc::waitpid(pid, &raw mut status, 0) };
-        if rc >= 0 {
-            break;
-        }
-        if errno() != libc::EINTR {
-            return Err(io::Error::last_os_error());
+        match read(&read_end, &mut buf[got..]) {
+            Err(Errno::EINTR) => continue,
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
         }
     }
+    drop(read_end);
+    let status = loop {
+        match waitpid(child, None) {
+            Err(Errno::EINTR) => continue,
+            status => break status?,
+        }
+    };
     if got == buf.len() {
         let mut value = [0u8; 8];
         value.copy_from_slice(&buf[1..]);
@@ -1061,11 +994,11 @@ pub fn run(check: &Check, filter: Option<&CompiledFilter>) -> io::Result<Outcome
             _ => Outcome::FilterFailed(errno_value),
         });
     }
-    if libc::WIFSIGNALED(status) {
-        return Ok(Outcome::Killed(libc::WTERMSIG(status)));
+    if let WaitStatus::Signaled(_, signal, _) = status {
+        return Ok(Outcome::Killed(signal as i32));
     }
     Err(io::Error::other(format!(
-        "probe child for {} exited without a report (wait status {status:#x})",
+        "probe child for {} exited without a report ({status:?})",
         check.name
     )))
 }
@@ -1089,7 +1022,7 @@ impl Report {
         // A kernel without the i386 ABI (IA32_EMULATION off) kills `int 0x80`
         // with SIGSEGV before seccomp runs: nothing to filter there.
         let no_foreign_abi = self.check.rule == Rule::ForeignAbi
-            && self.unfiltered == Outcome::Killed(libc::SIGSEGV)
+            && self.unfiltered == Outcome::Killed(Signal::SIGSEGV as i32)
             && self.filtered == self.unfiltered;
         self.filtered.meets(self.expect, self.unfiltered) || no_foreign_abi
     }
@@ -1103,7 +1036,7 @@ impl Report {
         match self.expect {
             Expect::Unchanged => matches!(self.unfiltered, Outcome::Success(_)),
             _ if self.check.rule == Rule::ForeignAbi => {
-                self.unfiltered != Outcome::Killed(libc::SIGSEGV)
+                self.unfiltered != Outcome::Killed(Signal::SIGSEGV as i32)
             }
             expect => !self.unfiltered.meets(expect, self.unfiltered),
         }
@@ -1149,6 +1082,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn errno_and_signal_names_are_symbolic_or_numbered() {
+        assert_eq!(errno_name(Errno::EPERM as i32), "EPERM");
+        assert_eq!(errno_name(Errno::EAGAIN as i32), "EAGAIN");
+        assert_eq!(errno_name(Errno::EOPNOTSUPP as i32), "EOPNOTSUPP");
+        assert_eq!(errno_name(4_000), "errno-4000");
+        assert_eq!(signal_name(Signal::SIGSYS as i32), "SIGSYS");
+        assert_eq!(signal_name(200), "signal-200");
+    }
+
+    #[test]
     fn names_are_unique_and_rules_are_known() {
         let all = checks();
         let mut names: Vec<&str> = all.iter().map(|c| c.name).collect();
@@ -1185,14 +1128,17 @@ mod tests {
         let clone3 = all.iter().find(|c| c.name == "clone3").unwrap();
         let vsock = all.iter().find(|c| c.name == "socket_vsock").unwrap();
         let base = SeccompConfig::baseline();
-        assert_eq!(ptrace.expected(&base), Expect::Errno(libc::EPERM));
-        assert_eq!(clone3.expected(&base), Expect::Errno(libc::ENOSYS));
+        assert_eq!(ptrace.expected(&base), Expect::Errno(Errno::EPERM as i32));
+        assert_eq!(clone3.expected(&base), Expect::Errno(Errno::ENOSYS as i32));
         let excepted = SeccompConfig {
             exceptions: vec!["ptrace".into()],
             ..base.clone()
         };
         assert_eq!(ptrace.expected(&excepted), Expect::Unchanged);
-        assert_eq!(vsock.expected(&excepted), Expect::Errno(libc::EPERM));
+        assert_eq!(
+            vsock.expected(&excepted),
+            Expect::Errno(Errno::EPERM as i32)
+        );
         let off = SeccompConfig {
             profile: SeccompProfile::Off,
             exceptions: vec![],
@@ -1207,16 +1153,19 @@ mod tests {
             check: c,
             unfiltered,
             filtered,
-            expect: Expect::Errno(libc::EPERM),
+            expect: Expect::Errno(Errno::EPERM as i32),
         };
-        let r = report(Outcome::Success(0), Outcome::Errno(libc::EPERM));
+        let r = report(Outcome::Success(0), Outcome::Errno(Errno::EPERM as i32));
         assert!(r.passed() && r.proven());
         assert!(
             r.line().ends_with("expect=EPERM result=pass proven=yes"),
             "{}",
             r.line()
         );
-        let r = report(Outcome::Errno(libc::EPERM), Outcome::Errno(libc::EPERM));
+        let r = report(
+            Outcome::Errno(Errno::EPERM as i32),
+            Outcome::Errno(Errno::EPERM as i32),
+        );
         assert!(r.passed() && !r.proven());
         let r = report(Outcome::Success(0), Outcome::Success(0));
         assert!(!r.passed());
@@ -1229,15 +1178,18 @@ mod tests {
         };
         let r = control(Outcome::Success(3), Outcome::Success(4));
         assert!(r.passed() && r.proven(), "a control that went through");
-        let r = control(Outcome::Errno(libc::EPERM), Outcome::Errno(libc::EPERM));
+        let r = control(
+            Outcome::Errno(Errno::EPERM as i32),
+            Outcome::Errno(Errno::EPERM as i32),
+        );
         assert!(
             r.passed() && !r.proven(),
             "a control refused unfiltered too proves nothing"
         );
         let ia32 = checks().into_iter().find(|c| c.rule == Rule::ForeignAbi);
         if let Some(check) = ia32 {
-            let segv = Outcome::Killed(libc::SIGSEGV);
-            let expect = Expect::Killed(libc::SIGSYS);
+            let segv = Outcome::Killed(Signal::SIGSEGV as i32);
+            let expect = Expect::Killed(Signal::SIGSYS as i32);
             let r = Report {
                 check,
                 unfiltered: segv,

@@ -31,7 +31,24 @@
 use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::io::{self, Seek as _, Write as _};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+// Syscall numbers and seccomp ABI constants: nix does not define them.
+use libc::{
+    Ioctl, SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_SET_MODE_FILTER, SYS_add_key, SYS_bpf,
+    SYS_clone, SYS_clone3, SYS_delete_module, SYS_finit_module, SYS_init_module,
+    SYS_io_uring_enter, SYS_io_uring_register, SYS_io_uring_setup, SYS_ioctl, SYS_kexec_file_load,
+    SYS_kexec_load, SYS_keyctl, SYS_mount, SYS_name_to_handle_at, SYS_open_by_handle_at,
+    SYS_perf_event_open, SYS_pivot_root, SYS_process_vm_readv, SYS_process_vm_writev, SYS_ptrace,
+    SYS_request_key, SYS_seccomp, SYS_setns, SYS_socket, SYS_socketpair, SYS_umount2, SYS_unshare,
+    TIOCLINUX, TIOCSTI, sock_fprog,
+};
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, SealFlag, fcntl};
+use nix::sched::CloneFlags;
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::prctl::set_no_new_privs;
+use nix::sys::socket::AddressFamily;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule,
@@ -55,23 +72,23 @@ pub const BLOCKED_SYSCALLS: &[&str] = policy::model::BASELINE_BLOCKLIST;
 /// local sockets, IPv4, IPv6 (the families the kernel egress programs
 /// police) and netlink (needed by `ip`, glibc's `getaddrinfo`, and others).
 pub const ALLOWED_SOCKET_FAMILIES: &[(&str, i32)] = &[
-    ("AF_UNIX", libc::AF_UNIX),
-    ("AF_INET", libc::AF_INET),
-    ("AF_INET6", libc::AF_INET6),
-    ("AF_NETLINK", libc::AF_NETLINK),
+    ("AF_UNIX", AddressFamily::Unix as i32),
+    ("AF_INET", AddressFamily::Inet as i32),
+    ("AF_INET6", AddressFamily::Inet6 as i32),
+    ("AF_NETLINK", AddressFamily::Netlink as i32),
 ];
 
 /// `CLONE_NEW*` flags refused in `clone` (`CLONE_NEWTIME` shares its bit
 /// with the exit-signal byte of `clone` and only exists for `unshare` and
 /// `clone3`).
 pub const CLONE_NAMESPACE_FLAGS: &[(&str, u64)] = &[
-    ("CLONE_NEWNS", libc::CLONE_NEWNS as u64),
-    ("CLONE_NEWCGROUP", libc::CLONE_NEWCGROUP as u64),
-    ("CLONE_NEWUTS", libc::CLONE_NEWUTS as u64),
-    ("CLONE_NEWIPC", libc::CLONE_NEWIPC as u64),
-    ("CLONE_NEWUSER", libc::CLONE_NEWUSER as u64),
-    ("CLONE_NEWPID", libc::CLONE_NEWPID as u64),
-    ("CLONE_NEWNET", libc::CLONE_NEWNET as u64),
+    ("CLONE_NEWNS", CloneFlags::CLONE_NEWNS.bits() as u64),
+    ("CLONE_NEWCGROUP", CloneFlags::CLONE_NEWCGROUP.bits() as u64),
+    ("CLONE_NEWUTS", CloneFlags::CLONE_NEWUTS.bits() as u64),
+    ("CLONE_NEWIPC", CloneFlags::CLONE_NEWIPC.bits() as u64),
+    ("CLONE_NEWUSER", CloneFlags::CLONE_NEWUSER.bits() as u64),
+    ("CLONE_NEWPID", CloneFlags::CLONE_NEWPID.bits() as u64),
+    ("CLONE_NEWNET", CloneFlags::CLONE_NEWNET.bits() as u64),
 ];
 
 /// `CLONE_NEWTIME`, refused in `unshare` on top of [`CLONE_NAMESPACE_FLAGS`].
@@ -81,8 +98,8 @@ pub const CLONE_NEWTIME: u64 = 0x80;
 /// i.e. type commands into the user's shell) and `TIOCLINUX` (console
 /// selection paste, the same attack on a virtual console).
 pub const BLOCKED_IOCTLS: &[(&str, u64)] = &[
-    ("TIOCSTI", ioctl_request(libc::TIOCSTI)),
-    ("TIOCLINUX", ioctl_request(libc::TIOCLINUX)),
+    ("TIOCSTI", ioctl_request(TIOCSTI)),
+    ("TIOCLINUX", ioctl_request(TIOCLINUX)),
 ];
 
 /// An ioctl request number as the 64-bit register value (`libc::Ioctl` is
@@ -91,7 +108,7 @@ pub const BLOCKED_IOCTLS: &[(&str, u64)] = &[
     clippy::unnecessary_cast,
     reason = "a no-op on glibc, a widening on musl"
 )]
-pub const fn ioctl_request(request: libc::Ioctl) -> u64 {
+pub const fn ioctl_request(request: Ioctl) -> u64 {
     request as u64
 }
 
@@ -219,8 +236,8 @@ impl CompiledFilter {
                 name: "clone3",
                 instructions: compile(
                     "clone3",
-                    BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
-                    SeccompAction::Errno(libc::ENOSYS as u32),
+                    BTreeMap::from([(SYS_clone3, Vec::new())]),
+                    SeccompAction::Errno(Errno::ENOSYS as u32),
                     arch,
                 )?,
             });
@@ -245,35 +262,9 @@ impl CompiledFilter {
     /// filter would refuse (namespaces, mounts). With no-new-privs set,
     /// set-uid binaries no longer gain privileges after exec.
     pub fn apply_in_child(&self) -> io::Result<()> {
-        // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) takes no pointers.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_no_new_privs()?;
         for program in &self.programs {
-            let fprog = libc::sock_fprog {
-                // Fits: seccompiler refuses programs of 4096 instructions or more.
-                len: program.instructions.len() as u16,
-                // seccompiler's sock_filter is #[repr(C)] with the kernel's layout,
-                // like libc's; the kernel only reads through this pointer.
-                filter: program
-                    .instructions
-                    .as_ptr()
-                    .cast::<libc::sock_filter>()
-                    .cast_mut(),
-            };
-            // SAFETY: fprog points at a live, correctly sized instruction array
-            // that the kernel copies before returning.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::SECCOMP_SET_MODE_FILTER,
-                    0,
-                    &raw const fprog,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            install_filter(&program.instructions)?;
         }
         Ok(())
     }
@@ -293,38 +284,42 @@ impl CompiledFilter {
     }
 }
 
+/// `seccomp(SECCOMP_SET_MODE_FILTER, 0, prog)` for one program: nix has no
+/// seccomp(2). Async-signal-safe (one syscall, nothing allocated).
+fn install_filter(instructions: &[sock_filter]) -> io::Result<()> {
+    // Fits: seccompiler refuses programs of 4096 instructions or more.
+    let len = u16::try_from(instructions.len()).map_err(|_| Errno::E2BIG)?;
+    let fprog = sock_fprog {
+        len,
+        // seccompiler's sock_filter is #[repr(C)] with the kernel's layout,
+        // like libc's; the kernel only reads through this pointer.
+        filter: instructions.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+    };
+    // SAFETY: fprog points at a live instruction array of `len` entries,
+    // which the kernel copies before returning; nothing is written.
+    let result =
+        unsafe { libc::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &raw const fprog) };
+    Errno::result(result).map(drop).map_err(io::Error::from)
+}
+
 /// Clears `FD_CLOEXEC` on `fd` so a child inherits it across exec.
 /// Async-signal-safe; meant for a `pre_exec` closure.
-pub fn clear_cloexec(fd: i32) -> io::Result<()> {
-    // SAFETY: fcntl on an integer descriptor; no pointers.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+pub fn clear_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = FdFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFD)?);
+    fcntl(fd, FcntlArg::F_SETFD(flags - FdFlag::FD_CLOEXEC))?;
     Ok(())
 }
 
 fn memfd_with(name: &CStr, bytes: &[u8]) -> io::Result<OwnedFd> {
-    // SAFETY: name is a valid C string; the flags are constants.
-    let raw =
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: memfd_create returned a fresh descriptor we now own.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
     let mut file = std::fs::File::from(fd);
     file.write_all(bytes)?;
     file.rewind()?;
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
-    // SAFETY: fcntl on our own descriptor; no pointers.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let seals = SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE
+        | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
     Ok(OwnedFd::from(file))
 }
 
@@ -358,32 +353,32 @@ fn any_flag_rules(arg: u8, flags: &[u64]) -> Result<Vec<SeccompRule>, SeccompErr
 /// The syscall number of a [`BLOCKED_SYSCALLS`] name on this architecture.
 fn syscall_number(name: &str) -> Option<i64> {
     Some(match name {
-        "mount" => libc::SYS_mount,
-        "umount2" => libc::SYS_umount2,
-        "pivot_root" => libc::SYS_pivot_root,
-        "unshare" => libc::SYS_unshare,
-        "clone" => libc::SYS_clone,
-        "clone3" => libc::SYS_clone3,
-        "setns" => libc::SYS_setns,
-        "bpf" => libc::SYS_bpf,
-        "perf_event_open" => libc::SYS_perf_event_open,
-        "ptrace" => libc::SYS_ptrace,
-        "process_vm_readv" => libc::SYS_process_vm_readv,
-        "process_vm_writev" => libc::SYS_process_vm_writev,
-        "keyctl" => libc::SYS_keyctl,
-        "add_key" => libc::SYS_add_key,
-        "request_key" => libc::SYS_request_key,
-        "open_by_handle_at" => libc::SYS_open_by_handle_at,
-        "name_to_handle_at" => libc::SYS_name_to_handle_at,
-        "init_module" => libc::SYS_init_module,
-        "finit_module" => libc::SYS_finit_module,
-        "delete_module" => libc::SYS_delete_module,
-        "kexec_load" => libc::SYS_kexec_load,
-        "kexec_file_load" => libc::SYS_kexec_file_load,
-        "io_uring_setup" => libc::SYS_io_uring_setup,
-        "io_uring_enter" => libc::SYS_io_uring_enter,
-        "io_uring_register" => libc::SYS_io_uring_register,
-        "ioctl" => libc::SYS_ioctl,
+        "mount" => SYS_mount,
+        "umount2" => SYS_umount2,
+        "pivot_root" => SYS_pivot_root,
+        "unshare" => SYS_unshare,
+        "clone" => SYS_clone,
+        "clone3" => SYS_clone3,
+        "setns" => SYS_setns,
+        "bpf" => SYS_bpf,
+        "perf_event_open" => SYS_perf_event_open,
+        "ptrace" => SYS_ptrace,
+        "process_vm_readv" => SYS_process_vm_readv,
+        "process_vm_writev" => SYS_process_vm_writev,
+        "keyctl" => SYS_keyctl,
+        "add_key" => SYS_add_key,
+        "request_key" => SYS_request_key,
+        "open_by_handle_at" => SYS_open_by_handle_at,
+        "name_to_handle_at" => SYS_name_to_handle_at,
+        "init_module" => SYS_init_module,
+        "finit_module" => SYS_finit_module,
+        "delete_module" => SYS_delete_module,
+        "kexec_load" => SYS_kexec_load,
+        "kexec_file_load" => SYS_kexec_file_load,
+        "io_uring_setup" => SYS_io_uring_setup,
+        "io_uring_enter" => SYS_io_uring_enter,
+        "io_uring_register" => SYS_io_uring_register,
+        "ioctl" => SYS_ioctl,
         _ => return None,
     })
 }
@@ -430,12 +425,12 @@ fn blocklist_program(config: &SeccompConfig, arch: TargetArch) -> Result<BpfProg
         };
         rules.insert(nr, conditions_for(name)?);
     }
-    rules.insert(libc::SYS_socket, socket_family_rules()?);
-    rules.insert(libc::SYS_socketpair, socket_family_rules()?);
+    rules.insert(SYS_socket, socket_family_rules()?);
+    rules.insert(SYS_socketpair, socket_family_rules()?);
     compile(
         "blocklist",
         rules,
-        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Errno(Errno::EPERM as u32),
         arch,
     )
 }
@@ -484,14 +479,9 @@ fn x32_program() -> Option<Program> {
         // 3: A >= __X32_SYSCALL_BIT -> 4 (refuse), else -> 5 (allow)
         insn(BPF_JMP_JGE_K, 0, 1, X32_SYSCALL_BIT),
         // 4: refuse
-        insn(
-            BPF_RET_K,
-            0,
-            0,
-            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
-        ),
+        insn(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | Errno::EPERM as u32),
         // 5: allow
-        insn(BPF_RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+        insn(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
     ];
     Some(Program {
         name: "x32",
@@ -503,6 +493,18 @@ fn x32_program() -> Option<Program> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_filter_is_refused_by_the_kernel() {
+        // An empty program can never be installed, so this process stays
+        // unfiltered whatever its privileges.
+        let error = install_filter(&[]).err().and_then(|e| e.raw_os_error());
+        let errno = error.map(Errno::from_raw);
+        assert!(
+            matches!(errno, Some(Errno::EINVAL | Errno::EACCES)),
+            "{errno:?}"
+        );
+    }
 
     #[test]
     fn every_blocked_name_has_a_syscall_number() {
@@ -592,14 +594,14 @@ mod tests {
         let base = CompiledFilter::compile(&SeccompConfig::baseline())
             .unwrap()
             .unwrap();
-        assert!(find(&base, libc::SYS_ptrace));
+        assert!(find(&base, SYS_ptrace));
         let config = SeccompConfig {
             profile: SeccompProfile::BaselineBlocklist,
             exceptions: vec!["ptrace".into()],
         };
         let excepted = CompiledFilter::compile(&config).unwrap().unwrap();
-        assert!(!find(&excepted, libc::SYS_ptrace));
-        assert!(find(&excepted, libc::SYS_bpf));
+        assert!(!find(&excepted, SYS_ptrace));
+        assert!(find(&excepted, SYS_bpf));
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use nix::ifaddrs::getifaddrs;
+
 use super::matrix::{DecoyAddr, Place, Proto};
 
 /// Port of the DNS decoy.
@@ -48,39 +50,25 @@ impl HostAddrs {
     /// test may add its host addresses there).
     pub fn discover() -> Self {
         let mut found = Self::default();
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        // SAFETY: getifaddrs writes a list head we free below.
-        if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+        let Ok(addrs) = getifaddrs() else {
             return found;
-        }
-        let mut cursor = head;
-        while !cursor.is_null() {
-            // SAFETY: cursor is a node of the list getifaddrs returned.
-            let entry = unsafe { &*cursor };
-            cursor = entry.ifa_next;
-            if entry.ifa_addr.is_null() {
+        };
+        for entry in addrs {
+            let Some(addr) = entry.address else {
                 continue;
-            }
-            // SAFETY: ifa_addr points to a sockaddr whose family says its type.
-            let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
-            if family == libc::AF_INET {
-                // SAFETY: an AF_INET address is a sockaddr_in.
-                let sin = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in>() };
-                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            };
+            if let Some(sin) = addr.as_sockaddr_in() {
+                let ip = sin.ip();
                 if found.v4.is_none() && usable_v4(ip) {
                     found.v4 = Some(ip);
                 }
-            } else if family == libc::AF_INET6 {
-                // SAFETY: an AF_INET6 address is a sockaddr_in6.
-                let sin6 = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in6>() };
-                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            } else if let Some(sin6) = addr.as_sockaddr_in6() {
+                let ip = sin6.ip();
                 if found.v6.is_none() && usable_v6(ip) {
                     found.v6 = Some(ip);
                 }
             }
         }
-        // SAFETY: head came from getifaddrs and is freed once.
-        unsafe { libc::freeifaddrs(head) };
         found
     }
 }

@@ -9,6 +9,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
+use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 
 /// Which kernel layer claims to stop an attempt.
@@ -734,7 +735,9 @@ pub fn judge(
                 return Verdict::Bypass;
             }
             match outcome {
-                Some(Outcome::Err { errno, .. }) if *errno == libc::EPERM => Verdict::Passed,
+                Some(Outcome::Err { errno, .. }) if *errno == Errno::EPERM as i32 => {
+                    Verdict::Passed
+                }
                 Some(Outcome::Precondition { .. }) => Verdict::Unproven,
                 // Socket creation can be refused before `sock_create` runs:
                 // the daemon's own address-family filter (systemd's
@@ -767,7 +770,7 @@ mod tests {
 
     fn eperm() -> Outcome {
         Outcome::Err {
-            errno: libc::EPERM,
+            errno: Errno::EPERM as i32,
             message: "Operation not permitted".into(),
         }
     }
@@ -848,7 +851,7 @@ mod tests {
         );
         assert_eq!(judge(row, Some(&Outcome::Ok {}), 0, true), Verdict::Bypass);
         let refused = Outcome::Err {
-            errno: libc::ECONNREFUSED,
+            errno: Errno::ECONNREFUSED as i32,
             message: "refused".into(),
         };
         assert_eq!(judge(row, Some(&refused), 0, true), Verdict::Inconclusive);
@@ -923,7 +926,7 @@ mod tests {
     fn socket_creation_refused_before_the_program_is_unproven() {
         let row = spec("raw_socket").unwrap();
         let filtered = Outcome::Err {
-            errno: libc::EAFNOSUPPORT,
+            errno: Errno::EAFNOSUPPORT as i32,
             message: "not supported".into(),
         };
         assert_eq!(judge(row, Some(&filtered), 0, true), Verdict::Unproven);

@@ -22,7 +22,7 @@ pub mod report;
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    os::fd::AsRawFd as _,
+    os::fd::{AsRawFd as _, BorrowedFd},
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant, SystemTime},
@@ -235,17 +235,20 @@ async fn run_probe(
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
     let fd = procs.as_raw_fd();
+    let join_leaf = move || {
+        // SAFETY: `fd` is `procs`, which stays open until after the spawn;
+        // the child inherited it and holds it until exec.
+        let procs = unsafe { BorrowedFd::borrow_raw(fd) };
+        match nix::unistd::write(procs, b"0") {
+            Ok(1) => Ok(()),
+            Ok(_) => Err(std::io::Error::last_os_error()),
+            Err(errno) => Err(errno.into()),
+        }
+    };
     // SAFETY: between fork and exec the closure only calls write(2) on an
-    // fd the child inherited (async-signal-safe), joining the leaf cgroup
-    // before the probe's first instruction.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // fd the child inherited (async-signal-safe, no allocation), joining
+    // the leaf cgroup before the probe's first instruction.
+    unsafe { command.pre_exec(join_leaf) };
     let mut child = command.spawn().map_err(|source| SelftestError::Spawn {
         exe: config.probe_exe.clone(),
         source,

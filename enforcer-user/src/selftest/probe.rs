@@ -13,12 +13,32 @@
 //! anyway (a hardened unit without `CAP_NET_RAW`) it says so.
 
 use std::{
-    io::{self, BufRead, Read as _, Write},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    io::{self, BufRead, IoSliceMut, Read as _, Write},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsFd, AsRawFd as _, OwnedFd},
     time::Duration,
 };
 
+// What nix 0.32 does not name: the raw-byte socket options, the
+// `MSG_FASTOPEN` flag, `PR_SET_PTRACER` and the ptrace requests (its
+// `ptrace` module needs a feature this workspace does not enable).
+use libc::{
+    IP_OPTIONS, IPPROTO_IP, IPPROTO_IPV6, IPV6_RTHDR, MSG_FASTOPEN, PR_SET_PTRACER,
+    PR_SET_PTRACER_ANY, PTRACE_ATTACH, PTRACE_DETACH, c_ulong, socklen_t,
+};
+use nix::{
+    errno::Errno,
+    sys::{
+        prctl,
+        socket::{
+            self as sock, AddressFamily, Backlog, MsgFlags, SockFlag, SockProtocol, SockType,
+            SockaddrIn, SockaddrIn6, SockaddrLike, SockaddrStorage, sockopt,
+        },
+        uio::{RemoteIoVec, process_vm_readv},
+        wait::{WaitPidFlag, waitpid},
+    },
+    unistd::Pid,
+};
 use serde::{Deserialize, Serialize};
 
 use super::matrix::{Action, Outcome, PlannedAttempt};
@@ -61,8 +81,7 @@ pub const PROBE_COMM: &std::ffi::CStr = c"selftest-probe";
 
 /// Names this process [`PROBE_COMM`].
 pub fn set_comm() {
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, PROBE_COMM.as_ptr()) };
+    let _ = prctl::set_name(PROBE_COMM);
 }
 
 /// Runs the probe: plan from `input`, report (and the squat hand-off) to `output`.
@@ -100,16 +119,21 @@ fn attempt_one(action: &Action, input: &mut impl BufRead, output: &mut impl Writ
             if let Some(missing) = missing_net_raw() {
                 return missing;
             }
-            socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP).map(drop)
+            socket(AddressFamily::Inet, SockType::Raw, Some(SockProtocol::Icmp)).map(drop)
         }
         Action::PacketSocket {} => {
             if let Some(missing) = missing_net_raw() {
                 return missing;
             }
-            let protocol = i32::from((libc::ETH_P_ALL as u16).to_be());
-            socket(libc::AF_PACKET, libc::SOCK_RAW, protocol).map(drop)
+            // ETH_P_ALL in network byte order.
+            socket(
+                AddressFamily::Packet,
+                SockType::Raw,
+                Some(SockProtocol::EthAll),
+            )
+            .map(drop)
         }
-        Action::VsockSocket {} => socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0).map(drop),
+        Action::VsockSocket {} => socket(AddressFamily::Vsock, SockType::Stream, None).map(drop),
         Action::V6onlyWildcard { port } => v6only_wildcard(*port),
         Action::SquatTcp {} => squat(input, output),
         Action::Ipv6RoutingHeader {} => routing_header(),
@@ -137,12 +161,10 @@ pub const HOLD_READY: &str = "ready";
 /// only the kernel program (not Yama) can refuse the probe, says
 /// [`HOLD_READY`], and waits for its stdin to close.
 pub fn hold(input: &mut impl BufRead, output: &mut impl Write) -> io::Result<()> {
-    // SAFETY: PR_SET_PTRACER takes an integer argument, no pointers.
-    if unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::PR_SET_PTRACER_ANY) } != 0 {
-        let error = io::Error::last_os_error();
+    if let Err(errno) = set_ptracer(PR_SET_PTRACER_ANY) {
         // EINVAL: Yama is not built in, so nothing needs lifting.
-        if error.raw_os_error() != Some(libc::EINVAL) {
-            return Err(error);
+        if errno != Errno::EINVAL {
+            return Err(errno.into());
         }
     }
     writeln!(output, "{HOLD_READY}")?;
@@ -154,43 +176,60 @@ pub fn hold(input: &mut impl BufRead, output: &mut impl Write) -> io::Result<()>
 /// the copy, so `EFAULT` (the address is not mapped there) means the check
 /// let the call through, the same as a success.
 fn process_vm_read(pid: u32) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    let pid = target_pid(pid)?;
     let mut byte = [0u8; 1];
-    let local = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
+    // Only read by the kernel in the other process, after its access check.
+    let remote = RemoteIoVec {
+        base: 0x1000,
+        len: 1,
     };
-    let remote = libc::iovec {
-        iov_base: 0x1000 as *mut libc::c_void,
-        iov_len: 1,
-    };
-    // SAFETY: `local` points at one writable byte of ours; `remote` is only
-    // read by the kernel in the other process, after its access check.
-    let copied = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-    if copied < 0 {
-        let error = io::Error::last_os_error();
-        if error.raw_os_error() == Some(libc::EFAULT) {
-            return Ok(());
-        }
-        return Err(error);
+    match process_vm_readv(pid, &mut [IoSliceMut::new(&mut byte)], &[remote]) {
+        Ok(_) | Err(Errno::EFAULT) => Ok(()),
+        Err(errno) => Err(errno.into()),
     }
-    Ok(())
 }
 
 /// `PTRACE_ATTACH` to `pid`; a success is undone at once.
 fn ptrace_attach(pid: u32) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-    // SAFETY: PTRACE_ATTACH takes no pointers.
-    if unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0usize, 0usize) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut status = 0;
-    // SAFETY: waits for the attach stop of the tracee just attached;
-    // status is a valid out pointer.
-    unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
-    // SAFETY: detaches the tracee just attached; no pointers.
-    unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize) };
+    let pid = target_pid(pid)?;
+    ptrace(Ptrace::Attach, pid)?;
+    // Waits for the attach stop of the tracee just attached.
+    let _ = waitpid(pid, Some(WaitPidFlag::__WALL));
+    let _ = ptrace(Ptrace::Detach, pid);
     Ok(())
+}
+
+/// `pid` as the kernel takes it; one past `pid_t` is no process (`ESRCH`).
+fn target_pid(pid: u32) -> io::Result<Pid> {
+    i32::try_from(pid)
+        .map(Pid::from_raw)
+        .map_err(|_| Errno::ESRCH.into())
+}
+
+/// `prctl(PR_SET_PTRACER, ptracer)`, which nix 0.32 has no wrapper for.
+fn set_ptracer(ptracer: c_ulong) -> nix::Result<()> {
+    // SAFETY: PR_SET_PTRACER takes an integer argument, no pointers.
+    let rc = unsafe { libc::prctl(PR_SET_PTRACER, ptracer) };
+    Errno::result(rc).map(drop)
+}
+
+/// The `ptrace(2)` requests the probe makes; neither takes a pointer.
+#[derive(Debug, Clone, Copy)]
+enum Ptrace {
+    Attach,
+    Detach,
+}
+
+/// `ptrace(request, pid, 0, 0)`: nix's wrappers need its `ptrace` feature.
+fn ptrace(request: Ptrace, pid: Pid) -> nix::Result<()> {
+    let request = match request {
+        Ptrace::Attach => PTRACE_ATTACH,
+        Ptrace::Detach => PTRACE_DETACH,
+    };
+    // SAFETY: PTRACE_ATTACH and PTRACE_DETACH read no pointers; addr and
+    // data are 0 (for detach: restart the tracee with no signal).
+    let rc = unsafe { libc::ptrace(request, pid.as_raw(), 0usize, 0usize) };
+    Errno::result(rc).map(drop)
 }
 
 /// `Some(precondition)` when this process lacks `CAP_NET_RAW` (raw and
@@ -215,145 +254,116 @@ fn udp_for(addr: SocketAddr) -> io::Result<UdpSocket> {
     }
 }
 
-fn socket(family: i32, kind: i32, protocol: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the fd is owned below.
-    let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, protocol) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn socket(
+    family: AddressFamily,
+    kind: SockType,
+    protocol: Option<SockProtocol>,
+) -> io::Result<OwnedFd> {
+    Ok(sock::socket(
+        family,
+        kind,
+        SockFlag::SOCK_CLOEXEC,
+        protocol,
+    )?)
 }
 
-fn set_option(fd: &OwnedFd, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
-    let len = libc::socklen_t::try_from(value.len())
+/// `setsockopt(2)` with raw option bytes, for the options nix 0.32 has no
+/// typed wrapper for (`IPV6_RTHDR`, `IP_OPTIONS`).
+fn set_option_bytes(fd: impl AsFd, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
+    let len = socklen_t::try_from(value.len())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: value lives across the call and len is its length.
-    let rc = unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, value.as_ptr().cast(), len) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// A socket address as the C API takes it.
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: a sockaddr_in fits in a sockaddr_storage.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: a sockaddr_in6 fits in a sockaddr_storage.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
+    // SAFETY: value lives across the call and len is its length; the fd is
+    // borrowed for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            len,
+        )
     };
-    (storage, libc::socklen_t::try_from(len).unwrap_or(0))
+    Ok(Errno::result(rc).map(drop)?)
 }
 
-fn family(addr: SocketAddr) -> i32 {
+/// A socket address as the C API takes it: a `sockaddr_in` or a
+/// `sockaddr_in6` (flow info 0), each with its own length.
+enum CAddr {
+    V4(SockaddrIn),
+    V6(SockaddrIn6),
+}
+
+impl CAddr {
+    fn new(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(v4) => Self::V4(v4.into()),
+            SocketAddr::V6(v6) => {
+                Self::V6(SocketAddrV6::new(*v6.ip(), v6.port(), 0, v6.scope_id()).into())
+            }
+        }
+    }
+
+    fn get(&self) -> &dyn SockaddrLike {
+        match self {
+            Self::V4(sin) => sin,
+            Self::V6(sin6) => sin6,
+        }
+    }
+}
+
+fn family(addr: SocketAddr) -> AddressFamily {
     if addr.is_ipv4() {
-        libc::AF_INET
+        AddressFamily::Inet
     } else {
-        libc::AF_INET6
+        AddressFamily::Inet6
     }
 }
 
 /// `sendto(MSG_FASTOPEN)`: connect and send in one call.
 fn tcp_fastopen(addr: SocketAddr) -> io::Result<()> {
-    let fd = socket(family(addr), libc::SOCK_STREAM, 0)?;
-    let (storage, len) = sockaddr(addr);
+    let fd = socket(family(addr), SockType::Stream, None)?;
     let data = b"enforcer-selftest";
-    // SAFETY: data and storage are valid for the lengths given.
-    let rc = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            data.as_ptr().cast(),
-            data.len(),
-            libc::MSG_FASTOPEN,
-            (&raw const storage).cast(),
-            len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let flags = MsgFlags::from_bits_retain(MSG_FASTOPEN);
+    sock::sendto(fd.as_raw_fd(), data, CAddr::new(addr).get(), flags)?;
     Ok(())
 }
 
 fn bind_fd(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
-    let (storage, len) = sockaddr(addr);
-    // SAFETY: storage holds a sockaddr of length len.
-    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const storage).cast(), len) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(sock::bind(fd.as_raw_fd(), CAddr::new(addr).get())?)
 }
 
 fn listen_fd(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: listen(2) on a socket we own.
-    if unsafe { libc::listen(fd.as_raw_fd(), 8) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(sock::listen(fd, Backlog::new(8)?)?)
 }
 
 fn local_port(fd: &OwnedFd) -> io::Result<u16> {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_storage>())
-        .unwrap_or(libc::socklen_t::MAX);
-    // SAFETY: storage and len are valid for writing.
-    let rc = unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut storage).cast(), &raw mut len) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+    let addr: SockaddrStorage = sock::getsockname(fd.as_raw_fd())?;
+    if let Some(sin) = addr.as_sockaddr_in() {
+        Ok(sin.port())
+    } else if let Some(sin6) = addr.as_sockaddr_in6() {
+        Ok(sin6.port())
+    } else {
+        Err(Errno::EAFNOSUPPORT.into())
     }
-    // SAFETY: the kernel wrote an AF_INET or AF_INET6 address; their ports
-    // sit at the same offset.
-    let sin: libc::sockaddr_in = unsafe { std::ptr::read((&raw const storage).cast()) };
-    Ok(u16::from_be(sin.sin_port))
 }
-
-const ONE: [u8; 4] = 1i32.to_ne_bytes();
 
 /// Whether `[::]:port` with `IPV6_V6ONLY` can be bound now: the
 /// `v6only_wildcard` attempt needs it free beside the decoy's
 /// `127.0.0.1:port` (an IPv6-only socket elsewhere on that port, e.g. on
 /// `[::1]`, would make the attempt fail with EADDRINUSE and prove nothing).
 pub fn v6_wildcard_free(port: u16) -> bool {
-    let Ok(fd) = socket(libc::AF_INET6, libc::SOCK_STREAM, 0) else {
+    let Ok(fd) = socket(AddressFamily::Inet6, SockType::Stream, None) else {
         return false;
     };
-    set_option(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &ONE).is_ok()
+    sock::setsockopt(&fd, sockopt::Ipv6V6Only, &true).is_ok()
         && bind_fd(&fd, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).is_ok()
 }
 
 /// bind `[::]:port` with `IPV6_V6ONLY` and listen, then connect
 /// `127.0.0.1:port`, where the daemon's decoy listens.
 fn v6only_wildcard(port: u16) -> io::Result<()> {
-    let own = socket(libc::AF_INET6, libc::SOCK_STREAM, 0)?;
-    set_option(&own, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &ONE)?;
+    let own = socket(AddressFamily::Inet6, SockType::Stream, None)?;
+    sock::setsockopt(&own, sockopt::Ipv6V6Only, &true)?;
     bind_fd(&own, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))?;
     listen_fd(&own)?;
     TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), IO_TIMEOUT).map(drop)
@@ -362,8 +372,8 @@ fn v6only_wildcard(port: u16) -> io::Result<()> {
 /// bind `127.0.0.1:0` with `SO_REUSEADDR`, never listen; hand the port to
 /// the daemon, which listens there; then connect to it.
 fn squat(input: &mut impl BufRead, output: &mut impl Write) -> io::Result<()> {
-    let squatter = socket(libc::AF_INET, libc::SOCK_STREAM, 0)?;
-    set_option(&squatter, libc::SOL_SOCKET, libc::SO_REUSEADDR, &ONE)?;
+    let squatter = socket(AddressFamily::Inet, SockType::Stream, None)?;
+    sock::setsockopt(&squatter, sockopt::ReuseAddr, &true)?;
     bind_fd(&squatter, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
     let port = local_port(&squatter)?;
     writeln!(output, "{SQUAT_PREFIX}{port}")?;
@@ -386,21 +396,21 @@ fn squat(input: &mut impl BufRead, output: &mut impl Write) -> io::Result<()> {
 /// `setsockopt(IPV6_RTHDR)`: a type-4 segment-routing header whose only
 /// segment is `::1` (never an address off this host).
 fn routing_header() -> io::Result<()> {
-    let fd = socket(libc::AF_INET6, libc::SOCK_DGRAM, 0)?;
+    let fd = socket(AddressFamily::Inet6, SockType::Datagram, None)?;
     // nexthdr, hdrlen (8-octet units past the first 8), type 4,
     // segments_left 1, last_entry 1, flags, tag; two segments.
     let mut srh = vec![0, 4, 4, 1, 1, 0, 0, 0];
     srh.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
     srh.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
-    set_option(&fd, libc::IPPROTO_IPV6, libc::IPV6_RTHDR, &srh)
+    set_option_bytes(&fd, IPPROTO_IPV6, IPV6_RTHDR, &srh)
 }
 
 /// `setsockopt(IP_OPTIONS)`: NOP, then a loose source route via 127.0.0.1.
 fn source_route() -> io::Result<()> {
-    let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    let fd = socket(AddressFamily::Inet, SockType::Datagram, None)?;
     let mut options = vec![1, 131, 7, 4];
     options.extend_from_slice(&Ipv4Addr::LOCALHOST.octets());
-    set_option(&fd, libc::IPPROTO_IP, libc::IP_OPTIONS, &options)
+    set_option_bytes(&fd, IPPROTO_IP, IP_OPTIONS, &options)
 }
 
 fn own_ip(v6: bool) -> std::net::IpAddr {
@@ -482,12 +492,37 @@ mod tests {
         assert_eq!(outcomes[0], &Outcome::Ok {});
         assert_eq!(outcomes[1], &Outcome::Ok {});
         assert!(
-            matches!(outcomes[2], Outcome::Err { errno, .. } if *errno == libc::ECONNREFUSED),
+            matches!(outcomes[2], Outcome::Err { errno, .. } if *errno == Errno::ECONNREFUSED as i32),
             "{outcomes:?}"
         );
         assert!(
             matches!(outcomes[3], Outcome::Err { .. }),
             "the daemon said no"
         );
+    }
+
+    /// The raw `setsockopt(2)` wrapper reports the kernel's errno.
+    #[test]
+    fn raw_setsockopt_on_a_non_socket_is_enotsock() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let error = set_option_bytes(&file, IPPROTO_IP, IP_OPTIONS, &[1]).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(Errno::ENOTSOCK as i32));
+    }
+
+    /// EINVAL with Yama (no such process) and without (unknown option).
+    #[test]
+    fn raw_prctl_set_ptracer_to_no_process_is_einval() {
+        let no_process = c_ulong::try_from(i32::MAX).unwrap();
+        assert_eq!(set_ptracer(no_process), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn raw_ptrace_without_a_tracee_is_esrch() {
+        assert_eq!(
+            ptrace(Ptrace::Attach, Pid::from_raw(i32::MAX)),
+            Err(Errno::ESRCH)
+        );
+        // Not traced by us.
+        assert_eq!(ptrace(Ptrace::Detach, Pid::this()), Err(Errno::ESRCH));
     }
 }

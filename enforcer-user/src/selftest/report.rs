@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 
 use super::matrix::{Expect, Outcome, Verdict};
@@ -43,7 +44,7 @@ impl AttemptResult {
         match outcome {
             None => "no result (the probe did not report it)".into(),
             Some(Outcome::Ok {}) => "reached".into(),
-            Some(Outcome::Err { errno, .. }) if *errno == libc::EPERM => "EPERM".into(),
+            Some(Outcome::Err { errno, .. }) if *errno == Errno::EPERM as i32 => "EPERM".into(),
             Some(Outcome::Err { errno, message }) => format!("errno {errno} ({message})"),
             Some(Outcome::Precondition { why }) => format!("not proven: {why}"),
         }

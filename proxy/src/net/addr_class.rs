@@ -161,35 +161,16 @@ impl LocalAddrs {
 
     /// Reads every IPv4/IPv6 interface address with `getifaddrs(3)`.
     pub fn from_system() -> io::Result<Self> {
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        // SAFETY: getifaddrs writes a list head we free with freeifaddrs below.
-        if unsafe { libc::getifaddrs(&mut head) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut addrs = HashSet::new();
-        let mut cursor = head;
-        while !cursor.is_null() {
-            // SAFETY: cursor is a non-null node of the list getifaddrs returned.
-            let node = unsafe { &*cursor };
-            if !node.ifa_addr.is_null() {
-                // SAFETY: ifa_addr points to a sockaddr whose family tells its size.
-                let family = i32::from(unsafe { (*node.ifa_addr).sa_family });
-                if family == libc::AF_INET {
-                    // SAFETY: family AF_INET means a sockaddr_in.
-                    let sin = unsafe { &*node.ifa_addr.cast::<libc::sockaddr_in>() };
-                    addrs.insert(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                        sin.sin_addr.s_addr,
-                    ))));
-                } else if family == libc::AF_INET6 {
-                    // SAFETY: family AF_INET6 means a sockaddr_in6.
-                    let sin6 = unsafe { &*node.ifa_addr.cast::<libc::sockaddr_in6>() };
-                    addrs.insert(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+        let addrs = nix::ifaddrs::getifaddrs()?
+            .filter_map(|interface| interface.address)
+            .filter_map(|address| {
+                if let Some(sin) = address.as_sockaddr_in() {
+                    Some(IpAddr::V4(sin.ip()))
+                } else {
+                    address.as_sockaddr_in6().map(|sin6| IpAddr::V6(sin6.ip()))
                 }
-            }
-            cursor = node.ifa_next;
-        }
-        // SAFETY: head came from a successful getifaddrs and is freed once.
-        unsafe { libc::freeifaddrs(head) };
+            })
+            .collect();
         Ok(Self { addrs })
     }
 

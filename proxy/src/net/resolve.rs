@@ -721,9 +721,7 @@ fn fqdn(host: &str) -> Result<Name, ResolveError> {
 /// A random 16-bit query id from the kernel's CSPRNG.
 fn random_id() -> u16 {
     let mut buf = [0u8; 2];
-    // SAFETY: getrandom writes at most buf.len() bytes into buf.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n != 2 {
+    if getrandom::getrandom(&mut buf).is_err() {
         // getrandom(2) does not fail for 2 bytes once the pool is ready; if it
         // ever does, fall back to the clock (the id is defence in depth: the
         // socket is connected to the server).
