@@ -38,7 +38,7 @@ use enforcer::{
     kernel::{self, CgroupMount, CgroupPath, maps::parse_socket_addr},
     sandbox::{self, seccomp::CompiledFilter},
 };
-use nix::unistd::{Gid, Uid, User, getgrouplist, getuid, setgid, setgroups, setuid, write};
+use nix::unistd::{Gid, Uid, User, getgrouplist, getuid, setgid, setgroups, setuid};
 
 use super::{
     daemon_flags::DaemonFlags,
@@ -648,9 +648,7 @@ async fn spawn_and_wait(
     // filter fds for bwrap, and prctl/seccomp to install the filter.
     unsafe {
         child.pre_exec(move || {
-            if write(&procs, b"0")? != 1 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
+            kernel::cgroup::join_from_child(&procs)?;
             if uid != 0 {
                 setgroups(&groups)?;
                 setgid(Gid::from_raw(gid))?;

@@ -2,8 +2,8 @@
 //! checked cgroup directory.
 
 use std::{
-    fs,
-    os::unix::fs::MetadataExt as _,
+    fs, io,
+    os::{fd::AsFd, unix::fs::MetadataExt as _},
     path::{Component, Path, PathBuf},
 };
 
@@ -164,6 +164,17 @@ impl CgroupPath {
             what: format!("opening cgroup {}", self.absolute.display()),
             source,
         })
+    }
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is
+/// `procs` (writes `0`, "this process"). Async-signal-safe: meant for a
+/// `pre_exec` closure, so the command's first instruction already runs
+/// inside the cgroup.
+pub fn join_from_child(procs: impl AsFd) -> io::Result<()> {
+    match nix::unistd::write(procs, b"0")? {
+        1 => Ok(()),
+        _ => Err(io::ErrorKind::WriteZero.into()),
     }
 }
 

@@ -239,11 +239,7 @@ async fn run_probe(
         // SAFETY: `fd` is `procs`, which stays open until after the spawn;
         // the child inherited it and holds it until exec.
         let procs = unsafe { BorrowedFd::borrow_raw(fd) };
-        match nix::unistd::write(procs, b"0") {
-            Ok(1) => Ok(()),
-            Ok(_) => Err(std::io::Error::last_os_error()),
-            Err(errno) => Err(errno.into()),
-        }
+        crate::kernel::cgroup::join_from_child(procs)
     };
     // SAFETY: between fork and exec the closure only calls write(2) on an
     // fd the child inherited (async-signal-safe, no allocation), joining

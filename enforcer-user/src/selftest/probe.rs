@@ -20,16 +20,15 @@ use std::{
 };
 
 // What nix 0.32 does not name: the raw-byte socket options, the
-// `MSG_FASTOPEN` flag, `PR_SET_PTRACER` and the ptrace requests (its
-// `ptrace` module needs a feature this workspace does not enable).
+// `MSG_FASTOPEN` flag and `PR_SET_PTRACER`.
 use libc::{
     IP_OPTIONS, IPPROTO_IP, IPPROTO_IPV6, IPV6_RTHDR, MSG_FASTOPEN, PR_SET_PTRACER,
-    PR_SET_PTRACER_ANY, PTRACE_ATTACH, PTRACE_DETACH, c_ulong, socklen_t,
+    PR_SET_PTRACER_ANY, c_ulong, socklen_t,
 };
 use nix::{
     errno::Errno,
     sys::{
-        prctl,
+        prctl, ptrace,
         socket::{
             self as sock, AddressFamily, Backlog, MsgFlags, SockFlag, SockProtocol, SockType,
             SockaddrIn, SockaddrIn6, SockaddrLike, SockaddrStorage, sockopt,
@@ -192,10 +191,10 @@ fn process_vm_read(pid: u32) -> io::Result<()> {
 /// `PTRACE_ATTACH` to `pid`; a success is undone at once.
 fn ptrace_attach(pid: u32) -> io::Result<()> {
     let pid = target_pid(pid)?;
-    ptrace(Ptrace::Attach, pid)?;
+    ptrace::attach(pid)?;
     // Waits for the attach stop of the tracee just attached.
     let _ = waitpid(pid, Some(WaitPidFlag::__WALL));
-    let _ = ptrace(Ptrace::Detach, pid);
+    let _ = ptrace::detach(pid, None);
     Ok(())
 }
 
@@ -210,25 +209,6 @@ fn target_pid(pid: u32) -> io::Result<Pid> {
 fn set_ptracer(ptracer: c_ulong) -> nix::Result<()> {
     // SAFETY: PR_SET_PTRACER takes an integer argument, no pointers.
     let rc = unsafe { libc::prctl(PR_SET_PTRACER, ptracer) };
-    Errno::result(rc).map(drop)
-}
-
-/// The `ptrace(2)` requests the probe makes; neither takes a pointer.
-#[derive(Debug, Clone, Copy)]
-enum Ptrace {
-    Attach,
-    Detach,
-}
-
-/// `ptrace(request, pid, 0, 0)`: nix's wrappers need its `ptrace` feature.
-fn ptrace(request: Ptrace, pid: Pid) -> nix::Result<()> {
-    let request = match request {
-        Ptrace::Attach => PTRACE_ATTACH,
-        Ptrace::Detach => PTRACE_DETACH,
-    };
-    // SAFETY: PTRACE_ATTACH and PTRACE_DETACH read no pointers; addr and
-    // data are 0 (for detach: restart the tracee with no signal).
-    let rc = unsafe { libc::ptrace(request, pid.as_raw(), 0usize, 0usize) };
     Errno::result(rc).map(drop)
 }
 
@@ -514,15 +494,5 @@ mod tests {
     fn raw_prctl_set_ptracer_to_no_process_is_einval() {
         let no_process = c_ulong::try_from(i32::MAX).unwrap();
         assert_eq!(set_ptracer(no_process), Err(Errno::EINVAL));
-    }
-
-    #[test]
-    fn raw_ptrace_without_a_tracee_is_esrch() {
-        assert_eq!(
-            ptrace(Ptrace::Attach, Pid::from_raw(i32::MAX)),
-            Err(Errno::ESRCH)
-        );
-        // Not traced by us.
-        assert_eq!(ptrace(Ptrace::Detach, Pid::this()), Err(Errno::ESRCH));
     }
 }
